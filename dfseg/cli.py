@@ -63,14 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     # the top-level parser only picks the command; the command's own parser reads the rest
     first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
     if first is None or argv[first] not in COMMANDS:
-        top.parse_args(argv if argv else ["--help"])
+        try:
+            top.parse_args(argv if argv else ["--help"])
+        except SystemExit as exit_:
+            return int(exit_.code or 0)
         top.print_help()
         return 2
     name = argv[first]
     rest = argv[:first] + argv[first + 1:]
     try:
         parser, module = _command_parser(name)
-        args = parser.parse_args(rest)
+        try:
+            args = parser.parse_args(rest)
+        except SystemExit as exit_:
+            return int(exit_.code or 0)
         return int(module.run(args) or 0)
     except DfsegError as err:
         if debug:
