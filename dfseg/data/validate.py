@@ -1,0 +1,333 @@
+"""Validation of a cohort manifest and every file it names.
+
+:func:`validate_manifest` reports every problem it finds (it never stops at the first), each as a
+:class:`Problem` whose ``str`` is one line ``<file or manifest.json:training[3].fold>: <message>``.
+Image headers are read before any voxel data, so a corrupt file or one whose header declares a huge
+volume is reported without allocating it.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dfseg.data.manifest import FILE_KEYS, SPLITS, schema_errors
+from dfseg.errors import InputError
+from dfseg.io import MAX_VOXELS, load_nifti, read_json, sha256_file, voxel_size
+
+#: Images that must share one grid (shape of the first three axes, spacing and affine).
+GRID_KEYS: tuple[str, ...] = ("attn", "df", "label", "lung_mask")
+#: Images that must hold only 0 and 1.
+BINARY_KEYS: tuple[str, ...] = ("label", "lung_mask")
+#: Absolute tolerance for comparing affines, in mm.
+AFFINE_ATOL_MM = 1e-4
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem: where it is (a file, or ``manifest.json:<json path>``) and what is wrong."""
+
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+def _read_header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
+    """Shape and affine of an image from its header only (no voxel data is read)."""
+    name = path.name.lower()
+    try:
+        if name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            img = nib.load(str(path))
+            shape, affine = tuple(int(s) for s in img.shape), np.asarray(img.affine, float)
+        else:
+            import SimpleITK as sitk
+
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            shape = tuple(int(s) for s in reader.GetSize())
+            if reader.GetNumberOfComponents() > 1:
+                shape = (*shape, int(reader.GetNumberOfComponents()))
+            dim = len(reader.GetSize())
+            direction = np.asarray(reader.GetDirection(), float).reshape(dim, dim)[:3, :3]
+            affine = np.eye(4)
+            affine[:3, :3] = direction * np.asarray(reader.GetSpacing()[:3], float)
+            affine[:3, 3] = reader.GetOrigin()[:3]
+            affine[:2] *= -1  # ITK is LPS, NIfTI RAS (as dfseg.io.load_nifti)
+    except (OSError, EOFError, ValueError, zlib.error, RuntimeError) as err:
+        raise InputError(path, f"cannot read image header ({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
+    n = int(np.prod(shape, dtype=np.int64))
+    if n > MAX_VOXELS:
+        raise InputError(path, f"header declares {shape} = {n} voxels, more than dfseg reads ({MAX_VOXELS})")
+    return shape, affine
+
+
+def _fmt(values: Iterable[float]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+def validate_sidecar(sidecar: Any, where: str) -> list[Problem]:
+    """Schema problems of a sidecar document; ``where`` prefixes each JSON path."""
+    return [Problem(f"{where}:{p}" if p else where, m) for p, m in schema_errors(sidecar, "sidecar")]
+
+
+def validate_scan(entry: Mapping[str, Any], *, where: str = "entry", check_hashes: bool = True,
+                  check_images: bool = True) -> list[Problem]:
+    """Check the files of one manifest entry (paths absolute, or relative to the working directory).
+
+    Checks: every named file exists; sha256 matches ``entry["sha256"]``; the sidecar (file and
+    ``meta``) follows the sidecar schema and agrees with the entry's ids; images read (not corrupt
+    or truncated, no NaN/Inf); ``attn``/``df``/``label``/``lung_mask`` share shape, spacing and
+    affine; ``df`` has one channel per sidecar orientation; ``label``/``lung_mask`` are binary;
+    ``label`` is non-empty exactly when ``has_tumour``; projections match ``df``'s orientations.
+
+    Args:
+        entry: one manifest entry.
+        where: how problems in the entry itself are located (``manifest.json:training[3]``).
+        check_hashes: compare file hashes with ``entry["sha256"]``.
+        check_images: open images (headers, then voxels).
+
+    Returns:
+        Every problem found, in a stable order.
+    """
+    problems: list[Problem] = []
+    files: dict[str, Path] = {}
+    for key in FILE_KEYS:
+        value = entry.get(key)
+        if not isinstance(value, str):
+            continue
+        path = Path(value)
+        if not path.is_file():
+            problems.append(Problem(str(path), f"file not found (named by {where}.{key})"))
+            continue
+        files[key] = path
+    if check_hashes:
+        recorded = entry.get("sha256") if isinstance(entry.get("sha256"), Mapping) else {}
+        for key, path in files.items():
+            expected = recorded.get(key)
+            if expected is None:
+                continue
+            actual = sha256_file(path)
+            if actual != expected:
+                problems.append(Problem(str(path), f"sha256 mismatch: manifest {where}.sha256.{key} has "
+                                                   f"{str(expected)[:12]}..., file has {actual[:12]}..."))
+    meta = _check_metadata(entry, files, where, problems)
+    if check_images:
+        _check_images(entry, files, meta, problems)
+    return problems
+
+
+def _check_metadata(entry: Mapping[str, Any], files: Mapping[str, Path], where: str,
+                    problems: list[Problem]) -> dict:
+    """Sidecar file and ``meta`` against the sidecar schema and the entry; returns the merged metadata."""
+    meta: dict = {}
+    if "sidecar" in files:
+        try:
+            sidecar = read_json(files["sidecar"])
+        except InputError as err:
+            problems.append(Problem(str(files["sidecar"]), err.problem))
+            sidecar = None
+        if sidecar is not None:
+            problems.extend(validate_sidecar(sidecar, str(files["sidecar"])))
+            if isinstance(sidecar, dict):
+                meta.update(sidecar)
+    if isinstance(entry.get("meta"), Mapping):
+        if "sidecar" not in entry:
+            problems.extend(validate_sidecar(dict(entry["meta"]), f"{where}.meta"))
+        meta = {**entry["meta"], **meta}
+    elif "sidecar" not in entry:
+        problems.append(Problem(where, "no sidecar file and no meta: acquisition metadata (orientations_deg, voxel_mm, ...) unknown"))
+    for key in ("subject_id", "scan_id", "has_tumour", "variant"):
+        if key in meta and key in entry and entry[key] is not None and meta[key] != entry[key]:
+            source = files.get("sidecar", f"{where}.meta")
+            problems.append(Problem(f"{where}.{key}", f"{entry[key]!r} differs from {meta[key]!r} in {source}"))
+    return meta
+
+
+def _check_images(entry: Mapping[str, Any], files: Mapping[str, Path], meta: Mapping[str, Any],
+                  problems: list[Problem]) -> None:
+    headers: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}
+    for key in ("attn", "df", "label", "lung_mask", "proj_T", "proj_D", "histology"):
+        if key not in files:
+            continue
+        try:
+            headers[key] = _read_header(files[key])
+        except InputError as err:
+            problems.append(Problem(str(files[key]), err.problem))
+    # voxel-level checks (corrupt/truncated data, NaN/Inf, binary labels) on files whose header is sane
+    label_voxels: int | None = None
+    for key in headers:
+        try:
+            array, _ = load_nifti(files[key])
+        except InputError as err:
+            problems.append(Problem(str(files[key]), err.problem))
+            continue
+        if key in BINARY_KEYS:
+            values = np.unique(array)
+            if not np.isin(values, (0, 1)).all():
+                shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if values.size > 6 else "")
+                problems.append(Problem(str(files[key]), f"{key} must hold only 0 and 1, found values {shown}"))
+            elif key == "label":
+                label_voxels = int(np.count_nonzero(array))
+        del array
+    _check_grid(files, headers, meta, problems)
+    has_tumour = entry.get("has_tumour")
+    if label_voxels is not None and isinstance(has_tumour, bool):
+        if has_tumour and label_voxels == 0:
+            problems.append(Problem(str(files["label"]), "label is empty but has_tumour is true"))
+        elif not has_tumour and label_voxels > 0:
+            problems.append(Problem(str(files["label"]), f"label has {label_voxels} tumour voxels but has_tumour is false"))
+
+
+def _check_grid(files: Mapping[str, Path], headers: Mapping[str, tuple[tuple[int, ...], np.ndarray]],
+                meta: Mapping[str, Any], problems: list[Problem]) -> None:
+    """Shapes, spacings and affines of the grid images; df channels against the sidecar."""
+    reference = next((k for k in GRID_KEYS if k in headers), None)
+    if reference is None:
+        return
+    ref_shape, ref_affine = headers[reference]
+    ref_spacing = voxel_size(ref_affine)
+    for key in GRID_KEYS:
+        if key == reference or key not in headers:
+            continue
+        shape, affine = headers[key]
+        spacing = voxel_size(affine)
+        if tuple(shape[:3]) != tuple(ref_shape[:3]):
+            problems.append(Problem(str(files[key]), f"shape {_fmt(shape[:3])} differs from {reference} {_fmt(ref_shape[:3])}"))
+        elif not np.allclose(spacing, ref_spacing, atol=AFFINE_ATOL_MM):
+            problems.append(Problem(str(files[key]), f"voxel spacing {_fmt(spacing)} mm differs from {reference} {_fmt(ref_spacing)} mm"))
+        elif not np.allclose(affine, ref_affine, atol=AFFINE_ATOL_MM):
+            problems.append(Problem(str(files[key]), f"affine (origin or direction) differs from {reference}'s"))
+    for key in ("attn", "label", "lung_mask"):
+        if key in headers and len(headers[key][0]) > 3 and int(np.prod(headers[key][0][3:])) != 1:
+            problems.append(Problem(str(files[key]), f"expected a 3D volume, found shape {_fmt(headers[key][0])}"))
+    orientations = meta.get("orientations_deg")
+    n_expected = len(orientations) if isinstance(orientations, list) else None
+    if "df" in headers and n_expected is not None:
+        shape = headers["df"][0]
+        n_found = int(np.prod(shape[3:])) if len(shape) > 3 else 1
+        if n_found != n_expected:
+            problems.append(Problem(str(files["df"]), f"expected {n_expected} orientation channels from sidecar "
+                                                      f"orientations_deg, found {n_found}"))
+    voxel = meta.get("voxel_mm")
+    if isinstance(voxel, (int, float)) and not isinstance(voxel, bool):
+        voxel = [float(voxel)] * 3
+    if isinstance(voxel, list) and len(voxel) == 3 and all(isinstance(v, (int, float)) for v in voxel):
+        if not np.allclose(ref_spacing, voxel, atol=AFFINE_ATOL_MM):
+            problems.append(Problem(str(files[reference]), f"voxel spacing {_fmt(ref_spacing)} mm differs from "
+                                                           f"sidecar voxel_mm {_fmt(voxel)}"))
+    for key in ("proj_T", "proj_D"):
+        if key in headers and n_expected is not None:
+            shape = headers[key][0]
+            n_found = int(shape[3]) if len(shape) > 3 else 1
+            if len(shape) > 4 or n_found != n_expected:
+                problems.append(Problem(str(files[key]), f"expected (A, U, Z, {n_expected}) for {n_expected} sidecar "
+                                                         f"orientations, found {_fmt(shape)}"))
+
+
+def check_no_leakage(train: Sequence[Mapping[str, Any]], val: Sequence[Mapping[str, Any]], *,
+                     names: tuple[str, str] = ("train", "val")) -> list[Problem]:
+    """Subjects that appear in both entry lists (one problem per shared subject).
+
+    Args:
+        train: entries of one side (each with ``subject_id``).
+        val: entries of the other side.
+        names: how the two sides are named in messages and locations.
+    """
+    first = {e.get("subject_id") for e in train}
+    problems = []
+    for i, entry in enumerate(val):
+        subject = entry.get("subject_id")
+        if subject in first:
+            problems.append(Problem(f"{names[1]}[{i}].subject_id",
+                                    f"subject {subject!r} is in both {names[0]} and {names[1]} (leakage)"))
+            first.discard(subject)  # one problem per subject
+    return problems
+
+
+def validate_manifest(path: str | os.PathLike, *, check_hashes: bool = True,
+                      check_images: bool = True) -> list[Problem]:
+    """Every problem of a manifest and the files it names (an empty list when it is clean).
+
+    Args:
+        path: the manifest JSON; entry paths are relative to its directory.
+        check_hashes: compare each file's sha256 with the manifest.
+        check_images: open images (shapes, spacing, affine, values).
+
+    Returns:
+        Problems in the order: schema, cohort structure (ids, folds, leakage), then per entry.
+    """
+    path = Path(path)
+    name = str(path)
+    try:
+        document = read_json(path)
+    except InputError as err:
+        return [Problem(name, err.problem)]
+    problems = [Problem(f"{name}:{p}" if p else name, m) for p, m in schema_errors(document)]
+    if not isinstance(document, dict):
+        return problems
+    entries: list[tuple[str, int, dict]] = []
+    for split in SPLITS:
+        items = document.get(split)
+        if isinstance(items, list):
+            entries.extend((split, i, e) for i, e in enumerate(items) if isinstance(e, dict))
+    problems.extend(_check_structure(document, entries, name))
+    root = path.parent
+    for split, i, entry in entries:
+        resolved = dict(entry)
+        for key in FILE_KEYS:
+            if isinstance(entry.get(key), str):
+                resolved[key] = os.path.normpath(root / entry[key])
+        problems.extend(validate_scan(resolved, where=f"{name}:{split}[{i}]", check_hashes=check_hashes,
+                                      check_images=check_images))
+    return problems
+
+
+def _check_structure(document: Mapping[str, Any], entries: list[tuple[str, int, dict]], name: str) -> list[Problem]:
+    """Duplicate scan ids, fold ranges, subjects split across folds or between training and test."""
+    problems: list[Problem] = []
+    k = document.get("num_folds")
+    k = k if isinstance(k, int) and not isinstance(k, bool) else None
+    scans: dict[str, str] = {}
+    subject_fold: dict[str, tuple[int, str]] = {}
+    subject_split: dict[str, tuple[str, str]] = {}
+    for split, i, entry in entries:
+        loc = f"{split}[{i}]"
+        scan, subject, fold = entry.get("scan_id"), entry.get("subject_id"), entry.get("fold")
+        if isinstance(scan, str):
+            if scan in scans:
+                problems.append(Problem(f"{name}:{loc}.scan_id", f"duplicate scan_id {scan!r} (also {scans[scan]})"))
+            else:
+                scans[scan] = loc
+        if not isinstance(subject, str):
+            continue
+        fold_ok = isinstance(fold, int) and not isinstance(fold, bool)
+        if fold_ok and split == "test" and fold != -1:
+            problems.append(Problem(f"{name}:{loc}.fold", f"test entries must have fold -1, found {fold}"))
+        elif fold_ok and split == "training" and k is not None and not 0 <= fold < k:
+            problems.append(Problem(f"{name}:{loc}.fold", f"fold {fold} outside 0..{k - 1} (num_folds {k})"))
+        if fold_ok and split == "training":
+            if subject in subject_fold and subject_fold[subject][0] != fold:
+                first_fold, first_loc = subject_fold[subject]
+                problems.append(Problem(f"{name}:{loc}.fold", f"subject {subject!r} is in folds {first_fold} "
+                                                              f"({first_loc}) and {fold}; a subject's scans must share one fold"))
+            subject_fold.setdefault(subject, (fold, loc))
+        side = "test" if split == "test" else "training"
+        if subject in subject_split and subject_split[subject][0] != side:
+            other, other_loc = subject_split[subject]
+            problems.append(Problem(f"{name}:{loc}.subject_id", f"subject {subject!r} is in both {other} ({other_loc}) "
+                                                                f"and {side} (leakage)"))
+            subject_split[subject] = (side, loc)  # report each crossing once per direction change
+        else:
+            subject_split.setdefault(subject, (side, loc))
+    return problems
