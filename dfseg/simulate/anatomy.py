@@ -1,0 +1,376 @@
+"""Mouse thorax on a voxel grid: materials, lung micro-structure and per-voxel scattering tensors.
+
+The phantom is built from smooth signed-distance shapes (partial-volume fractions at the edges)
+on an (X, Y, Z) grid with isotropic voxels, Z cranio-caudal. A nominal mouse thorax is 25 mm
+wide; when the field of view is smaller the whole body is scaled down so it fits inside the
+reconstruction circle with ``air_columns`` air-only detector columns on each side.
+
+Materials (names of :data:`dfseg.physics.materials.MATERIALS`) are stored as volume fractions
+(a fraction above 1 means denser than the nominal material, e.g. a dense tumour region):
+
+- ``soft_tissue``: body wall, heart, vessels, tumours;
+- ``lung_tissue``: alveolar septa, the solid part ``1 - phi`` of a lung voxel;
+- ``air``: the aerated part ``phi`` of a lung voxel;
+- ``bone``: spine and ribs.
+
+Lung micro-structure: alveolar radius R(x) in um, air volume fraction phi(x), a local unit
+orientation o(x) of airways/vessels (roughly radial from the hilum) and an anisotropy a(x) in
+[0, 1). Only lung voxels scatter (bone and soft tissue have no true dark-field). The scattering
+tensor of a voxel with linear diffusion coefficient eps(E) is
+
+    S(E) = eps(E) * [(1 - a) I + 1.5 a (I - o o^T)],
+
+so a sensitivity direction s sees ``s^T S s = eps * [(1 - a) + 1.5 a (1 - (s.o)^2)]``: airways
+and vessels scatter perpendicular to their axis, and the mean over all directions is eps.
+The energy dependence eps(E; R, phi) is written on a small SVD basis h_k(E) (see
+:func:`scattering_basis`) so a ray's dark-field is ``DF(E) = sum_k P_k h_k(E)`` with P_k the line
+integral of the k-th coefficient tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from dfseg.errors import InputError
+
+#: Nominal mouse thorax width (left-right), mm.
+MOUSE_WIDTH_MM = 25.0
+
+#: Tensor component order used everywhere: (Sxx, Syy, Szz, Sxy, Sxz, Syz).
+TENSOR_COMPONENTS = ("xx", "yy", "zz", "xy", "xz", "yz")
+
+
+@dataclass(frozen=True)
+class MicroStructure:
+    """Lung micro-structure parameters of a phantom variant.
+
+    Attributes:
+        radius_um: mean alveolar radius R in um.
+        radius_log_sd: standard deviation of ln R across the lung (smooth field).
+        air_fraction: mean air volume fraction phi of aerated lung.
+        air_fraction_sd: standard deviation of phi across the lung (smooth field).
+        anisotropy: mean anisotropy a of the scattering tensor (0 = isotropic).
+        correlation_mm: length scale of the smooth random fields, mm.
+    """
+
+    radius_um: float = 30.0
+    radius_log_sd: float = 0.15
+    air_fraction: float = 0.75
+    air_fraction_sd: float = 0.04
+    anisotropy: float = 0.25
+    correlation_mm: float = 1.5
+
+
+@dataclass
+class Anatomy:
+    """A voxelised mouse thorax.
+
+    Attributes:
+        voxel_mm: isotropic voxel size, mm.
+        materials: material name -> (X, Y, Z) float32 volume fraction.
+        radius_um: (X, Y, Z) float32 alveolar radius R in um (0 outside the lung).
+        air_fraction: (X, Y, Z) float32 air volume fraction phi of the scattering micro-structure.
+        orientation: (X, Y, Z, 3) float32 unit vector of the local airway/vessel direction.
+        anisotropy: (X, Y, Z) float32 anisotropy a in [0, 1).
+        lung_mask: (X, Y, Z) bool lung (tumours inside the lung stay in the mask).
+        body_mask: (X, Y, Z) bool body.
+        label: (X, Y, Z) uint8 tumour 0/1.
+        tumours: one dict per inserted tumour (centre_mm, diameter_mm, ...).
+        info: free-form description (scale, micro-structure parameters) for sidecars.
+    """
+
+    voxel_mm: float
+    materials: dict[str, np.ndarray]
+    radius_um: np.ndarray
+    air_fraction: np.ndarray
+    orientation: np.ndarray
+    anisotropy: np.ndarray
+    lung_mask: np.ndarray
+    body_mask: np.ndarray
+    label: np.ndarray
+    tumours: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.lung_mask.shape)  # type: ignore[return-value]
+
+    def coordinates_mm(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Voxel-centre coordinates (x, y, z) in mm, each (X, 1, 1) / (1, Y, 1) / (1, 1, Z), centred on 0."""
+        return grid_coordinates(self.shape, self.voxel_mm)
+
+
+def grid_coordinates(shape: tuple[int, int, int], voxel_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Voxel-centre coordinates in mm, ``(i - (n-1)/2) * voxel_mm`` per axis, broadcastable."""
+    axes = [(np.arange(n, dtype=np.float64) - (n - 1) / 2) * voxel_mm for n in shape]
+    return axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
+
+
+def _fraction(signed_distance_mm: np.ndarray, voxel_mm: float) -> np.ndarray:
+    """Partial-volume fraction from a signed distance (negative inside): a one-voxel linear ramp."""
+    return np.clip(0.5 - signed_distance_mm / voxel_mm, 0.0, 1.0)
+
+
+def _ellipsoid_distance(x, y, z, centre, semi_axes) -> np.ndarray:
+    """Approximate signed distance (mm) to an ellipsoid: (normalised radius - 1) * smallest semi-axis."""
+    r = np.sqrt(((x - centre[0]) / semi_axes[0]) ** 2 + ((y - centre[1]) / semi_axes[1]) ** 2
+                + ((z - centre[2]) / semi_axes[2]) ** 2)
+    return (r - 1.0) * min(semi_axes)
+
+
+def smooth_field(shape: tuple[int, ...], voxel_mm: float, correlation_mm: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian random field with unit standard deviation and a correlation length in mm.
+
+    Args:
+        shape: grid shape.
+        voxel_mm: voxel size, mm.
+        correlation_mm: Gaussian smoothing sigma, mm.
+        rng: random generator.
+
+    Returns:
+        float64 array of ``shape``, mean ~0, std 1.
+    """
+    noise = rng.standard_normal(shape)
+    f = ndimage.gaussian_filter(noise, sigma=max(correlation_mm / voxel_mm, 0.5), mode="wrap")
+    sd = f.std()
+    return (f - f.mean()) / (sd if sd > 0 else 1.0)
+
+
+def body_semi_axes_mm(size: int, voxel_mm: float, air_columns: int) -> float:
+    """Largest left-right semi-axis (mm) that keeps the body inside the reconstruction circle.
+
+    Every projection must leave ``air_columns`` air-only detector columns on each side, so the
+    body's largest distance from the rotation axis is at most ``(size/2 - air_columns - 1) * voxel``.
+    """
+    avail = (size / 2 - air_columns - 1) * voxel_mm
+    if avail <= 1.0:
+        raise InputError("size/voxel_mm", f"field of view {size} x {voxel_mm} mm leaves no room for a body "
+                                          f"inside {air_columns} air columns; use a larger --size or --voxel-mm")
+    return min(MOUSE_WIDTH_MM / 2, avail)
+
+
+def build_anatomy(
+    size: int,
+    voxel_mm: float,
+    rng: np.random.Generator,
+    *,
+    micro: MicroStructure | None = None,
+    air_columns: int = 4,
+    n_vessels: int = 8,
+) -> Anatomy:
+    """Build a random mouse thorax (no tumours) on a ``size^3`` grid.
+
+    Args:
+        size: voxels per axis (X = Y = Z).
+        voxel_mm: voxel size, mm.
+        rng: random generator (all randomness of the phantom comes from it).
+        micro: lung micro-structure parameters (default :class:`MicroStructure`).
+        air_columns: detector columns that must stay air-only on each side (sets the body scale).
+        n_vessels: large vessels/airways per lung (solid tubes in the parenchyma, radiating from the hilum).
+
+    Returns:
+        An :class:`Anatomy` without tumours.
+    """
+    if size < 16:
+        raise InputError("size", f"grid must be at least 16 voxels per axis, got {size}")
+    if not voxel_mm > 0:
+        raise InputError("voxel_mm", f"must be positive, got {voxel_mm}")
+    micro = micro or MicroStructure()
+    shape = (size, size, size)
+    x, y, z = grid_coordinates(shape, voxel_mm)
+    ax = body_semi_axes_mm(size, voxel_mm, air_columns)
+    scale = ax / (MOUSE_WIDTH_MM / 2)  # < 1 when the field of view is too small for a full mouse
+    # small random variation between subjects (mouse size and shape)
+    ax *= 1.0 - 0.06 * rng.random()
+    ay = ax * (0.78 + 0.06 * rng.random())
+    zh = size * voxel_mm / 2  # the grid's half-length along z; the thorax fills it
+
+    rn = np.sqrt((x / ax) ** 2 + (y / ay) ** 2)  # normalised radius of the body cross-section
+    body = np.broadcast_to(_fraction((rn - 1.0) * ay, voxel_mm), shape).astype(np.float64)
+
+    # spine: vertebral body (bone) dorsal, along z
+    spine_c = (0.0, -0.68 * ay)
+    spine_r = 0.13 * ax
+    spine = _fraction(np.sqrt((x - spine_c[0]) ** 2 + (y - spine_c[1]) ** 2) - spine_r, voxel_mm)
+    spine = np.broadcast_to(spine, shape) * body
+
+    # ribs: thin bony bands of the chest wall, periodic in z, sparing the spine and sternum gap
+    rib_r0, rib_half = 0.86, 0.45 * scale / ay  # rib centre radius (normalised) and half-thickness
+    rib_period = 2.2 * scale
+    rib_phase = rng.random() * rib_period
+    zz = np.mod(z - rib_phase, rib_period) - rib_period / 2
+    rib_radial = np.abs(rn - rib_r0) * ay - 0.5 * rib_half * ay
+    rib_axial = np.abs(zz) - 0.3 * scale
+    rib = _fraction(np.maximum(rib_radial, rib_axial), voxel_mm)
+    rib = rib * (y > spine_c[1] + spine_r) * body  # ribs meet the spine dorsally
+
+    # heart: ellipsoid, ventral, slightly left, mid-thorax
+    heart_c = (0.12 * ax + 0.05 * ax * rng.standard_normal(), 0.2 * ay, -0.15 * zh)
+    heart_ax = (0.33 * ax, 0.42 * ay, 0.42 * zh)
+    heart = _fraction(_ellipsoid_distance(x, y, z, heart_c, heart_ax), voxel_mm) * body
+
+    # lungs: two ellipsoids inside the rib cage, minus heart, spine and mediastinum
+    lung = np.zeros(shape)
+    for side in (-1.0, 1.0):
+        c = (side * 0.4 * ax, 0.02 * ay, 0.05 * zh)
+        semi = (0.34 * ax * (1 + 0.05 * rng.standard_normal()), 0.62 * ay, 0.88 * zh)
+        lung = np.maximum(lung, _fraction(_ellipsoid_distance(x, y, z, c, semi), voxel_mm))
+    inside_cage = _fraction((rn - (rib_r0 - rib_half)) * ay, voxel_mm)
+    lung = lung * inside_cage * (1 - heart) * (1 - spine)
+    lung = lung * (1 - _fraction(np.abs(x) - 0.06 * ax, voxel_mm))  # mediastinum keeps the lungs apart
+    lung = np.clip(lung, 0, 1)
+
+    # micro-structure fields (smooth, random per subject)
+    r_field = micro.radius_um * np.exp(micro.radius_log_sd * smooth_field(shape, voxel_mm, micro.correlation_mm, rng))
+    phi_field = np.clip(micro.air_fraction + micro.air_fraction_sd * smooth_field(shape, voxel_mm, micro.correlation_mm, rng),
+                        0.05, 0.95)
+    aniso = np.clip(micro.anisotropy * (1 + 0.4 * smooth_field(shape, voxel_mm, micro.correlation_mm, rng)), 0.0, 0.9)
+
+    # orientation: airways and vessels radiate from the hilum, with smooth wobble
+    hilum = (0.0, 0.0, 0.35 * zh)
+    o = np.stack(np.broadcast_arrays(x - hilum[0], y - hilum[1], z - hilum[2]), axis=-1)
+    for k in range(3):
+        o[..., k] += 0.35 * ax * smooth_field(shape, voxel_mm, 2 * micro.correlation_mm, rng)
+    o /= np.maximum(np.linalg.norm(o, axis=-1, keepdims=True), 1e-9)
+
+    # large vessels/airways: solid tubes (no alveoli) from the hilum outwards
+    vessel = np.zeros(shape)
+    for _ in range(2 * n_vessels):
+        d = rng.standard_normal(3)
+        d[1] *= 0.6
+        d /= np.linalg.norm(d)
+        length = (0.5 + 0.5 * rng.random()) * ax
+        radius = (0.15 + 0.2 * rng.random()) * max(scale, 0.5)
+        p = np.stack(np.broadcast_arrays(x - hilum[0], y - hilum[1], z - hilum[2]), axis=-1)
+        t = np.clip(p @ d, 0.0, length)
+        dist = np.linalg.norm(p - t[..., None] * d, axis=-1)
+        vessel = np.maximum(vessel, _fraction(dist - radius * (1 - 0.5 * t / length), voxel_mm))
+    vessel_in_lung = vessel * lung
+
+    # assemble material fractions (they sum to the body fraction)
+    bone = np.clip(0.75 * spine + 0.7 * rib, 0, 1)
+    lung_parenchyma = lung * (1 - vessel_in_lung / np.maximum(lung, 1e-9))
+    lung_parenchyma = np.clip(lung_parenchyma, 0, 1)
+    air = lung_parenchyma * phi_field
+    lung_tissue = lung_parenchyma * (1 - phi_field)
+    soft = np.clip(body - bone - lung_parenchyma, 0, None)
+
+    lung_mask = lung >= 0.5
+    air_fraction = (phi_field * lung_parenchyma).astype(np.float32)
+    f32 = np.float32
+    return Anatomy(
+        voxel_mm=float(voxel_mm),
+        materials={"soft_tissue": soft.astype(f32), "lung_tissue": lung_tissue.astype(f32),
+                   "air": air.astype(f32), "bone": bone.astype(f32)},
+        radius_um=np.where(lung_parenchyma > 0, r_field, 0.0).astype(f32),
+        air_fraction=air_fraction,
+        orientation=o.astype(f32),
+        anisotropy=(aniso * (lung_parenchyma > 0)).astype(f32),
+        lung_mask=lung_mask,
+        body_mask=body >= 0.5,
+        label=np.zeros(shape, np.uint8),
+        info={"body_semi_axes_mm": [float(ax), float(ay)], "scale": float(scale),
+              "micro_structure": micro.__dict__.copy()},
+    )
+
+
+def tensor_shape(orientation: np.ndarray, anisotropy: np.ndarray) -> np.ndarray:
+    """Unit-eps scattering tensor ``(1 - a) I + 1.5 a (I - o o^T)`` as six components.
+
+    Args:
+        orientation: (..., 3) unit vectors o.
+        anisotropy: (...) anisotropy a.
+
+    Returns:
+        (6, ...) float32 components in the order (Sxx, Syy, Szz, Sxy, Sxz, Syz).
+    """
+    o = np.asarray(orientation, dtype=np.float32)
+    a = np.asarray(anisotropy, dtype=np.float32)
+    iso = (1 - a) + 1.5 * a
+    ox, oy, oz = o[..., 0], o[..., 1], o[..., 2]
+    return np.stack([iso - 1.5 * a * ox * ox, iso - 1.5 * a * oy * oy, iso - 1.5 * a * oz * oz,
+                     -1.5 * a * ox * oy, -1.5 * a * ox * oz, -1.5 * a * oy * oz]).astype(np.float32)
+
+
+def scattering_basis(
+    radius_um: np.ndarray,
+    air_fraction: np.ndarray,
+    energies_kev: np.ndarray,
+    *,
+    n_basis: int = 2,
+    n_grid: int = 24,
+    diffusion_kwargs: dict[str, Any] | None = None,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Low-rank energy basis of eps(E; R, phi) and per-voxel coefficients.
+
+    eps(E; R, phi) = linear_diffusion_coefficient(E, R, phi) is evaluated on a grid of R over
+    the phantom's range (it is linear in phi), an SVD gives ``n_basis`` energy functions h_k(E),
+    and each voxel's coefficients are interpolated in log R and scaled by phi. Bone and soft tissue
+    (phi = 0) get zero coefficients.
+
+    Args:
+        radius_um: (...) alveolar radius in um (ignored where ``air_fraction`` is 0).
+        air_fraction: (...) air volume fraction phi.
+        energies_kev: (E,) energies of the spectrum, keV.
+        n_basis: number of basis functions K.
+        n_grid: R grid points for the SVD.
+        diffusion_kwargs: extra keyword arguments of ``linear_diffusion_coefficient``.
+
+    Returns:
+        ``(h, coeffs, rel_error)``: h (K, E) energy functions; coeffs (K, ...) float32 so that
+        ``eps(E) ~= sum_k coeffs_k h_k(E)`` (1/mm); rel_error the largest relative error of the
+        rank-K approximation on the R grid.
+    """
+    from dfseg.physics import darkfield
+
+    kw = diffusion_kwargs or {}
+    e = np.asarray(energies_kev, dtype=np.float64)
+    phi = np.asarray(air_fraction, dtype=np.float64)
+    r = np.asarray(radius_um, dtype=np.float64)
+    scat = phi > 0
+    if not scat.any():
+        return np.zeros((n_basis, e.size)), np.zeros((n_basis, *phi.shape), np.float32), 0.0
+    r_lo, r_hi = float(r[scat].min()), float(r[scat].max())
+    r_hi = max(r_hi, r_lo * 1.01)
+    grid = np.geomspace(r_lo, r_hi, n_grid)
+    table = np.stack([darkfield.linear_diffusion_coefficient(e, float(rr), 1.0, **kw) for rr in grid])  # (G, E)
+    _, sv, vt = np.linalg.svd(table, full_matrices=False)
+    k = min(n_basis, vt.shape[0])
+    h = vt[:k]
+    # sign convention: positive mean, so coefficients of real lung are positive
+    h = h * np.where(h.sum(axis=1, keepdims=True) < 0, -1.0, 1.0)
+    coef_grid = table @ h.T  # (G, K)
+    approx = coef_grid @ h
+    rel_error = float(np.max(np.abs(approx - table) / np.maximum(np.abs(table).max(axis=1, keepdims=True), 1e-30)))
+    lr = np.log(np.clip(r, r_lo, r_hi))
+    coeffs = np.empty((k, *phi.shape), np.float32)
+    for j in range(k):
+        coeffs[j] = np.where(scat, np.interp(lr, np.log(grid), coef_grid[:, j]) * phi, 0.0)
+    if k < n_basis:  # a single R value: pad with zero functions
+        h = np.concatenate([h, np.zeros((n_basis - k, e.size))])
+        coeffs = np.concatenate([coeffs, np.zeros((n_basis - k, *phi.shape), np.float32)])
+    return h, coeffs, rel_error
+
+
+def scattering_tensors(anatomy: Anatomy, energies_kev: np.ndarray, *, n_basis: int = 2,
+                       diffusion_kwargs: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-voxel scattering tensors of an anatomy on an energy basis.
+
+    Args:
+        anatomy: the phantom.
+        energies_kev: (E,) spectrum energies, keV.
+        n_basis: number of energy basis functions K.
+        diffusion_kwargs: extra keyword arguments of ``linear_diffusion_coefficient``.
+
+    Returns:
+        ``(h, S6)``: h (K, E) energy functions; S6 (K, 6, X, Y, Z) float32 tensor components in
+        1/mm so that ``s^T S(E) s = sum_k (s^T S6_k s) h_k(E)``.
+    """
+    h, coeffs, _ = scattering_basis(anatomy.radius_um, anatomy.air_fraction, energies_kev,
+                                    n_basis=n_basis, diffusion_kwargs=diffusion_kwargs)
+    shape6 = tensor_shape(anatomy.orientation, anatomy.anisotropy)  # (6, X, Y, Z)
+    return h, coeffs[:, None] * shape6[None]
