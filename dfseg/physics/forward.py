@@ -1,0 +1,264 @@
+"""Polychromatic forward model and phase-stepping measurement of a Talbot-Lau interferometer.
+
+Signals (PHYSICS.md sections 1 and 4), with S'(E) the detector-weighted spectrum, V0(E) the
+reference visibility and w = S' V0:
+
+    T = sum S' e^{-A(E)} / sum S'
+    D = [sum w e^{-A(E)} e^{-DF(E)} / sum w] / T
+
+Phase stepping: M steps, I_k = a0 + a1 cos(2 pi k / M + phi); T_hat = a0_s / a0_r and
+D_hat = V_s / V_r with V = a1 / a0. Dividing the visibilities is what makes D independent of T;
+multiplying a1 by T is a known bug and is avoided here by construction.
+
+Dose note (an estimate, not a measurement): Umkehrer et al. 2019 scanned mice in dark-field CT
+at about 37 kV for 40 min with 85 mGy. Their detector recorded of the order of 1e3-1e4 counts
+per pixel per phase step; dfseg uses :data:`DEFAULT_PHOTONS_PER_PIXEL` = 2e4 counts in total over
+all phase steps per pixel and projection as a default, which puts the per-projection dark-field
+noise near sqrt(2 * 1.55e-3) ~ 0.056 at V = 0.25.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from dfseg.errors import InputError
+from dfseg.physics.darkfield import VisibilitySpectrum
+from dfseg.physics.spectra import Spectrum
+
+#: Default total counts per pixel over all phase steps of one projection (estimate, see module doc).
+DEFAULT_PHOTONS_PER_PIXEL = 2.0e4
+
+#: Bytes one chunk of the (elements x energies) work arrays may take.
+_CHUNK_BYTES = 64 * 2**20
+
+
+def _is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _to_numpy(x) -> np.ndarray:
+    if _is_torch(x):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def polychromatic_signals(
+    spectrum: Spectrum,
+    visibility: VisibilitySpectrum,
+    attenuation_terms: Sequence[tuple],
+    darkfield_terms: Sequence[tuple] = (),
+    chunk: int | None = None,
+):
+    """Expected transmission and visibility ratio of a polychromatic, visibility-weighted beam.
+
+    Args:
+        spectrum: S'(E), E bins.
+        visibility: V0(E).
+        attenuation_terms: ``[(L, mu_E), ...]``; L is a line-integral array (any shape, mutually
+            broadcastable, e.g. path length in mm or a projected density), mu_E has shape (E,)
+            with the matching unit (1/mm), so A(E) = sum L * mu_E(E).
+        darkfield_terms: ``[(P, shape_E), ...]``; DF(E) = sum P * shape_E(E) (e.g. P the projected
+            eps at a reference energy and shape_E = eps(E) / eps(E_ref)).
+        chunk: elements processed at once (default: as many as fit in ~64 MB of float64 per
+            (elements x E) work array). Memory stays O(chunk * E) besides the outputs.
+
+    Returns:
+        ``(T, D)``, each of the broadcast shape of the line integrals; float32 if all inputs are
+        float32, else float64; numpy, or torch on the input device if any line integral is a tensor.
+    """
+    e = spectrum.energies_kev
+    n_e = e.size
+    terms = list(attenuation_terms) + list(darkfield_terms)
+    n_att = len(attenuation_terms)
+    if not terms:
+        raise InputError("polychromatic_signals", "give at least one attenuation or dark-field term")
+    like = next((t[0] for t in terms if _is_torch(t[0])), None)
+    arrays = [_to_numpy(t[0]) for t in terms]
+    coeffs = []
+    for i, (_, c) in enumerate(terms):
+        c = np.asarray(_to_numpy(c), dtype=np.float64).reshape(-1)
+        if c.size != n_e:
+            kind = "attenuation" if i < n_att else "dark-field"
+            raise InputError(
+                f"{kind} term {i}", f"energy coefficients have {c.size} values, spectrum has {n_e} bins"
+            )
+        coeffs.append(c)
+    try:
+        shape = np.broadcast_shapes(*(a.shape for a in arrays))
+    except ValueError as exc:
+        raise InputError("polychromatic_signals", f"line integrals do not broadcast: {exc}") from None
+    out_dtype = np.result_type(np.float32, *(a.dtype for a in arrays))
+    # (K, E): one row of energy coefficients per term, so A(E) + DF(E) = L_row @ coef for a chunk.
+    coef_att = np.stack(coeffs[:n_att]) if n_att else np.zeros((0, n_e))
+    coef_df = np.stack(coeffs[n_att:]) if len(coeffs) > n_att else np.zeros((0, n_e))
+    s = spectrum.weights / spectrum.weights.sum()
+    w = s * visibility(e)
+    w = w / w.sum()
+
+    n = int(np.prod(shape))
+    # reshape copies only terms that needed broadcasting (at most one full-size copy per term)
+    flat = [np.broadcast_to(a, shape).reshape(-1) for a in arrays]
+    t_out = np.empty(n, dtype=out_dtype)
+    d_out = np.empty(n, dtype=out_dtype)
+    step = chunk or max(1, _CHUNK_BYTES // (8 * n_e))
+    for start in range(0, n, step):
+        sl = slice(start, min(n, start + step))
+        att = np.zeros((sl.stop - sl.start, n_e))
+        for k in range(n_att):
+            att += np.multiply.outer(flat[k][sl].astype(np.float64), coef_att[k])
+        np.exp(-att, out=att)  # att now holds e^{-A(E)}
+        t = att @ s
+        if coef_df.shape[0]:
+            dfe = np.zeros_like(att)
+            for k in range(coef_df.shape[0]):
+                dfe += np.multiply.outer(flat[n_att + k][sl].astype(np.float64), coef_df[k])
+            np.exp(-dfe, out=dfe)
+            att *= dfe
+        vis = att @ w
+        t_out[sl] = t
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d_out[sl] = np.where(t > 0, vis / np.where(t > 0, t, 1.0), 0.0)
+    t_out, d_out = t_out.reshape(shape), d_out.reshape(shape)
+    if like is not None:
+        import torch
+
+        return torch.from_numpy(t_out).to(like.device), torch.from_numpy(d_out).to(like.device)
+    return t_out, d_out
+
+
+def visibility_log_variance(photons, visibility):
+    """Delta-method variance of ln V_hat: (2 - V^2) / (N V^2), N total counts over all steps."""
+    v = np.asarray(visibility, dtype=np.float64)
+    return (2.0 - v * v) / (np.asarray(photons, dtype=np.float64) * v * v)
+
+
+def fourier_components(counts, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean a0 and first-harmonic amplitude a1 of phase-stepping curves sampled at 2 pi k / M.
+
+    Args:
+        counts: intensities with the M phase steps along ``axis`` (M >= 3).
+        axis: the phase-step axis.
+
+    Returns:
+        ``(a0, a1)``, float64, the shape of ``counts`` without ``axis``.
+    """
+    c = np.moveaxis(np.asarray(counts, dtype=np.float64), axis, 0)
+    m = c.shape[0]
+    if m < 3:
+        raise InputError("phase_steps", f"need at least 3 phase steps to retrieve a visibility, got {m}")
+    ang = 2 * np.pi * np.arange(m) / m
+    a0 = c.mean(axis=0)
+    re = np.tensordot(np.cos(ang), c, axes=(0, 0))
+    im = np.tensordot(np.sin(ang), c, axes=(0, 0))
+    return a0, (2.0 / m) * np.hypot(re, im)
+
+
+def retrieve(counts_sample, counts_ref, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Transmission and visibility ratio from sample and reference phase-stepping curves.
+
+    Returns:
+        ``(T, D)`` with T = a0_s / a0_r and D = (a1_s / a0_s) / (a1_r / a0_r).
+    """
+    a0s, a1s = fourier_components(counts_sample, axis)
+    a0r, a1r = fourier_components(counts_ref, axis)
+    return _ratios(a0s, a1s, a0r, a1r)
+
+
+def _ratios(a0s, a1s, a0r, a1r):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = a0s / a0r
+        # A pixel with no counts has no measurable visibility: report D = 0 (DF = inf) there.
+        vs = np.where(a0s > 0, a1s / np.where(a0s > 0, a0s, 1.0), 0.0)
+        vr = a1r / a0r
+        d = vs / vr
+    return t, d
+
+
+def phase_stepping_measurement(
+    T,
+    D,
+    *,
+    v_ref: float,
+    photons_per_pixel: float = DEFAULT_PHOTONS_PER_PIXEL,
+    rng: np.random.Generator,
+    phase_steps: int = 5,
+    ref_photons_per_pixel: float | None = None,
+    gain=1.0,
+    phase=None,
+):
+    """Simulate Poisson phase-stepping scans of sample and reference and retrieve (T_hat, D_hat).
+
+    Sample:    I_k   ~ Poisson(N / M * gain * T * (1 + v_ref * D * cos(2 pi k / M + phi)))
+    Reference: I_k^r ~ Poisson(N_ref / M * (1 + v_ref * cos(2 pi k / M + phi)))
+
+    Each element gets its own reference curve (a per-pixel flat field); use
+    ``ref_photons_per_pixel=np.inf`` for a noise-free reference.
+
+    Args:
+        T: expected transmission, any shape (numpy or torch).
+        D: expected visibility ratio, broadcastable to T.
+        v_ref: reference visibility (the spectrum-weighted V0 of the empty beam).
+        photons_per_pixel: N, expected total counts over all steps in the empty beam.
+        rng: the random generator (the only source of randomness).
+        phase_steps: M (>= 3).
+        ref_photons_per_pixel: N_ref, default N; ``inf`` for a noise-free reference.
+        gain: broadcastable multiplier of the sample counts (flux fluctuation x detector drift).
+        phase: phi in radians, broadcastable (default 0).
+
+    Returns:
+        ``(T_hat, D_hat)`` of the broadcast shape; float32 if T is float32, else float64; numpy, or
+        torch on T's device when T is a tensor. Steps are drawn one at a time (memory O(size)).
+    """
+    if phase_steps < 3:
+        raise InputError("phase_steps", f"need at least 3 phase steps, got {phase_steps}")
+    if not 0 < v_ref <= 1 or photons_per_pixel <= 0:
+        raise InputError(
+            "phase_stepping_measurement",
+            f"need 0 < v_ref <= 1 and photons_per_pixel > 0, got {v_ref}, {photons_per_pixel}",
+        )
+    like = T if _is_torch(T) else None
+    t = _to_numpy(T).astype(np.float64)
+    d = _to_numpy(D).astype(np.float64)
+    g = _to_numpy(gain).astype(np.float64) if not np.isscalar(gain) else float(gain)
+    phi = (
+        0.0
+        if phase is None
+        else (_to_numpy(phase).astype(np.float64) if not np.isscalar(phase) else float(phase))
+    )
+    shape = np.broadcast_shapes(t.shape, d.shape, np.shape(g), np.shape(phi))
+    out_dtype = np.result_type(np.float32, _to_numpy(T).dtype)
+    n_ref = photons_per_pixel if ref_photons_per_pixel is None else float(ref_photons_per_pixel)
+    m = phase_steps
+    per_step = photons_per_pixel / m
+    sums = {k: np.zeros(shape) for k in ("s0", "sc", "ss", "r0", "rc", "rs")}
+    base = per_step * g * t
+    mod = v_ref * d
+    for k in range(m):
+        ang = 2 * np.pi * k / m
+        cos_k = np.cos(ang + phi)
+        lam = np.broadcast_to(base * (1 + mod * cos_k), shape)
+        counts = rng.poisson(np.maximum(lam, 0.0)).astype(np.float64)
+        sums["s0"] += counts
+        sums["sc"] += counts * np.cos(ang)
+        sums["ss"] += counts * np.sin(ang)
+        lam_r = np.broadcast_to(1 + v_ref * cos_k, shape)
+        if np.isinf(n_ref):
+            counts_r = lam_r  # only the ratio matters, so the scale is irrelevant
+        else:
+            counts_r = rng.poisson(n_ref / m * lam_r).astype(np.float64)
+        sums["r0"] += counts_r
+        sums["rc"] += counts_r * np.cos(ang)
+        sums["rs"] += counts_r * np.sin(ang)
+    a0s, a1s = sums["s0"] / m, (2.0 / m) * np.hypot(sums["sc"], sums["ss"])
+    a0r, a1r = sums["r0"] / m, (2.0 / m) * np.hypot(sums["rc"], sums["rs"])
+    t_hat, d_hat = _ratios(a0s, a1s, a0r, a1r)
+    # The reference is normalised by its exposure (a noise-free one was kept at 1 count per step).
+    t_hat = t_hat * ((m if np.isinf(n_ref) else n_ref) / photons_per_pixel)
+    t_hat, d_hat = t_hat.astype(out_dtype), d_hat.astype(out_dtype)
+    if like is not None:
+        import torch
+
+        return torch.from_numpy(t_hat).to(like.device), torch.from_numpy(d_hat).to(like.device)
+    return t_hat, d_hat
