@@ -47,7 +47,10 @@ def _read_header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
         if name.endswith((".nii", ".nii.gz")):
             import nibabel as nib
 
-            img = nib.load(str(path))
+            try:
+                img = nib.load(str(path))
+            except nib.filebasedimages.ImageFileError as err:
+                raise ValueError(str(err).replace(str(path), "file")) from None
             shape, affine = tuple(int(s) for s in img.shape), np.asarray(img.affine, float)
         else:
             import SimpleITK as sitk
