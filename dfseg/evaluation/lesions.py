@@ -1,0 +1,196 @@
+"""Lesion-wise evaluation: connected components, the matching rule, lesion sizes, FROC.
+
+Matching rule (stated in every report, see :data:`MATCHING_RULE`): lesions and predicted
+components are 26-connected components (:func:`connected_components`, the one labelling routine of
+dfseg). A predicted component is a **true positive if it overlaps a reference lesion by at least one
+voxel**; a reference lesion is **detected** if at least one predicted component overlaps it. One
+component touching two lesions detects both and is one true positive; two components on one lesion
+detect it once and are both true positives (neither is a false positive). A component that overlaps
+no lesion is a false positive. Candidates are scored by the maximum probability inside them.
+
+FROC follows LUNA16: operating points 1/8 ... 8 false positives per scan, CPM = mean sensitivity at
+those points; several candidates on one lesion count once (the highest-scoring one), the others are
+ignored rather than counted as false positives. The sensitivity at an FP rate is the best one reached
+by a threshold whose FP rate does not exceed it (a step curve, no interpolation).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+#: LUNA16 FROC operating points, false positives per scan.
+LUNA16_FP_RATES: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+#: Lesion-size bins by equivalent diameter in mm, half-open ``[low, high)``.
+SIZE_BINS: tuple[tuple[str, float, float], ...] = (("0.5-1", 0.5, 1.0), ("1-2", 1.0, 2.0), ("2-3", 2.0, 3.0))
+
+MATCHING_RULE = (
+    "Lesions and predicted components are 26-connected components. A predicted component (voxels with "
+    "probability >= threshold) is a true positive if it overlaps a reference lesion by at least one voxel; "
+    "a reference lesion is detected if any predicted component overlaps it. Duplicate components on one "
+    "lesion are all true positives; a component overlapping no lesion is a false positive. Candidates are "
+    "scored by their maximum probability. Per-lesion Dice compares the lesion with the union of the "
+    "components that overlap it."
+)
+
+
+def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Label the 26-connected (full-connectivity) components of a boolean mask.
+
+    Args:
+        mask: (X, Y, Z) (or any ndim) boolean array.
+
+    Returns:
+        ``(labels, n)``: int32 array of the same shape (0 = background, 1..n = components) and n.
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    labels, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
+    return labels.astype(np.int32, copy=False), int(n)
+
+
+def equivalent_diameter_mm(n_voxels: int, voxel_mm: float | tuple[float, ...]) -> float:
+    """Diameter (mm) of the sphere with the volume of ``n_voxels`` voxels: ``(6 V / pi) ** (1/3)``."""
+    voxel_volume = float(np.prod(np.broadcast_to(np.asarray(voxel_mm, float), (3,))))
+    return float((6.0 * n_voxels * voxel_volume / math.pi) ** (1.0 / 3.0))
+
+
+def size_bin(diameter_mm: float) -> str:
+    """Name of the size bin of a lesion diameter (``"<0.5"`` / ``">=3"`` outside the study range)."""
+    for name, low, high in SIZE_BINS:
+        if low <= diameter_mm < high:
+            return name
+    return "<0.5" if diameter_mm < SIZE_BINS[0][1] else ">=3"
+
+
+def _overlap_pairs(ref_labels: np.ndarray, pred_labels: np.ndarray) -> np.ndarray:
+    """(K, 2) array of distinct ``(ref_id, pred_id)`` pairs that share at least one voxel."""
+    both = (ref_labels > 0) & (pred_labels > 0)
+    if not both.any():
+        return np.zeros((0, 2), dtype=np.int64)
+    pairs = np.stack([ref_labels[both], pred_labels[both]], axis=1).astype(np.int64)
+    return np.unique(pairs, axis=0)
+
+
+def _component_max(prob: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    from scipy import ndimage
+
+    if n == 0:
+        return np.zeros(0)
+    return np.asarray(ndimage.maximum(prob, labels, index=np.arange(1, n + 1)), dtype=float)
+
+
+def match_lesions(prob: np.ndarray, reference: np.ndarray, threshold: float,
+                  voxel_mm: float | tuple[float, ...]) -> dict:
+    """Match predicted components (``prob >= threshold``) to reference lesions by the overlap rule.
+
+    Args:
+        prob: (X, Y, Z) float probabilities.
+        reference: (X, Y, Z) 0/1 tumour label.
+        threshold: probability threshold of the binary prediction.
+        voxel_mm: voxel spacing in mm.
+
+    Returns:
+        ``{"lesions": [...], "components": [...]}``. Each lesion: ``n_voxels``, ``diameter_mm``,
+        ``size_bin``, ``centroid`` (voxel indices, floats), ``detected``, ``dice`` (lesion vs union of
+        overlapping components), ``max_prob`` (inside the lesion). Each component: ``n_voxels``,
+        ``score`` (max probability), ``tp``.
+    """
+    from scipy import ndimage
+
+    prob = np.asarray(prob, dtype=np.float64)
+    ref_labels, n_ref = connected_components(reference)
+    pred_mask = prob >= threshold
+    pred_labels, n_pred = connected_components(pred_mask)
+    pairs = _overlap_pairs(ref_labels, pred_labels)
+    ref_sizes = np.bincount(ref_labels.ravel(), minlength=n_ref + 1)
+    pred_sizes = np.bincount(pred_labels.ravel(), minlength=n_pred + 1)
+    centroids = ndimage.center_of_mass(np.ones_like(ref_labels), ref_labels, range(1, n_ref + 1)) if n_ref else []
+    lesion_max = _component_max(prob, ref_labels, n_ref)
+    comp_score = _component_max(prob, pred_labels, n_pred)
+    tp_components = set(pairs[:, 1].tolist())
+
+    lesions = []
+    for i in range(1, n_ref + 1):
+        hits = pairs[pairs[:, 0] == i, 1]
+        lesion = ref_labels == i
+        if hits.size:
+            union = np.isin(pred_labels, hits)
+            lesion_dice = 2.0 * np.count_nonzero(union & lesion) / (int(union.sum()) + int(ref_sizes[i]))
+        else:
+            lesion_dice = 0.0
+        diameter = equivalent_diameter_mm(int(ref_sizes[i]), voxel_mm)
+        lesions.append({
+            "n_voxels": int(ref_sizes[i]), "diameter_mm": diameter, "size_bin": size_bin(diameter),
+            "centroid": [float(c) for c in centroids[i - 1]], "detected": bool(hits.size),
+            "dice": float(lesion_dice), "max_prob": float(lesion_max[i - 1]),
+        })
+    components = [{"n_voxels": int(pred_sizes[j]), "score": float(comp_score[j - 1]), "tp": j in tp_components}
+                  for j in range(1, n_pred + 1)]
+    return {"lesions": lesions, "components": components}
+
+
+def froc_candidates(prob: np.ndarray, reference: np.ndarray, floor: float) -> tuple[list[float], list[float]]:
+    """FROC candidates of one scan: components of ``prob >= floor`` scored by their maximum probability.
+
+    Args:
+        prob: (X, Y, Z) probabilities.
+        reference: (X, Y, Z) 0/1 tumour label.
+        floor: lowest probability that makes a candidate voxel; the FROC curve is swept over the
+            candidates' scores, so it cannot reach FP rates that need thresholds below ``floor``.
+
+    Returns:
+        ``(lesion_scores, fp_scores)``: per reference lesion (in :func:`connected_components` order) the
+        highest score of a candidate overlapping it, ``-inf`` if none does; and the scores of candidates
+        overlapping no lesion.
+    """
+    prob = np.asarray(prob, dtype=np.float64)
+    ref_labels, n_ref = connected_components(reference)
+    cand_labels, n_cand = connected_components(prob >= floor)
+    scores = _component_max(prob, cand_labels, n_cand)
+    pairs = _overlap_pairs(ref_labels, cand_labels)
+    lesion_scores = np.full(n_ref, -np.inf)
+    for ref_id, cand_id in pairs:
+        lesion_scores[ref_id - 1] = max(lesion_scores[ref_id - 1], scores[cand_id - 1])
+    is_fp = np.ones(n_cand, dtype=bool)
+    is_fp[pairs[:, 1] - 1] = False
+    return lesion_scores.tolist(), scores[is_fp].tolist()
+
+
+def froc(lesion_scores: np.ndarray, fp_scores: np.ndarray, n_scans: int,
+         fp_rates: tuple[float, ...] = LUNA16_FP_RATES) -> dict:
+    """FROC curve, sensitivities at the given FP rates, and CPM (their mean).
+
+    Args:
+        lesion_scores: (L,) best candidate score per reference lesion over all scans (``-inf`` or ``nan``
+            = never hit).
+        fp_scores: (F,) scores of all false-positive candidates over all scans.
+        n_scans: number of scans the candidates come from (the FP-rate denominator).
+        fp_rates: operating points in false positives per scan.
+
+    Returns:
+        ``{"fp_rates", "sensitivities", "cpm", "curve_fp_per_scan", "curve_sensitivity"}``; the curve
+        has one point per distinct candidate score, by decreasing threshold, starting at (0, 0).
+        Sensitivities are ``nan`` when there is no lesion.
+    """
+    les = np.asarray(lesion_scores, float).ravel()
+    les = np.where(np.isnan(les), -np.inf, les)  # JSON round trips turn -inf into None -> nan
+    fps = np.asarray(fp_scores, float).ravel()
+    thresholds = np.unique(np.r_[les[np.isfinite(les)], fps])[::-1]
+    n_les = les.size
+    les_sorted = np.sort(les)
+    fp_sorted = np.sort(fps)
+    # count of scores >= t = size - (number strictly below t)
+    hit = les.size - np.searchsorted(les_sorted, thresholds, side="left")
+    nfp = fps.size - np.searchsorted(fp_sorted, thresholds, side="left")
+    curve_fp = np.r_[0.0, nfp / max(n_scans, 1)]
+    curve_sens = np.r_[0.0, hit / n_les] if n_les else np.full(thresholds.size + 1, np.nan)
+    sens = []
+    for rate in fp_rates:
+        ok = curve_fp <= rate + 1e-12
+        sens.append(float(curve_sens[ok].max()) if n_les else float("nan"))
+    return {"fp_rates": list(fp_rates), "sensitivities": sens, "cpm": float(np.mean(sens)),
+            "curve_fp_per_scan": curve_fp.tolist(), "curve_sensitivity": curve_sens.tolist()}

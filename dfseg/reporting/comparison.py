@@ -1,0 +1,53 @@
+"""Dey-style comparison table of models (one per input modality) with CIs and paired differences.
+
+Input: the dict of :func:`dfseg.evaluation.compare.compare_models`. The first table mirrors Dey et
+al. 2025 (sensitivity, specificity, AUROC, sensitivity at 95% specificity, Dice, per patch) with 95%
+subject-bootstrap CIs; the second lists every paired difference with its CI and p-value and says
+whether it is significant (CI excludes 0), in either direction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from dfseg.evaluation.records import DEY_COLUMNS
+from dfseg.reporting.report import fmt
+
+#: Column labels for metric keys beyond the Dey columns.
+LABELS = dict(DEY_COLUMNS)
+
+
+def render_comparison_table(comparison: Mapping, *, alpha: float = 0.05, digits: int = 3) -> str:
+    """Markdown tables: metrics per model with CIs, then paired differences with CI and p-value.
+
+    Args:
+        comparison: result of :func:`dfseg.evaluation.compare.compare_models`.
+        alpha: significance level of the paired tests (p < alpha and the CI excludes 0).
+        digits: decimals.
+    """
+    names = list(comparison["metrics"])
+    header = "| model | " + " | ".join(LABELS.get(n, n) for n in names) + " |"
+    lines = [header, "|---|" + "---|" * len(names)]
+    for model in comparison["models"]:
+        cells = []
+        for n in names:
+            r = comparison["results"][model][n]
+            ci = "" if r.get("ci_low") is None or r["ci_low"] != r["ci_low"] else \
+                f" [{fmt(r['ci_low'], digits)}, {fmt(r['ci_high'], digits)}]"
+            cells.append(f"{fmt(r['estimate'], digits)}{ci}")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    lines += ["", f"Per-patch detection at threshold {comparison.get('threshold', 0.5):g}; Dice per scan with "
+              f"tumour. {comparison['n_scans']} scans of {comparison['n_subjects']} subjects; 95% CIs from "
+              f"{comparison['n_bootstrap']} subject-bootstrap resamples (seed {comparison['seed']}).", ""]
+    if comparison.get("paired"):
+        lines += ["| comparison | metric | difference | 95% CI | p | significant |", "|---|---|---:|---|---:|---|"]
+        for p in comparison["paired"]:
+            lo, hi = p.get("ci_low"), p.get("ci_high")
+            sig = (lo is not None and hi is not None and lo == lo and (lo > 0 or hi < 0)
+                   and p.get("p_value") is not None and p["p_value"] < alpha)
+            direction = ("yes, " + (f"{p['a']} higher" if p["difference"] > 0 else f"{p['b']} higher")) if sig else "no"
+            lines.append(f"| {p['a']} - {p['b']} | {LABELS.get(p['metric'], p['metric'])} | "
+                         f"{fmt(p['difference'], digits)} | [{fmt(lo, digits)}, {fmt(hi, digits)}] | "
+                         f"{fmt(p.get('p_value'), 3)} | {direction} |")
+        lines.append("")
+    return "\n".join(lines)
