@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="the cohort manifest (manifest.json)")
     parser.add_argument("--no-hashes", action="store_true", help="skip the sha256 comparison of every file")
     parser.add_argument("--no-images", action="store_true",
-                        help="skip opening images (only the manifest, sidecars and file presence)")
+                        help="check the manifest document alone; open none of the files it names")
 
 
 def run(args: argparse.Namespace) -> int:

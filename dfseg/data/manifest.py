@@ -74,7 +74,8 @@ def build_manifest(entries: Sequence[Mapping[str, Any]], root: str | os.PathLike
     Args:
         entries: one mapping per scan with file paths under :data:`FILE_KEYS` (absolute or relative
             to ``root``) and optionally ``subject_id``, ``scan_id``, ``has_tumour``, ``variant``,
-            ``meta``; missing ids and flags are taken from the sidecar (``sidecar`` key) or ``meta``.
+            ``meta`` (default: the content of the ``sidecar`` file); missing ids, tumour flag and
+            variant are taken from ``meta``.
         root: the directory the manifest will live in; stored paths are relative to it.
         num_folds: number of cross-validation folds (>= 2).
         seed: seed for the test split and fold assignment.
@@ -146,9 +147,15 @@ def _build_entry(raw: Mapping[str, Any], root: Path, index: int, hashes: bool) -
             p = p if p.is_absolute() else root / p
             absolute[key] = p
             entry[key] = os.path.relpath(p, root)
-    meta = dict(raw.get("meta") or {})
-    if "sidecar" in absolute:
-        meta = {**read_json(absolute["sidecar"]), **meta}
+    # metadata given with the entry wins; otherwise it is the sidecar's content
+    if raw.get("meta") is not None:
+        meta = dict(raw["meta"])
+    elif "sidecar" in absolute:
+        meta = read_json(absolute["sidecar"])
+        if not isinstance(meta, dict):
+            raise InputError(absolute["sidecar"], "sidecar must be a JSON object")
+    else:
+        meta = {}
     for key in ("subject_id", "scan_id", "has_tumour"):
         value = raw.get(key, meta.get(key))
         if value is None:

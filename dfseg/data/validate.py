@@ -50,7 +50,7 @@ def _read_header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
             try:
                 img = nib.load(str(path))
             except nib.filebasedimages.ImageFileError as err:
-                raise ValueError(str(err).replace(str(path), "file")) from None
+                raise ValueError(str(err).replace(str(path), path.name)) from None
             shape, affine = tuple(int(s) for s in img.shape), np.asarray(img.affine, float)
         else:
             import SimpleITK as sitk
@@ -98,13 +98,17 @@ def validate_scan(entry: Mapping[str, Any], *, where: str = "entry", check_hashe
         entry: one manifest entry.
         where: how problems in the entry itself are located (``manifest.json:training[3]``).
         check_hashes: compare file hashes with ``entry["sha256"]``.
-        check_images: open images (headers, then voxels).
+        check_images: open the files (presence, hashes, sidecar file, image headers then voxels);
+            ``False`` checks the entry alone (its ``meta`` against the sidecar schema and its ids).
 
     Returns:
         Every problem found, in a stable order.
     """
     problems: list[Problem] = []
     files: dict[str, Path] = {}
+    if not check_images:
+        _check_metadata(entry, files, where, problems)
+        return problems
     for key in FILE_KEYS:
         value = entry.get(key)
         if not isinstance(value, str):
@@ -125,8 +129,7 @@ def validate_scan(entry: Mapping[str, Any], *, where: str = "entry", check_hashe
                 problems.append(Problem(str(path), f"sha256 mismatch: manifest {where}.sha256.{key} has "
                                                    f"{str(expected)[:12]}..., file has {actual[:12]}..."))
     meta = _check_metadata(entry, files, where, problems)
-    if check_images:
-        _check_images(entry, files, meta, problems)
+    _check_images(entry, files, meta, problems)
     return problems
 
 
@@ -145,10 +148,10 @@ def _check_metadata(entry: Mapping[str, Any], files: Mapping[str, Path], where: 
             if isinstance(sidecar, dict):
                 meta.update(sidecar)
     if isinstance(entry.get("meta"), Mapping):
-        if "sidecar" not in entry:
+        if "sidecar" not in files:
             problems.extend(validate_sidecar(dict(entry["meta"]), f"{where}.meta"))
         meta = {**entry["meta"], **meta}
-    elif "sidecar" not in entry:
+    elif "sidecar" not in files and "sidecar" not in entry:
         problems.append(Problem(where, "no sidecar file and no meta: acquisition metadata (orientations_deg, voxel_mm, ...) unknown"))
     for key in ("subject_id", "scan_id", "has_tumour", "variant"):
         if key in meta and key in entry and entry[key] is not None and meta[key] != entry[key]:
@@ -265,7 +268,8 @@ def validate_manifest(path: str | os.PathLike, *, check_hashes: bool = True,
     Args:
         path: the manifest JSON; entry paths are relative to its directory.
         check_hashes: compare each file's sha256 with the manifest.
-        check_images: open images (shapes, spacing, affine, values).
+        check_images: open the files the manifest names (presence, hashes, sidecars, shapes,
+            spacing, affine, values); ``False`` checks the manifest document alone.
 
     Returns:
         Problems in the order: schema, cohort structure (ids, folds, leakage), then per entry.
