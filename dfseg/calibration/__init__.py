@@ -1,1 +1,37 @@
-"""dfseg.calibration"""
+"""dfseg.calibration: fit, save and load ``calibration.json`` (beam-hardening curves, water
+linearisation, energy exponent, reference values)."""
+
+from __future__ import annotations
+
+from dfseg.calibration.io import (
+    FORMAT,
+    FORMAT_VERSION,
+    REQUIRED_KEYS,
+    check_spectrum,
+    load_calibration,
+    polyval_no_constant,
+    save_calibration,
+    validate_calibration,
+)
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "REQUIRED_KEYS",
+    "check_spectrum",
+    "fit_calibration",
+    "fit_curve",
+    "load_calibration",
+    "polyval_no_constant",
+    "save_calibration",
+    "validate_calibration",
+]
+
+
+def __getattr__(name: str):
+    # fit pulls in physics (SpekPy, xraydb); loading a calibration should not
+    if name in ("fit_calibration", "fit_curve"):
+        from dfseg.calibration import fit
+
+        return getattr(fit, name)
+    raise AttributeError(name)

@@ -1,0 +1,219 @@
+"""Calibration phantom scans, simulated with the same acquisition physics as the subjects.
+
+Four phantoms (radiographic projection stacks; a homogeneous wedge needs no CT):
+
+- ``water_wedge``: water step wedge, 16 steps 0-30 mm, at the acquisition's kVp.
+- ``aluminium_wedge``: aluminium step wedge, 16 steps 0-6 mm, at the acquisition's kVp.
+- ``microspheres_60kvp`` / ``microspheres_80kvp``: reference micro-structure phantom, a packed
+  layer of polystyrene microspheres (radius 5 um, volume fraction 0.4, 3 mm thick) in air inside a
+  PMMA cuvette (2 mm of wall in the beam), next to an empty part of the same cuvette, at 60 and
+  80 kVp.
+
+Layout of each ``phantoms/<phantom_id>/``:
+
+- ``proj_T.nii.gz`` / ``proj_D.nii.gz``: ``(A, U, Z, N)`` float32 on disk (channel-first
+  ``(N, A, U, Z)`` in memory): N grating orientations, A repeated exposures (each with its own
+  flux fluctuation and drifting gain), U detector columns, Z detector rows.
+- ``sidecar.json``: ``phantom_id``, ``kind`` (``step_wedge`` | ``reference_microstructure``),
+  ``material``, ``kvp``, ``filtration_mm``, ``visibility`` (VisibilitySpectrum parameters),
+  ``v_ref``, ``orientations_deg``, ``air_columns`` (the first and last ``air_columns`` columns of
+  U see only air), ``sample_columns`` ``[u0, u1)`` (columns that see the phantom), ``steps``
+  (wedges: ``[{"thickness_mm", "rows": [z0, z1)}]``, rows of Z holding each step) or ``regions``
+  (reference phantom: ``{"sample": {"rows": [z0, z1)}, "holder": {"rows": [z0, z1)}}`` plus
+  ``sphere`` and ``holder`` descriptions), ``photons_per_pixel`` (the phantom exposure),
+  ``phase_steps``, ``seed``, ``voxel_mm``.
+
+Deterministic per seed: every phantom draws from its own ``numpy.random.default_rng([seed, i])``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dfseg.io import save_nifti, write_json
+
+__all__ = ["PHANTOM_IDS", "REFERENCE_KVPS", "write_phantom_scans", "scan_phantom"]
+
+PHANTOM_IDS = ("water_wedge", "aluminium_wedge", "microspheres_60kvp", "microspheres_80kvp")
+REFERENCE_KVPS = (60.0, 80.0)
+
+#: phantom scans average many frames: this many times the subjects' photons per pixel
+PHOTONS_FACTOR = 100.0
+N_STEPS = 16
+ROWS_PER_STEP = 4
+N_EXPOSURES = 16
+SAMPLE_COLUMNS = 24
+
+SPHERES = {"material": "polystyrene", "medium": "air", "radius_um": 5.0, "volume_fraction": 0.4, "thickness_mm": 3.0}
+HOLDER = {"material": "pmma", "thickness_mm": 2.0}
+
+
+def _acq(acquisition: Any, name: str, default: Any) -> Any:
+    """An acquisition parameter (AcquisitionConfig attribute or mapping key), else the default."""
+    if isinstance(acquisition, dict):
+        value = acquisition.get(name)
+    else:
+        value = getattr(acquisition, name, None)
+    return default if value is None else value
+
+
+def _visibility(acquisition: Any):
+    from dfseg.calibration.energy import visibility_from_params
+    from dfseg.physics import VisibilitySpectrum
+
+    vis = _acq(acquisition, "visibility", None)
+    if vis is None:
+        return VisibilitySpectrum(
+            v_max=float(_acq(acquisition, "visibility_max", 0.3)),
+            design_energy_kev=float(_acq(acquisition, "design_energy_kev", 35.0)),
+            width_kev=float(_acq(acquisition, "visibility_width_kev", 10.0)),
+            floor_fraction=float(_acq(acquisition, "visibility_floor", 0.2)),
+        )
+    return visibility_from_params(vis.describe() if hasattr(vis, "describe") else vis)
+
+
+def _gain(rng: np.random.Generator, n: int, a: int, flux_sigma: float, drift: float) -> np.ndarray:
+    """Per-exposure gain ``(N, A)``: random flux fluctuation times a slow linear-plus-sine drift."""
+    x = np.linspace(0.0, 1.0, a)
+    slow = 1.0 + drift * (x + 0.3 * np.sin(2 * np.pi * x))
+    return (1.0 + flux_sigma * rng.standard_normal((n, a))) * slow[None, :]
+
+
+def scan_phantom(
+    thickness_terms: list[tuple[np.ndarray, str]],
+    darkfield_terms: list[tuple[np.ndarray, np.ndarray]],
+    *,
+    kvp: float,
+    filtration_mm: dict[str, float] | None,
+    visibility: Any,
+    n_orientations: int,
+    photons_per_pixel: float,
+    phase_steps: int,
+    flux_sigma: float,
+    drift: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Simulate a radiographic stack of a phantom.
+
+    Args:
+        thickness_terms: ``[(t (U, Z) in mm, material name)]`` path lengths per detector pixel.
+        darkfield_terms: ``[(t (U, Z) in mm, eps(E) (E,) in 1/mm)]`` scattering paths.
+        kvp, filtration_mm, visibility: spectrum and reference visibility spectrum.
+        n_orientations: N channels (independent exposures of the same isotropic phantom).
+
+    Returns:
+        ``(T, D, v_ref)`` with T, D of shape ``(N, A, U, Z)`` float32, A = ``N_EXPOSURES``.
+    """
+    from dfseg.physics import mu, phase_stepping_measurement, polychromatic_signals, tube_spectrum
+
+    spec = tube_spectrum(float(kvp), filtration_mm)
+    e = spec.energies_kev
+    att = [(t, mu(m, e)) for t, m in thickness_terms]
+    t_exp, d_exp = polychromatic_signals(spec, visibility, att, darkfield_terms)
+    v_ref = float(np.sum(spec.weights * visibility(e)))
+    n, a = n_orientations, N_EXPOSURES
+    gain = _gain(rng, n, a, flux_sigma, drift)[:, :, None, None]
+    shape = (n, a, *t_exp.shape)
+    t_hat, d_hat = phase_stepping_measurement(
+        np.broadcast_to(t_exp.astype(np.float64), shape), np.broadcast_to(d_exp.astype(np.float64), shape),
+        v_ref=v_ref, photons_per_pixel=photons_per_pixel, rng=rng, phase_steps=phase_steps, gain=gain,
+    )
+    return np.asarray(t_hat, np.float32), np.asarray(d_hat, np.float32), v_ref
+
+
+def write_phantom_scans(out_dir: str | Path, acquisition: Any, seed: int,
+                        progress: Callable[[str], None] | None = None) -> list[Path]:
+    """Write the four calibration phantom scans under ``out_dir`` (``phantoms/`` of a cohort).
+
+    Args:
+        out_dir: directory to write ``<phantom_id>/{proj_T,proj_D}.nii.gz, sidecar.json`` into.
+        acquisition: an ``AcquisitionConfig`` (or a mapping) giving kvp, filtration_mm, visibility,
+            orientations_deg, photons_per_pixel, phase_steps, flux_sigma, drift_amplitude,
+            air_columns, voxel_mm; missing ones take defaults.
+        seed: base seed; the same seed gives byte-identical files.
+        progress: optional callback called with each phantom id as it starts.
+
+    Returns:
+        the phantom directories written, in :data:`PHANTOM_IDS` order.
+    """
+    from dfseg.physics import linear_diffusion_coefficient, tube_spectrum
+
+    out_dir = Path(out_dir)
+    kvp = float(_acq(acquisition, "kvp", 70.0))
+    filt = _acq(acquisition, "filtration_mm", None)
+    filt = None if filt is None else dict(filt)
+    vis = _visibility(acquisition)
+    orientations = [float(o) for o in _acq(acquisition, "orientations_deg", (0.0, 45.0, 90.0, 135.0))]
+    air = int(_acq(acquisition, "air_columns", 4))
+    photons = float(_acq(acquisition, "photons_per_pixel", 2e4)) * PHOTONS_FACTOR
+    steps_m = int(_acq(acquisition, "phase_steps", 5))
+    flux_sigma = float(_acq(acquisition, "flux_sigma", 0.01))
+    drift = float(_acq(acquisition, "drift_amplitude", _acq(acquisition, "drift", 0.02)))
+    voxel_mm = float(_acq(acquisition, "voxel_mm", 0.1))
+
+    u_total = SAMPLE_COLUMNS + 2 * air
+    z_total = N_STEPS * ROWS_PER_STEP
+    sample_cols = (air, air + SAMPLE_COLUMNS)
+    column_mask = np.zeros(u_total, dtype=bool)
+    column_mask[sample_cols[0]:sample_cols[1]] = True
+    rows = [(i * ROWS_PER_STEP, (i + 1) * ROWS_PER_STEP) for i in range(N_STEPS)]
+
+    common = {
+        "visibility": vis.describe(), "orientations_deg": orientations, "air_columns": air,
+        "sample_columns": list(sample_cols), "photons_per_pixel": photons, "phase_steps": steps_m,
+        "flux_sigma": flux_sigma, "drift_amplitude": drift, "voxel_mm": voxel_mm, "seed": int(seed),
+        "exposures": N_EXPOSURES, "layout": "proj_* on disk (A, U, Z, N): A exposures, U columns, Z rows, N orientations",
+    }
+    written: list[Path] = []
+    for index, pid in enumerate(PHANTOM_IDS):
+        if progress is not None:
+            progress(pid)
+        rng = np.random.default_rng([int(seed), index])
+        if pid.endswith("wedge"):
+            material = "water" if pid.startswith("water") else "aluminium"
+            t_max = 30.0 if material == "water" else 6.0
+            steps_mm = np.linspace(0.0, t_max, N_STEPS)
+            thick = np.zeros((u_total, z_total))
+            for t, (z0, z1) in zip(steps_mm, rows):
+                thick[column_mask, z0:z1] = t
+            scan_kvp, terms, dterms = kvp, [(thick, material)], []
+            extra = {"kind": "step_wedge", "material": material,
+                     "steps": [{"thickness_mm": float(t), "rows": [z0, z1]} for t, (z0, z1) in zip(steps_mm, rows)]}
+        else:
+            scan_kvp = REFERENCE_KVPS[0] if "60" in pid else REFERENCE_KVPS[1]
+            half = z_total // 2
+            holder = np.zeros((u_total, z_total))
+            holder[column_mask, :] = HOLDER["thickness_mm"]
+            layer = np.zeros((u_total, z_total))
+            layer[column_mask, :half] = SPHERES["thickness_mm"]
+            spec = tube_spectrum(scan_kvp, filt)
+            eps = linear_diffusion_coefficient(spec.energies_kev, SPHERES["radius_um"], SPHERES["volume_fraction"],
+                                               matrix=SPHERES["material"], medium=SPHERES["medium"])
+            # sphere material in the beam: phi * layer thickness of polystyrene (air neglected)
+            terms = [(holder, HOLDER["material"]), (layer * SPHERES["volume_fraction"], SPHERES["material"])]
+            dterms = [(layer, eps)]
+            extra = {"kind": "reference_microstructure", "material": SPHERES["material"],
+                     "regions": {"sample": {"rows": [0, half]}, "holder": {"rows": [half, z_total]}},
+                     "sphere": dict(SPHERES), "holder": dict(HOLDER)}
+        t_hat, d_hat, v_ref = scan_phantom(
+            terms, dterms, kvp=scan_kvp, filtration_mm=filt, visibility=vis, n_orientations=len(orientations),
+            photons_per_pixel=photons, phase_steps=steps_m, flux_sigma=flux_sigma, drift=drift, rng=rng,
+        )
+        pdir = out_dir / pid
+        save_nifti(pdir / "proj_T.nii.gz", np.moveaxis(t_hat, 0, -1), voxel_mm)
+        save_nifti(pdir / "proj_D.nii.gz", np.moveaxis(d_hat, 0, -1), voxel_mm)
+        sidecar = {"phantom_id": pid, **extra, "kvp": float(scan_kvp),
+                   "filtration_mm": filt if filt is not None else _default_filtration(), "v_ref": v_ref, **common}
+        write_json(pdir / "sidecar.json", sidecar)
+        written.append(pdir)
+    return written
+
+
+def _default_filtration() -> dict[str, float]:
+    from dfseg.physics import DEFAULT_FILTRATION_MM
+
+    return dict(DEFAULT_FILTRATION_MM)
