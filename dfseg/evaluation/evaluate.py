@@ -290,5 +290,5 @@ def _write_figures(fig_dir: Path, records: Sequence[dict], summary: dict, panels
                                               ece if ece is not None else float("nan")),
         "confusion": plots.plot_confusion_matrices(summary["confusion"], fig_dir / "confusion.png"),
         "lesion_montage": plots.plot_lesion_montage(panels, fig_dir / "lesions.png",
-                                                    f"Largest / smallest detected and missed lesions (threshold {threshold:g})"),
+                                                    f"Lesions, threshold {threshold:g}"),
     }

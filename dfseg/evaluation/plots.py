@@ -78,7 +78,9 @@ def plot_froc(froc: dict, path: str | os.PathLike, title: str = "FROC") -> Path:
     rates = np.asarray(froc["fp_rates"], float)
     lo = rates.min() / 2
     # the curve starts at 0 FP, which a log axis cannot show: draw it from the left edge
-    ax.plot(np.clip(fp, lo, None), sens, drawstyle="steps-post", label="FROC")
+    # extend the last point to the right edge: beyond it the sensitivity stays where it is
+    ax.plot(np.r_[np.clip(fp, lo, None), rates.max() * 1.5], np.r_[sens, sens[-1:]], drawstyle="steps-post",
+            label="FROC")
     ax.plot(rates, froc["sensitivities"], "o", label=f"LUNA16 points (CPM {froc['cpm']:.3f})")
     ax.set_xscale("log")
     ax.set(xlabel="false positives per scan", ylabel="lesion sensitivity", xlim=(lo, rates.max() * 1.5),
@@ -132,7 +134,7 @@ def plot_lesion_montage(panels: Sequence[dict], path: str | os.PathLike, title: 
         title: figure title.
     """
     n = max(len(panels), 1)
-    fig = _figure(2.6 * n, 2.9)
+    fig = _figure(max(2.6 * n, 4.0), 3.1)
     axes = np.atleast_1d(fig.subplots(1, n))
     if not panels:
         axes[0].text(0.5, 0.5, "no lesions", ha="center", va="center")
@@ -146,5 +148,5 @@ def plot_lesion_montage(panels: Sequence[dict], path: str | os.PathLike, title: 
                 ax.contour(mask.T, levels=[0.5], colors=colour, linewidths=1.0, origin="lower")
         ax.set_title(p["title"], fontsize=8)
         ax.set_axis_off()
-    fig.suptitle(f"{title}  (green: label, red: prediction)", fontsize=9)
+    fig.suptitle(f"{title}\ngreen: label, red: prediction", fontsize=8)
     return _save(fig, path)

@@ -1,0 +1,37 @@
+"""``dfseg model-card``: write the model card (JSON + Markdown) of a training run."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "write the model card (JSON + Markdown) of a training run"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="training run directory (holds run_info.json)")
+    parser.add_argument("-o", "--out", metavar="OUT", default=None,
+                        help="output folder for model_card.json / model_card.md (default: RUN_DIR)")
+    parser.add_argument("--metrics", metavar="METRICS_JSON", default=None,
+                        help="metrics.json of dfseg evaluate (default: RUN_DIR/metrics.json or RUN_DIR/evaluation/)")
+    parser.add_argument("--bundle-readme", metavar="README", default=None,
+                        help="also write a bundle docs/README.md generated from the card")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing model card files")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dfseg.io import atomic_write, refuse_existing
+    from dfseg.reporting.model_card import build_model_card, render_bundle_readme, write_model_card
+
+    out = Path(args.out if args.out is not None else args.run_dir)
+    for name in ("model_card.json", "model_card.md"):
+        refuse_existing(out / name, overwrite=args.overwrite)
+    if args.bundle_readme:
+        refuse_existing(args.bundle_readme, overwrite=args.overwrite)
+    json_path, md_path = write_model_card(args.run_dir, out, metrics=args.metrics)
+    if args.bundle_readme:
+        with atomic_write(args.bundle_readme, "w") as fh:
+            fh.write(render_bundle_readme(build_model_card(args.run_dir, metrics=args.metrics)))
+    print(f"wrote {json_path} and {md_path}")
+    return 0
