@@ -1,0 +1,315 @@
+"""Synthetic-tumour augmentation: insert a physically consistent solid lesion into aerated lung.
+
+Physics (PHYSICS.md section 2): a nodule replaces aerated alveoli by solid tissue, so inside it
+- attenuation rises to the solid-tissue value: ``mu -> mu + occ * max(mu_tissue - mu, 0)``
+  (the tissue-air difference times the local air fraction, since lung mu is the air/tissue mix);
+- the dark-field, which comes from the alveolar air-tissue interfaces, falls towards a residual
+  fraction of the local value (default 0), isotropic and anisotropic parts alike, and the
+  anisotropy amplitude (orientation of airways) vanishes;
+- ``occ`` in [0, 1] is the partial-volume occupancy of each voxel, from an irregular
+  (noise-perturbed radial function) lesion surface, restricted to the lung mask.
+
+:class:`SyntheticTumour` is deterministic given its parameters; :class:`RandSyntheticTumourd` only
+samples them (TorchIO style) and calls it, so every augmentation can be logged and replayed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, RandomizableTransform, Transform
+from monai.utils import TransformBackends, convert_to_dst_type
+
+from dfseg.errors import InputError
+from dfseg.transforms.decomposition import DF_CHANNELS
+from dfseg.transforms.features import voxel_size_of
+
+__all__ = [
+    "RandSyntheticTumourD",
+    "RandSyntheticTumourDict",
+    "RandSyntheticTumourd",
+    "SyntheticTumour",
+    "estimate_tissue_mu",
+    "lesion_occupancy",
+]
+
+#: number of random cosine modes that perturb the lesion radius
+_N_MODES = 6
+
+
+def _as_torch(x: Any) -> torch.Tensor:
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+def lesion_occupancy(shape: Sequence[int], centre_vox: Sequence[float], diameter_mm: float,
+                     voxel_mm: float | Sequence[float], *, shape_seed: int = 0, roughness: float = 0.25,
+                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """Partial-volume occupancy of an irregular lesion on a voxel grid.
+
+    The surface is ``r(u) = R (1 + roughness * f(u))`` for unit directions u, R = diameter/2 and
+    ``f(u) = sum_j a_j cos(k_j pi (u . d_j) + phi_j)`` (``sum |a_j| = 1``, so ``|f| <= 1``) with
+    directions, frequencies and phases drawn from ``numpy.random.default_rng(shape_seed)``.
+    Occupancy ramps linearly across one voxel at the surface.
+
+    Args:
+        shape: spatial shape (X, Y, Z) of the volume.
+        centre_vox: lesion centre in voxel coordinates.
+        diameter_mm: nominal diameter in mm.
+        voxel_mm: voxel size in mm (isotropic or per axis).
+        shape_seed: seed of the surface perturbation.
+        roughness: relative radius perturbation, in [0, 0.9].
+        device: torch device of the result.
+
+    Returns:
+        ``(occ, box)``: occupancy (float64 tensor, values in [0, 1]) over the bounding box
+        ``box`` (a tuple of slices into ``shape``); empty box if the lesion misses the volume.
+    """
+    if not 0.0 <= roughness <= 0.9:
+        raise ValueError(f"roughness must be in [0, 0.9], got {roughness}")
+    if diameter_mm <= 0:
+        raise ValueError(f"diameter_mm must be > 0, got {diameter_mm}")
+    vox = np.broadcast_to(np.asarray(voxel_mm, dtype=float), (3,))
+    centre = np.asarray(centre_vox, dtype=float)
+    radius = diameter_mm / 2.0
+    reach = radius * (1 + roughness) + vox.max()
+    lo = np.maximum(np.floor(centre - reach / vox).astype(int), 0)
+    hi = np.minimum(np.ceil(centre + reach / vox).astype(int) + 1, np.asarray(shape))
+    box = tuple(slice(int(a), int(max(a, b))) for a, b in zip(lo, hi))
+    axes = [(torch.arange(s.start, s.stop, dtype=torch.float64, device=device) - c) * v
+            for s, c, v in zip(box, centre, vox)]
+    gx, gy, gz = torch.meshgrid(*axes, indexing="ij")
+    dist = torch.sqrt(gx**2 + gy**2 + gz**2)
+    rng = np.random.default_rng(shape_seed)
+    dirs = rng.normal(size=(_N_MODES, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    freq = rng.uniform(1.0, 3.0, _N_MODES)
+    phase = rng.uniform(0, 2 * np.pi, _N_MODES)
+    amp = rng.uniform(0.2, 1.0, _N_MODES)
+    amp /= amp.sum()
+    safe = dist.clamp_min(1e-12)
+    f = torch.zeros_like(dist)
+    for d, k, p, a in zip(dirs, freq, phase, amp):
+        cos_angle = (gx * d[0] + gy * d[1] + gz * d[2]) / safe
+        f = f + a * torch.cos(k * np.pi * cos_angle + p)
+    surface = radius * (1 + roughness * f)
+    occ = (0.5 + (surface - dist) / float(vox.min())).clamp(0.0, 1.0)
+    return occ, box
+
+
+def estimate_tissue_mu(attn: Any, lung_mask: Any) -> float:
+    """Solid soft-tissue attenuation (1/mm) estimated from the scan itself.
+
+    The median of the voxels outside the lung that attenuate more than the lung's median: body
+    soft tissue dominates them (bone is a minority, air outside the body is below the lung).
+
+    Args:
+        attn: (1, X, Y, Z) or (X, Y, Z) attenuation mu in 1/mm.
+        lung_mask: lung mask of the same spatial shape.
+    """
+    a = _as_torch(attn).reshape(-1).double()
+    m = _as_torch(lung_mask).reshape(-1).to(a.device) > 0
+    if a.shape != m.shape:
+        raise InputError("lung_mask", f"{m.numel()} voxels but attn has {a.numel()}")
+    if not bool(m.any()):
+        raise InputError("lung_mask", "empty lung mask: cannot place or calibrate a lesion")
+    lung_median = a[m].median()
+    body = a[(~m) & (a > lung_median)]
+    if body.numel() == 0:
+        raise InputError("attn", "no voxel outside the lung attenuates more than the lung; give tissue_mu")
+    return float(body.median())
+
+
+class SyntheticTumour(Transform):
+    """Insert one lesion with given parameters (deterministic).
+
+    Args:
+        centre_vox: lesion centre (x, y, z) in voxel coordinates.
+        diameter_mm: nominal diameter in mm.
+        voxel_mm: voxel size in mm (isotropic or per axis).
+        shape_seed: seed of the irregular surface (see :func:`lesion_occupancy`).
+        roughness: relative radius perturbation in [0, 0.9].
+        tissue_mu: solid-tissue attenuation in 1/mm; ``None`` estimates it from the scan
+            (:func:`estimate_tissue_mu`, needs the lung mask).
+        residual_df: dark-field inside the lesion as a fraction of the local lung value (0 = none).
+        df_layout: ``"decomposed"`` (5 channels, :data:`DF_CHANNELS`), ``"orientations"`` (N
+            per-orientation channels) or ``"auto"`` (5 channels means decomposed).
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, centre_vox: Sequence[float], diameter_mm: float, voxel_mm: float | Sequence[float] = 1.0,
+                 *, shape_seed: int = 0, roughness: float = 0.25, tissue_mu: float | None = None,
+                 residual_df: float = 0.0, df_layout: str = "auto") -> None:
+        if df_layout not in ("auto", "decomposed", "orientations"):
+            raise ValueError(f"df_layout must be auto, decomposed or orientations, got {df_layout!r}")
+        if not 0.0 <= residual_df <= 1.0:
+            raise ValueError(f"residual_df must be in [0, 1], got {residual_df}")
+        self.centre_vox = tuple(float(c) for c in centre_vox)
+        self.diameter_mm, self.voxel_mm = float(diameter_mm), voxel_mm
+        self.shape_seed, self.roughness = int(shape_seed), float(roughness)
+        self.tissue_mu, self.residual_df, self.df_layout = tissue_mu, float(residual_df), df_layout
+
+    def params(self) -> dict[str, Any]:
+        """The parameters, as plain JSON-able values (for logging and replay)."""
+        return {"centre_vox": list(self.centre_vox), "diameter_mm": self.diameter_mm,
+                "voxel_mm": self.voxel_mm if np.ndim(self.voxel_mm) == 0 else list(self.voxel_mm),
+                "shape_seed": self.shape_seed, "roughness": self.roughness, "tissue_mu": self.tissue_mu,
+                "residual_df": self.residual_df}
+
+    def __call__(self, attn: Any = None, df: Any = None, label: Any = None, lung_mask: Any = None) -> tuple[Any, Any, Any]:
+        """Insert the lesion.
+
+        Args:
+            attn: (1, X, Y, Z) attenuation mu in 1/mm, or None.
+            df: (5, X, Y, Z) decomposed or (N, X, Y, Z) per-orientation dark-field (1/mm), or None.
+            label: (1, X, Y, Z) tumour label (0/1), or None.
+            lung_mask: (1, X, Y, Z) or (X, Y, Z) lung mask; the lesion only replaces lung.
+
+        Returns:
+            ``(attn, df, label)``, new arrays of the input types/devices (None stays None).
+        """
+        ref = next((x for x in (attn, df, label, lung_mask) if x is not None), None)
+        if ref is None:
+            raise ValueError("SyntheticTumour needs at least one image")
+        spatial = tuple(ref.shape[-3:])
+        device = _as_torch(ref).device
+        occ, box = lesion_occupancy(spatial, self.centre_vox, self.diameter_mm, self.voxel_mm,
+                                    shape_seed=self.shape_seed, roughness=self.roughness, device=device)
+        if lung_mask is not None:
+            lung = _as_torch(lung_mask).to(device)
+            lung = lung.reshape(lung.shape[-3:]) if lung.ndim == 4 else lung
+            if tuple(lung.shape) != spatial:
+                raise InputError("lung_mask", f"shape {tuple(lung.shape)} does not match images {spatial}")
+            occ = occ * (lung[box] > 0).to(occ.dtype)
+        box4 = (slice(None), *box)
+        return (self._attn(attn, lung_mask, occ, box4), self._df(df, occ, box4), self._label(label, occ, box4))
+
+    def _attn(self, attn: Any, lung_mask: Any, occ: torch.Tensor, box4: tuple[slice, ...]) -> Any:
+        if attn is None:
+            return None
+        mu_t = self.tissue_mu
+        if mu_t is None:
+            if lung_mask is None:
+                raise InputError("attn", "tissue_mu not given and no lung mask to estimate it from")
+            mu_t = estimate_tissue_mu(attn, lung_mask)
+        a = _as_torch(attn).clone()
+        b = box4 if a.ndim == 4 else box4[1:]
+        region = a[b].double()
+        a[b] = (region + occ * (mu_t - region).clamp_min(0.0)).to(a.dtype)
+        return convert_to_dst_type(a, attn)[0]
+
+    def _df(self, df: Any, occ: torch.Tensor, box4: tuple[slice, ...]) -> Any:
+        if df is None:
+            return None
+        d = _as_torch(df).clone()
+        if d.ndim != 4:
+            raise InputError("df", f"expected (C, X, Y, Z) dark-field, found shape {tuple(d.shape)}")
+        region = d[box4].double()
+        keep_iso = 1.0 - occ * (1.0 - self.residual_df)
+        decomposed = self.df_layout == "decomposed" or (self.df_layout == "auto" and d.shape[0] == len(DF_CHANNELS))
+        if decomposed:
+            c0 = region[0] * keep_iso
+            # the lesion's own signal is isotropic: the anisotropic vector keeps only the lung fraction
+            vec = region[[3, 4]] * (1.0 - occ)
+            amp = torch.hypot(vec[0], vec[1])
+            safe = c0.abs() > 1e-12
+            aniso = torch.where(safe, amp / torch.where(safe, c0, torch.ones_like(c0)), torch.zeros_like(c0))
+            region = torch.stack([c0, amp, aniso, vec[0], vec[1]])
+        else:
+            # every orientation scales alike: c0 and |c2| fall together, orientation is kept
+            region = region * keep_iso
+        d[box4] = region.to(d.dtype)
+        return convert_to_dst_type(d, df)[0]
+
+    def _label(self, label: Any, occ: torch.Tensor, box4: tuple[slice, ...]) -> Any:
+        if label is None:
+            return None
+        lab = _as_torch(label).clone()
+        b = box4 if lab.ndim == 4 else box4[1:]
+        inside = (occ >= 0.5).expand_as(lab[b])
+        lab[b] = torch.where(inside, torch.ones_like(lab[b]), lab[b])
+        return convert_to_dst_type(lab, label)[0]
+
+
+class RandSyntheticTumourd(RandomizableTransform, MapTransform):
+    """Randomly insert a lesion at a lung location: samples parameters, calls :class:`SyntheticTumour`.
+
+    Args:
+        keys: ``(attn_key, df_key, label_key)``; any may be missing with ``allow_missing_keys``.
+        mask_key: lung mask key (the lesion centre is drawn from it; the lesion stays inside it).
+        prob: probability of inserting a lesion.
+        diameter_range_mm: (min, max) diameter in mm, drawn uniformly.
+        roughness_range: (min, max) relative radius perturbation.
+        voxel_mm: voxel size in mm; ``None`` reads it from the image meta/sidecar.
+        tissue_mu: solid-tissue mu in 1/mm; ``None`` estimates it from the scan.
+        residual_df: lesion dark-field as a fraction of the local lung value.
+        allow_missing_keys: skip absent keys.
+
+    After each call ``self.last_params`` holds the parameters used (``None`` when nothing was
+    inserted), so the augmentation can be logged and replayed with ``SyntheticTumour(**params)``.
+    """
+
+    backend = SyntheticTumour.backend
+
+    def __init__(self, keys: KeysCollection = ("attn", "df", "label"), mask_key: str = "lung_mask",
+                 prob: float = 0.5, diameter_range_mm: tuple[float, float] = (0.5, 3.0), *,
+                 roughness_range: tuple[float, float] = (0.1, 0.35), voxel_mm: float | Sequence[float] | None = None,
+                 tissue_mu: float | None = None, residual_df: float = 0.0,
+                 allow_missing_keys: bool = False) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        if len(self.keys) != 3:
+            raise ValueError(f"keys must be (attn_key, df_key, label_key), got {self.keys}")
+        if not 0 < diameter_range_mm[0] <= diameter_range_mm[1]:
+            raise ValueError(f"diameter_range_mm must be 0 < min <= max, got {diameter_range_mm}")
+        self.mask_key, self.diameter_range_mm, self.roughness_range = mask_key, diameter_range_mm, roughness_range
+        self.voxel_mm, self.tissue_mu, self.residual_df = voxel_mm, tissue_mu, residual_df
+        self.last_params: dict[str, Any] | None = None
+
+    def randomize(self, data: Any = None) -> None:
+        """Decide whether to insert; if so, draw centre, diameter, roughness and shape seed."""
+        super().randomize(None)
+        self.last_params = None
+        if not self._do_transform:
+            return
+        lung = _as_torch(data[self.mask_key])
+        lung = lung.reshape(lung.shape[-3:]) if lung.ndim == 4 else lung
+        idx = torch.nonzero(lung > 0)
+        if idx.shape[0] == 0:
+            raise InputError(self.mask_key, "empty lung mask: nowhere to insert a lesion")
+        centre = idx[int(self.R.randint(idx.shape[0]))].cpu().numpy().astype(float)
+        self.last_params = {
+            "centre_vox": centre.tolist(),
+            "diameter_mm": float(self.R.uniform(*self.diameter_range_mm)),
+            "roughness": float(self.R.uniform(*self.roughness_range)),
+            "shape_seed": int(self.R.randint(2**31 - 1)),
+        }
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.mask_key not in d:
+            raise InputError(self.mask_key, "lung mask key not in the data")
+        self.randomize(d)
+        if self.last_params is None:
+            return d
+        attn_key, df_key, label_key = self.keys
+        present = {k: d[k] for k in self.key_iterator(d)}
+        vox = self.voxel_mm
+        if vox is None:
+            first = next(iter(present), self.mask_key)
+            vox = voxel_size_of(d, first)
+        self.last_params.update(voxel_mm=vox if np.ndim(vox) == 0 else list(vox),
+                                tissue_mu=self.tissue_mu, residual_df=self.residual_df)
+        tumour = SyntheticTumour(**self.last_params)
+        attn, df, label = tumour(present.get(attn_key), present.get(df_key), present.get(label_key), d[self.mask_key])
+        for key, value in ((attn_key, attn), (df_key, df), (label_key, label)):
+            if value is not None:
+                d[key] = value
+        return d
+
+
+RandSyntheticTumourD = RandSyntheticTumourDict = RandSyntheticTumourd

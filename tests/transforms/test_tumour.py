@@ -1,0 +1,152 @@
+"""Synthetic tumour: physics of the inserted lesion, determinism, random sampling, types."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dfseg.errors import InputError
+from dfseg.transforms.decomposition import DirectionalDecomposition
+from dfseg.transforms.tumour import (
+    RandSyntheticTumourd,
+    SyntheticTumour,
+    estimate_tissue_mu,
+    lesion_occupancy,
+)
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+KINDS = ["numpy", "torch"]
+MU_T, MU_LUNG, VOX = 0.02, 0.006, 0.25
+ANGLES = [0, 45, 90, 135]
+
+
+def _phantom(kind="numpy", device="cpu"):
+    """32^3: air outside a body box of soft tissue (mu 0.02) holding a lung box (mu 0.006)."""
+    attn = np.zeros((1, 32, 32, 32), np.float32)
+    attn[:, 2:30, 2:30, 2:30] = MU_T
+    lung = np.zeros((1, 32, 32, 32), np.uint8)
+    lung[:, 6:26, 6:26, 6:26] = 1
+    attn[lung > 0] = MU_LUNG
+    w = np.deg2rad(ANGLES)[:, None, None, None]
+    orient = (0.3 + 0.06 * np.cos(2 * (w - np.deg2rad(20)))) * lung  # c0 0.3, |c2| 0.06 in lung
+    orient = orient.astype(np.float32)
+    df = DirectionalDecomposition(ANGLES)(orient)
+    label = np.zeros((1, 32, 32, 32), np.uint8)
+    label[0, 8, 8, 8] = 1  # an existing lesion voxel that must survive
+    out = {"attn": attn, "df": df, "orient": orient, "label": label, "lung_mask": lung}
+    if kind == "torch":
+        out = {k: torch.as_tensor(v, device=device) for k, v in out.items()}
+    return out
+
+
+def test_estimate_tissue_mu_from_body():
+    p = _phantom()
+    assert estimate_tissue_mu(p["attn"], p["lung_mask"]) == pytest.approx(MU_T, rel=1e-6)
+
+
+def test_sphere_volume_and_partial_volume():
+    occ, box = lesion_occupancy((32, 32, 32), (16, 16, 16), 3.0, VOX, roughness=0.0)
+    volume_vox = float(occ.sum())
+    expected = 4 / 3 * np.pi * (1.5 / VOX) ** 3
+    assert abs(volume_vox / expected - 1) < 0.03
+    assert float(occ.min()) == 0.0 and float(occ.max()) == 1.0
+
+
+def test_irregular_shape_depends_on_seed_and_roughness():
+    a, _ = lesion_occupancy((32, 32, 32), (16, 16, 16), 3.0, VOX, shape_seed=1, roughness=0.3)
+    b, _ = lesion_occupancy((32, 32, 32), (16, 16, 16), 3.0, VOX, shape_seed=2, roughness=0.3)
+    c, _ = lesion_occupancy((32, 32, 32), (16, 16, 16), 3.0, VOX, shape_seed=1, roughness=0.3)
+    assert torch.equal(a, c)
+    assert float(((a >= 0.5) ^ (b >= 0.5)).sum()) > 50
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lesion_physics_decomposed(kind):
+    p = _phantom(kind)
+    attn, df, label = SyntheticTumour((16, 16, 16), 3.0, VOX, shape_seed=3, roughness=0.2)(
+        p["attn"], p["df"], p["label"], p["lung_mask"])
+    for new, old in ((attn, p["attn"]), (df, p["df"]), (label, p["label"])):
+        assert type(new) is type(old) and new.dtype == old.dtype and new.shape == old.shape
+    attn, df, label = (np.asarray(x) for x in (attn, df, label))
+    centre = (slice(None), 16, 16, 16)
+    assert attn[centre][0] == pytest.approx(MU_T, rel=1e-5)  # raised to solid tissue
+    assert np.abs(df[centre]).max() < 1e-6  # c0, amp, aniso, cos, sin all gone
+    assert label[0, 16, 16, 16] == 1 and label[0, 8, 8, 8] == 1
+    changed = np.abs(attn - np.asarray(p["attn"]))[0] > 1e-7
+    assert changed.sum() > 50
+    assert np.all(np.asarray(p["lung_mask"])[0][changed] == 1)  # only lung is replaced
+    new_label = (label[0] == 1) & (np.asarray(p["label"])[0] == 0)
+    assert np.all(changed[new_label])  # every new label voxel got denser
+    # label = occupancy >= 0.5: attenuation at least half-way to tissue there
+    assert np.all(attn[0][new_label] >= MU_LUNG + 0.5 * (MU_T - MU_LUNG) - 1e-7)
+    far = (slice(None), 24, 24, 8)
+    assert np.array_equal(df[far], np.asarray(p["df"])[far]) and attn[0, 24, 24, 8] == MU_LUNG
+    # attenuation never exceeds tissue, dark-field never rises, anisotropy stays consistent
+    assert attn.max() <= MU_T + 1e-7
+    assert np.all(df[0] <= np.asarray(p["df"])[0] + 1e-7)
+    np.testing.assert_allclose(df[1], np.hypot(df[3], df[4]), atol=1e-6)
+    ok = df[0] > 1e-3
+    np.testing.assert_allclose(df[2][ok], df[1][ok] / df[0][ok], rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_orientation_layout_scales_channels(kind):
+    p = _phantom(kind)
+    _, orient, _ = SyntheticTumour((16, 16, 16), 2.0, VOX, tissue_mu=MU_T, df_layout="orientations")(
+        None, p["orient"], None, p["lung_mask"])
+    orient = np.asarray(orient)
+    assert np.abs(orient[:, 16, 16, 16]).max() < 1e-7
+    assert np.array_equal(orient[:, 24, 24, 8], np.asarray(p["orient"])[:, 24, 24, 8])
+
+
+def test_lesion_stays_in_lung():
+    p = _phantom()
+    _, _, label = SyntheticTumour((6, 16, 16), 3.0, VOX, tissue_mu=MU_T)(None, None, p["label"], p["lung_mask"])
+    assert label[0, :6].sum() == 0 and label[0, 6:].sum() > 30
+
+
+def test_missing_mask_and_tissue_mu():
+    with pytest.raises(InputError, match="tissue_mu"):
+        SyntheticTumour((16, 16, 16), 1.0, VOX)(_phantom()["attn"])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_rand_reproducible_and_replayable(kind):
+    p = _phantom(kind)
+    t = RandSyntheticTumourd(prob=1.0, diameter_range_mm=(1.0, 2.0), voxel_mm=VOX)
+    t.set_random_state(7)
+    out1 = t(p)
+    params = dict(t.last_params)
+    assert 1.0 <= params["diameter_mm"] <= 2.0
+    cx, cy, cz = (int(c) for c in params["centre_vox"])
+    assert int(np.asarray(p["lung_mask"])[0, cx, cy, cz]) == 1
+    assert np.asarray(out1["label"]).sum() > np.asarray(p["label"]).sum()
+    t.set_random_state(7)
+    out2 = t(p)
+    assert np.array_equal(np.asarray(out1["df"]), np.asarray(out2["df"]))
+    replay = SyntheticTumour(**params)(p["attn"], p["df"], p["label"], p["lung_mask"])
+    assert np.array_equal(np.asarray(replay[0]), np.asarray(out1["attn"]))
+
+
+def test_rand_prob_zero_is_identity():
+    p = _phantom()
+    t = RandSyntheticTumourd(prob=0.0, voxel_mm=VOX)
+    out = t(p)
+    assert t.last_params is None and out["attn"] is p["attn"]
+
+
+def test_rand_reads_voxel_size_from_sidecar():
+    p = _phantom()
+    p["sidecar"] = {"voxel_mm": 0.5}
+    t = RandSyntheticTumourd(prob=1.0)
+    t.set_random_state(0)
+    t(p)
+    assert t.last_params["voxel_mm"] == 0.5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_device(device):
+    p = _phantom("torch", device)
+    out = RandSyntheticTumourd(prob=1.0, voxel_mm=VOX)(p)
+    assert all(out[k].device == p[k].device for k in ("attn", "df", "label"))
