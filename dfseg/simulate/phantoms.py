@@ -70,8 +70,8 @@ def _visibility(acquisition: Any):
         return VisibilitySpectrum(
             v_max=float(_acq(acquisition, "visibility_max", 0.3)),
             design_energy_kev=float(_acq(acquisition, "design_energy_kev", 35.0)),
-            width_kev=float(_acq(acquisition, "visibility_width_kev", 10.0)),
-            floor_fraction=float(_acq(acquisition, "visibility_floor", 0.2)),
+            width_kev=float(_acq(acquisition, "visibility_width_kev", 12.0)),
+            floor_fraction=float(_acq(acquisition, "visibility_floor", 0.15)),
         )
     return visibility_from_params(vis.describe() if hasattr(vis, "describe") else vis)
 
@@ -96,6 +96,8 @@ def scan_phantom(
     flux_sigma: float,
     drift: float,
     rng: np.random.Generator,
+    noise: bool = True,
+    reference_exposures: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Simulate a radiographic stack of a phantom.
 
@@ -104,6 +106,8 @@ def scan_phantom(
         darkfield_terms: ``[(t (U, Z) in mm, eps(E) (E,) in 1/mm)]`` scattering paths.
         kvp, filtration_mm, visibility: spectrum and reference visibility spectrum.
         n_orientations: N channels (independent exposures of the same isotropic phantom).
+        noise: False gives the expected signals times the gain (no Poisson noise).
+        reference_exposures: exposures averaged into the flat-field (reference) scan.
 
     Returns:
         ``(T, D, v_ref)`` with T, D of shape ``(N, A, U, Z)`` float32, A = ``N_EXPOSURES``.
@@ -118,9 +122,13 @@ def scan_phantom(
     n, a = n_orientations, N_EXPOSURES
     gain = _gain(rng, n, a, flux_sigma, drift)[:, :, None, None]
     shape = (n, a, *t_exp.shape)
+    t_full = np.broadcast_to(t_exp.astype(np.float64), shape)
+    d_full = np.broadcast_to(d_exp.astype(np.float64), shape)
+    if not noise:
+        return (t_full * gain).astype(np.float32), d_full.astype(np.float32), v_ref
     t_hat, d_hat = phase_stepping_measurement(
-        np.broadcast_to(t_exp.astype(np.float64), shape), np.broadcast_to(d_exp.astype(np.float64), shape),
-        v_ref=v_ref, photons_per_pixel=photons_per_pixel, rng=rng, phase_steps=phase_steps, gain=gain,
+        t_full, d_full, v_ref=v_ref, photons_per_pixel=photons_per_pixel, rng=rng, phase_steps=phase_steps,
+        gain=gain, ref_photons_per_pixel=photons_per_pixel * reference_exposures,
     )
     return np.asarray(t_hat, np.float32), np.asarray(d_hat, np.float32), v_ref
 
@@ -154,6 +162,8 @@ def write_phantom_scans(out_dir: str | Path, acquisition: Any, seed: int,
     flux_sigma = float(_acq(acquisition, "flux_sigma", 0.01))
     drift = float(_acq(acquisition, "drift_amplitude", _acq(acquisition, "drift", 0.02)))
     voxel_mm = float(_acq(acquisition, "voxel_mm", 0.1))
+    noise = bool(_acq(acquisition, "noise", True))
+    ref_exposures = int(_acq(acquisition, "reference_exposures", 1))
 
     u_total = SAMPLE_COLUMNS + 2 * air
     z_total = N_STEPS * ROWS_PER_STEP
@@ -165,7 +175,8 @@ def write_phantom_scans(out_dir: str | Path, acquisition: Any, seed: int,
     common = {
         "visibility": vis.describe(), "orientations_deg": orientations, "air_columns": air,
         "sample_columns": list(sample_cols), "photons_per_pixel": photons, "phase_steps": steps_m,
-        "flux_sigma": flux_sigma, "drift_amplitude": drift, "voxel_mm": voxel_mm, "seed": int(seed),
+        "flux_sigma": flux_sigma, "drift_amplitude": drift, "noise": noise,
+        "reference_exposures": ref_exposures, "voxel_mm": voxel_mm, "seed": int(seed),
         "exposures": N_EXPOSURES, "layout": "proj_* on disk (A, U, Z, N): A exposures, U columns, Z rows, N orientations",
     }
     written: list[Path] = []
@@ -202,6 +213,7 @@ def write_phantom_scans(out_dir: str | Path, acquisition: Any, seed: int,
         t_hat, d_hat, v_ref = scan_phantom(
             terms, dterms, kvp=scan_kvp, filtration_mm=filt, visibility=vis, n_orientations=len(orientations),
             photons_per_pixel=photons, phase_steps=steps_m, flux_sigma=flux_sigma, drift=drift, rng=rng,
+            noise=noise, reference_exposures=ref_exposures,
         )
         pdir = out_dir / pid
         save_nifti(pdir / "proj_T.nii.gz", np.moveaxis(t_hat, 0, -1), voxel_mm)
