@@ -1,1 +1,30 @@
-"""dfseg.training"""
+"""Ignite/MONAI pieces the bundles wire: deterministic data feeding, transform chains, resumable
+checkpoints, run records and prediction writers. The bundle YAML only calls these."""
+
+from __future__ import annotations
+
+from dfseg.training.checkpoint import BestModelSaver, ResumableCheckpoint, load_checkpoint
+from dfseg.training.data import (
+    EpochSampler,
+    SeededCacheDataset,
+    datalist,
+    derive_seed,
+    is_preprocessed,
+    resolve,
+)
+from dfseg.training.handlers import MetricsWriter, ProbabilityWriter, RunInfoWriter, run_info
+from dfseg.training.transforms import (
+    MODALITY_CHANNELS,
+    PresenceScored,
+    eval_postprocessing,
+    eval_transforms,
+    in_channels,
+    train_transforms,
+)
+
+__all__ = [
+    "MODALITY_CHANNELS", "BestModelSaver", "EpochSampler", "MetricsWriter", "PresenceScored",
+    "ProbabilityWriter", "ResumableCheckpoint", "RunInfoWriter", "SeededCacheDataset", "datalist",
+    "derive_seed", "eval_postprocessing", "eval_transforms", "in_channels", "is_preprocessed",
+    "load_checkpoint", "resolve", "run_info", "train_transforms",
+]

@@ -1,0 +1,205 @@
+"""Transform chains the bundles wire: training, validation/evaluation, inference and post-processing.
+
+Chain (keys ``attn``, ``df``, ``label``, ``lung_mask``)::
+
+    LoadImaged -> EnsureChannelFirstd (3D volumes get a channel; df keeps its N/5 channels first)
+      -> [raw reconstructions only] volume_chain(calibration): beam-hardening correction,
+         spectrum-aware normalisation, directional decomposition (df: N orientations -> 5 channels)
+      -> [training only, random] RandSyntheticTumourd on the whole volume (inside the lung mask)
+      -> SelectModalityd(modality) -> "image" (attn 1, df 4, combined 5 channels)
+      -> NormalizeIntensityd(image, channel-wise z-score over the volume)
+      -> [training only, random] RandCropByPosNegLabeld(patch), flips, 90-degree rotations
+
+Everything up to the first random transform is deterministic, so ``CacheDataset`` caches it.
+Preprocessed manifests (written by ``dfseg preprocess``) skip the correction chain.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import (
+    Activationsd,
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    NormalizeIntensityd,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandRotate90d,
+)
+
+from dfseg.errors import InputError
+
+__all__ = [
+    "MODALITY_CHANNELS",
+    "PresenceScored",
+    "eval_postprocessing",
+    "eval_transforms",
+    "in_channels",
+    "train_transforms",
+]
+
+#: Network input channels per modality (docs/ARCHITECTURE.md, "Decomposed and network channels").
+MODALITY_CHANNELS: dict[str, tuple[str, ...]] = {
+    "attn": ("attn",),
+    "df": ("c0", "amp", "amp_cos2t", "amp_sin2t"),
+    "combined": ("attn", "c0", "amp", "amp_cos2t", "amp_sin2t"),
+}
+
+IMAGE_KEYS = ("attn", "df")
+
+
+def in_channels(modality: str) -> int:
+    """Number of network input channels of ``modality`` (1, 4 or 5)."""
+    if modality not in MODALITY_CHANNELS:
+        raise InputError("modality", f"must be one of {', '.join(MODALITY_CHANNELS)}, got {modality!r}")
+    return len(MODALITY_CHANNELS[modality])
+
+
+def _load(keys: Sequence[str]) -> list:
+    # 3D volumes (attn, label, lung_mask) get a channel axis; df is (X, Y, Z, N) on disk -> (N, X, Y, Z).
+    scalar = [k for k in keys if k != "df"]
+    out: list = [LoadImaged(keys=list(keys), image_only=True)]
+    if scalar:
+        out.append(EnsureChannelFirstd(keys=scalar, channel_dim="no_channel"))
+    if "df" in keys:
+        out.append(EnsureChannelFirstd(keys="df", channel_dim=-1))
+    out.append(EnsureTyped(keys=[k for k in keys if k in IMAGE_KEYS], dtype=torch.float32, track_meta=True))
+    return out
+
+
+def _correction(preprocessed: bool, calibration: str | os.PathLike | None) -> list:
+    """The volume correction chain for raw reconstructions (nothing for preprocessed scans)."""
+    if preprocessed:
+        return []
+    from dfseg.transforms.pipeline import volume_chain
+
+    cal = None
+    if calibration not in (None, "", "None"):
+        from dfseg.calibration import load_calibration
+
+        cal = load_calibration(calibration)
+    chain = volume_chain(cal)
+    return list(chain.transforms) if isinstance(chain, Compose) else list(chain)
+
+
+def _synthetic(prob: float, diameter_mm: Sequence[float]) -> list:
+    if float(prob) <= 0:
+        return []
+    from dfseg.transforms.tumour import RandSyntheticTumourd
+
+    return [RandSyntheticTumourd(keys=("attn", "df", "label"), mask_key="lung_mask", prob=float(prob),
+                                 diameter_range_mm=tuple(float(d) for d in diameter_mm))]
+
+
+def _select(modality: str) -> list:
+    from dfseg.transforms.modality import SelectModalityd
+
+    in_channels(modality)
+    return [
+        SelectModalityd(keys=IMAGE_KEYS, modality=modality, output_key="image"),
+        # per-volume, per-channel z-score: attenuation (~0.02/mm) and dark-field (~1e-3/mm) differ by
+        # orders of magnitude; the network sees comparable ranges whatever the modality.
+        NormalizeIntensityd(keys="image", channel_wise=True),
+    ]
+
+
+def train_transforms(modality: str, patch_size: Sequence[int] | int, *, preprocessed: bool = False,
+                     calibration: str | os.PathLike | None = None, num_samples: int = 2,
+                     pos: float = 1.0, neg: float = 1.0, synthetic_tumour_prob: float = 0.3,
+                     synthetic_diameter_mm: Sequence[float] = (0.5, 3.0)) -> Compose:
+    """Training chain: load, correct, synthetic tumours, select modality, normalise, patch, augment.
+
+    Args:
+        modality: ``attn``, ``df`` or ``combined``.
+        patch_size: training patch in voxels (int or 3 ints); SwinUNETR needs multiples of 32.
+        preprocessed: scans already corrected and decomposed by ``dfseg preprocess``.
+        calibration: ``calibration.json`` for raw reconstructions.
+        num_samples: patches per volume and iteration (``RandCropByPosNegLabeld``).
+        pos, neg: ratio of tumour-centred to background-centred patches.
+        synthetic_tumour_prob: probability of inserting a synthetic tumour (``RandSyntheticTumourd``).
+        synthetic_diameter_mm: diameter range of synthetic tumours, mm.
+
+    Returns:
+        ``Compose`` producing dicts with ``image`` (C, *patch) float32 and ``label`` (1, *patch).
+    """
+    patch = (int(patch_size),) * 3 if np.ndim(patch_size) == 0 else tuple(int(p) for p in patch_size)
+    keys = ("attn", "df", "label", "lung_mask")
+    return Compose([
+        *_load(keys),
+        *_correction(preprocessed, calibration),
+        *_synthetic(synthetic_tumour_prob, synthetic_diameter_mm),
+        *_select(modality),
+        # fg_indices from the label, negatives anywhere inside the lung would be nicer but the
+        # label-only form keeps the crop independent of lung-mask quality.
+        RandCropByPosNegLabeld(keys=("image", "label"), label_key="label", spatial_size=patch,
+                               pos=float(pos), neg=float(neg), num_samples=int(num_samples),
+                               allow_smaller=True),
+        RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=0),
+        RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=1),
+        RandRotate90d(keys=("image", "label"), prob=0.5, spatial_axes=(0, 1)),
+        EnsureTyped(keys=("image", "label"), dtype=torch.float32, track_meta=False),
+    ])
+
+
+def eval_transforms(modality: str, *, preprocessed: bool = False,
+                    calibration: str | os.PathLike | None = None, with_label: bool = True) -> Compose:
+    """Deterministic whole-volume chain for validation, evaluation and inference.
+
+    Returns dicts with ``image`` (C, X, Y, Z), ``lung_mask`` (1, X, Y, Z) and, when ``with_label``,
+    ``label`` (1, X, Y, Z); ``image`` keeps its MetaTensor affine so predictions can be saved on
+    the scan's grid.
+    """
+    keys = ("attn", "df", "lung_mask") + (("label",) if with_label else ())
+    return Compose([
+        *_load(keys),
+        *_correction(preprocessed, calibration),
+        *_select(modality),
+    ])
+
+
+class PresenceScored(MapTransform):
+    """Per-volume lesion-presence score and target (docs/ARCHITECTURE.md).
+
+    ``presence`` = maximum of ``pred`` (probabilities, (1, X, Y, Z)) inside ``lung_mask`` (whole
+    volume when the mask is empty); ``presence_label`` = 1 if ``label`` holds any tumour voxel.
+    Both are 1-element float tensors so MONAI's ``ROCAUC`` handler can batch them.
+    """
+
+    def __init__(self, pred_key: str = "pred", mask_key: str = "lung_mask", label_key: str = "label",
+                 output_key: str = "presence") -> None:
+        super().__init__(keys=pred_key, allow_missing_keys=True)
+        self.pred_key, self.mask_key, self.label_key, self.output_key = pred_key, mask_key, label_key, output_key
+
+    def __call__(self, data: Any) -> Any:
+        d = dict(data)
+        pred = torch.as_tensor(d[self.pred_key]).float()
+        mask = d.get(self.mask_key)
+        if mask is not None and bool((torch.as_tensor(mask) > 0).any()):
+            inside = torch.as_tensor(mask).to(pred.device) > 0
+            score = pred[inside.expand_as(pred)].max()
+        else:
+            score = pred.max()
+        d[self.output_key] = score.reshape(1).as_subclass(torch.Tensor)
+        if self.label_key in d:
+            d[f"{self.output_key}_label"] = (torch.as_tensor(d[self.label_key]) > 0).any().float().reshape(1)
+        return d
+
+
+def eval_postprocessing(threshold: float = 0.5) -> Compose:
+    """Sigmoid on ``pred``, presence score, binary ``pred_bin`` for Dice."""
+    from monai.transforms import AsDiscreted, CopyItemsd
+
+    return Compose([
+        Activationsd(keys="pred", sigmoid=True),
+        PresenceScored(),
+        CopyItemsd(keys="pred", names="pred_bin"),
+        AsDiscreted(keys="pred_bin", threshold=float(threshold)),
+    ])
