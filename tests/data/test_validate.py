@@ -295,3 +295,24 @@ def test_unreadable_manifest(tmp_path):
     path.write_text("{not json")
     problems = validate_manifest(path)
     assert len(problems) == 1 and problems[0].where == str(path) and problems[0].message.startswith("not valid JSON")
+
+
+def test_mha_image_is_read_through_simpleitk(cohort):
+    import SimpleITK as sitk
+
+    from dfseg.data.manifest import load_manifest
+
+    entry = load_manifest(cohort)["training"][0]
+    array = np.asarray(nib.load(entry["attn"]).dataobj)
+    image = sitk.GetImageFromArray(np.transpose(array, (2, 1, 0)))  # ITK arrays are (Z, Y, X)
+    image.SetSpacing((VOXEL_MM,) * 3)
+    image.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))  # RAS identity expressed in ITK's LPS
+    mha = Path(entry["attn"]).with_name("attn.mha")
+    sitk.WriteImage(image, str(mha))
+    assert validate_scan({**entry, "attn": str(mha)}, check_hashes=False) == []
+    image.SetSpacing((VOXEL_MM, VOXEL_MM, 0.3))
+    sitk.WriteImage(image, str(mha))
+    problems = _messages(validate_scan({**entry, "attn": str(mha)}, check_hashes=False))
+    # attn is the reference grid, so the other three images disagree with it, and it with the sidecar
+    assert f"{entry['df']}: voxel spacing (0.1, 0.1, 0.1) mm differs from attn (0.1, 0.1, 0.3) mm" in problems
+    assert len(problems) == 4
