@@ -1,0 +1,359 @@
+"""Talbot-Lau dark-field acquisition of an :class:`~dfseg.simulate.anatomy.Anatomy`: CT or radiograph.
+
+CT (parallel beam, rotation axis z, 180 deg):
+
+1. Line integrals of every material map and of the six scattering-tensor components of every
+   energy-basis term, for all slices, in one batched :func:`dfseg.tomo.project` call; the tensor
+   projections are combined per (angle, grating orientation) with
+   :func:`dfseg.tomo.tensor_projection_weights` (PHYSICS.md section 3).
+2. Expected T and D per ray from the polychromatic, visibility-weighted forward model
+   (:func:`dfseg.physics.polychromatic_signals`), so beam hardening and spurious dark-field on
+   bone arise from the physics.
+3. Poisson phase-stepping measurement (:func:`dfseg.physics.phase_stepping_measurement`) with a
+   gain = flux fluctuation per exposure x slow detector drift over the scan.
+4. Uncorrected FBP, as a scanner gives it: ``attn = mean_n fbp(-ln T_n)`` (1/mm) and
+   ``df_n = fbp(-ln D_n)`` per orientation (1/mm). No flux, drift or beam-hardening correction:
+   that is the job of ``dfseg preprocess``, using the ``air_columns`` air-only detector columns.
+
+Radiograph: one view along +y; the detector plane is (x, z) and the grating sensitivity direction
+of orientation w is ``s(w) = cos w * x + sin w * z``. ``attn = -ln T`` and ``df = -ln D`` (line
+integrals, unitless), images (X, Z).
+
+Dose (an estimate, not a measurement). The default ``photons_per_pixel`` is
+:data:`dfseg.physics.DEFAULT_PHOTONS_PER_PIXEL` = 2e4 detected counts per pixel and exposure,
+summed over the phase steps. Cross-check: an 85 mGy-class preclinical dark-field CT (Umkehrer
+et al. 2019) at a mean energy near 40 keV (soft-tissue mu_en/rho ~ 0.07 cm^2/g) corresponds to
+~2e11 photons/cm^2 incident over the scan, i.e. ~2e6 per mm^2 per exposure over 4 x 180
+exposures; after the analyser grating (~50 %) and detector (~60 %) that is ~6e5 counts per mm^2,
+or 2e4-1e5 counts for 0.2-0.4 mm pixels. The flat field (reference) is taken as
+``reference_exposures`` averaged exposures. A radiograph uses the same per-exposure fluence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dfseg.errors import InputError
+from dfseg.simulate.anatomy import Anatomy, scattering_tensors
+
+GEOMETRIES = ("ct", "radiograph")
+
+#: Smallest T or D taken into the logarithm (a pixel with no counts would give -ln 0).
+_LOG_FLOOR = 1e-6
+
+
+def _default_photons() -> float:
+    from dfseg.physics import DEFAULT_PHOTONS_PER_PIXEL
+
+    return float(DEFAULT_PHOTONS_PER_PIXEL)
+
+
+@dataclass(frozen=True)
+class AcquisitionConfig:
+    """Everything about the scan; the sidecar repeats it.
+
+    Attributes:
+        kvp: tube voltage, kV (tungsten anode, SpekPy).
+        filtration_mm: added filtration, SpekPy material -> mm.
+        orientations_deg: grating orientations w, degrees (>= 3 distinct mod 180 for a directional fit).
+        n_angles: projection angles over [0, 180) deg (CT).
+        photons_per_pixel: detected counts per pixel and exposure, summed over phase steps, in the
+            open beam (see the module docstring for where the default comes from).
+        reference_exposures: exposures averaged into the flat-field (reference) scan.
+        phase_steps: M phase steps per exposure.
+        visibility: :class:`dfseg.physics.VisibilitySpectrum` parameters (v_max, design_energy_kev,
+            width_kev, floor_fraction).
+        flux_sigma: relative standard deviation of the tube flux per exposure.
+        drift_amplitude: amplitude of the slow relative detector-gain drift over the whole scan.
+        air_columns: detector columns on each side that see only air in every projection.
+        geometry: ``"ct"`` or ``"radiograph"``.
+        monochromatic_kev: if set, a monochromatic beam at this energy (tests: no beam hardening).
+        noise: False gives the expected signals (no Poisson noise; flux and drift still applied).
+        n_basis: energy basis functions of the scattering tensor.
+        bin_kev: spectrum bin width, keV.
+    """
+
+    kvp: float = 70.0
+    filtration_mm: dict[str, float] = field(default_factory=lambda: {"Al": 1.0})
+    orientations_deg: tuple[float, ...] = (0.0, 45.0, 90.0, 135.0)
+    n_angles: int = 180
+    photons_per_pixel: float = field(default_factory=_default_photons)
+    reference_exposures: int = 10
+    phase_steps: int = 5
+    visibility: dict[str, float] = field(default_factory=lambda: {
+        "v_max": 0.3, "design_energy_kev": 30.0, "width_kev": 10.0, "floor_fraction": 0.15})
+    flux_sigma: float = 0.01
+    drift_amplitude: float = 0.02
+    air_columns: int = 4
+    geometry: str = "ct"
+    monochromatic_kev: float | None = None
+    noise: bool = True
+    n_basis: int = 2
+    bin_kev: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.geometry not in GEOMETRIES:
+            raise InputError("geometry", f"unknown geometry {self.geometry!r}; choose {' or '.join(GEOMETRIES)}")
+        if len(self.orientations_deg) < 1:
+            raise InputError("orientations_deg", "need at least one grating orientation")
+        if self.n_angles < 1:
+            raise InputError("n_angles", f"need at least one projection angle, got {self.n_angles}")
+        if not self.photons_per_pixel > 0:
+            raise InputError("photons_per_pixel", f"must be positive, got {self.photons_per_pixel}")
+        if self.phase_steps < 3:
+            raise InputError("phase_steps", f"need at least 3 phase steps, got {self.phase_steps}")
+        if self.air_columns < 0:
+            raise InputError("air_columns", f"must be >= 0, got {self.air_columns}")
+
+    def spectrum(self):
+        """The detector-weighted spectrum (:class:`dfseg.physics.Spectrum`)."""
+        from dfseg.physics import monochromatic, tube_spectrum
+
+        if self.monochromatic_kev is not None:
+            return monochromatic(self.monochromatic_kev)
+        return tube_spectrum(self.kvp, dict(self.filtration_mm), bin_kev=self.bin_kev)
+
+    def visibility_spectrum(self):
+        """The reference visibility V0(E) (:class:`dfseg.physics.VisibilitySpectrum`)."""
+        from dfseg.physics import VisibilitySpectrum
+
+        return VisibilitySpectrum(**self.visibility)
+
+    def reference_visibility(self) -> float:
+        """Open-beam visibility of the polychromatic beam, ``sum S' V0 / sum S'``."""
+        s = self.spectrum()
+        return float(np.sum(s.weights * self.visibility_spectrum()(s.energies_kev)) / np.sum(s.weights))
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description (sidecar fields)."""
+        d = asdict(self)
+        d["orientations_deg"] = [float(w) for w in self.orientations_deg]
+        d["filtration_mm"] = dict(self.filtration_mm)
+        return d
+
+
+def _materials_mu(anatomy: Anatomy, energies_kev: np.ndarray) -> tuple[list[str], np.ndarray]:
+    from dfseg.physics import mu
+
+    names = sorted(anatomy.materials)
+    return names, np.stack([mu(n, energies_kev) for n in names])  # (M, E)
+
+
+def _gain(config: AcquisitionConfig, n_exposures: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Flux x drift per exposure, shape (N, A): independent flux noise, slow drift over scan time.
+
+    Exposures are taken orientation by orientation, angle by angle; the drift is a half-period
+    sinusoid of random phase over the whole scan (smooth, amplitude ``drift_amplitude``).
+    """
+    n, a = n_exposures
+    flux = 1.0 + config.flux_sigma * rng.standard_normal((n, a))
+    tau = np.arange(n * a).reshape(n, a) / max(n * a, 1)
+    drift = 1.0 + config.drift_amplitude * np.sin(np.pi * tau + rng.uniform(0, 2 * np.pi))
+    return flux * drift
+
+
+def _measure(T: np.ndarray, D: np.ndarray, gain: np.ndarray, config: AcquisitionConfig, v_ref: float,
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    from dfseg.physics import phase_stepping_measurement
+
+    T = np.broadcast_to(T, np.broadcast_shapes(T.shape, D.shape))
+    if not config.noise:
+        return (T * gain).astype(np.float32), D.astype(np.float32)
+    return phase_stepping_measurement(
+        T, D, v_ref=v_ref, photons_per_pixel=config.photons_per_pixel, rng=rng,
+        phase_steps=config.phase_steps, gain=gain,
+        ref_photons_per_pixel=config.photons_per_pixel * config.reference_exposures,
+    )
+
+
+def expected_signals(spectrum, visibility, lines: np.ndarray, mu_e: np.ndarray, p_k: np.ndarray, h: np.ndarray,
+                     *, device=None, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+    """Expected T and D of :func:`dfseg.physics.polychromatic_signals`, fast path for many orientations.
+
+    Same model (T = sum S' e^-A / sum S', D = [sum w e^-A e^-DF / sum w] / T, w = S' V0), but the
+    attenuation sums are done once per ray and shared by all N grating orientations, energy sums
+    are matrix products in float32 torch, and rays are processed in chunks (memory O(chunk * E)).
+    ``tests/simulate`` checks it against the physics function.
+
+    Args:
+        spectrum: detector-weighted spectrum (E bins).
+        visibility: V0(E).
+        lines: (M, *R) material line integrals, mm.
+        mu_e: (M, E) attenuation coefficients, 1/mm.
+        p_k: (K, N, *R) dark-field basis line integrals (unitless).
+        h: (K, E) dark-field energy basis functions.
+        device: torch device.
+        chunk: rays per chunk.
+
+    Returns:
+        ``(T, D)``: T (1, *R) and D (N, *R), float32 numpy.
+    """
+    import torch
+
+    e = spectrum.energies_kev
+    s = spectrum.weights / spectrum.weights.sum()
+    w = s * visibility(e)
+    w = w / w.sum()
+    dev = torch.device(device or "cpu")
+    m, r_shape = lines.shape[0], lines.shape[1:]
+    k, n = p_k.shape[:2]
+    lf = torch.from_numpy(np.ascontiguousarray(lines.reshape(m, -1), dtype=np.float32)).to(dev)
+    pf = torch.from_numpy(np.ascontiguousarray(p_k.reshape(k, n, -1), dtype=np.float32)).to(dev)
+    mu_t = torch.as_tensor(mu_e, dtype=torch.float32, device=dev)
+    h_t = torch.as_tensor(h, dtype=torch.float32, device=dev)
+    s_t = torch.as_tensor(s, dtype=torch.float32, device=dev)
+    w_t = torch.as_tensor(w, dtype=torch.float32, device=dev)
+    n_rays = lf.shape[1]
+    t_out = torch.empty(n_rays, dtype=torch.float32, device=dev)
+    d_out = torch.empty((n, n_rays), dtype=torch.float32, device=dev)
+    for start in range(0, n_rays, chunk):
+        sl = slice(start, min(start + chunk, n_rays))
+        ea = torch.exp(-(lf[:, sl].T @ mu_t))  # (r, E)
+        t = ea @ s_t
+        t_out[sl] = t
+        for j in range(n):
+            edf = torch.exp(-(pf[:, j, sl].T @ h_t))  # (r, E)
+            d_out[j, sl] = ((ea * edf) @ w_t) / torch.clamp(t, min=1e-30)
+    return (t_out.reshape(1, *r_shape).cpu().numpy(), d_out.reshape(n, *r_shape).cpu().numpy())
+
+
+def _neg_log(x: np.ndarray) -> np.ndarray:
+    return -np.log(np.maximum(x, _LOG_FLOOR))
+
+
+def _check_fov(anatomy: Anatomy, config: AcquisitionConfig) -> None:
+    """The body must stay inside the circle that keeps ``air_columns`` air columns at every angle."""
+    x, y, _ = anatomy.coordinates_mm()
+    r = np.sqrt(x**2 + y**2)
+    n = anatomy.shape[0]
+    limit = (n / 2 - config.air_columns - 0.5) * anatomy.voxel_mm
+    occupied = anatomy.body_mask.any(axis=2)
+    if config.geometry == "radiograph":
+        cols = np.flatnonzero(anatomy.body_mask.any(axis=(1, 2)))
+        ok = cols.size == 0 or (cols.min() >= config.air_columns and cols.max() < n - config.air_columns)
+    else:
+        ok = not np.any(occupied & (r[..., 0] > limit))
+    if not ok:
+        raise InputError("air_columns", f"the body does not leave {config.air_columns} air-only detector columns; "
+                                        "use a larger --size or fewer air columns")
+
+
+def acquire_ct(anatomy: Anatomy, config: AcquisitionConfig, rng: np.random.Generator, *, device: str | None = None
+               ) -> dict[str, Any]:
+    """Simulate a directional dark-field CT scan and its uncorrected FBP reconstruction.
+
+    Args:
+        anatomy: the phantom (X = Y required: U = X detector columns).
+        config: acquisition settings.
+        rng: random generator (noise, flux, drift).
+        device: torch device for the projector and FBP (default CUDA when available, else CPU).
+
+    Returns:
+        dict with ``proj_T``, ``proj_D`` (N, A, U, Z) float32 measured T and D; ``attn`` (X, Y, Z)
+        float32 in 1/mm; ``df`` (X, Y, Z, N) float32 in 1/mm; ``spectrum`` (the Spectrum);
+        ``v_ref`` (float); ``gain`` (N, A).
+    """
+    import torch
+
+    from dfseg.tomo import fbp, project, projection_angles, tensor_projection_weights
+
+    nx, ny, nz = anatomy.shape
+    if nx != ny:
+        raise InputError("anatomy", f"CT needs a square slice (X = Y), got {anatomy.shape}")
+    _check_fov(anatomy, config)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    spectrum = config.spectrum()
+    vis = config.visibility_spectrum()
+    e = spectrum.energies_kev
+    names, mu_e = _materials_mu(anatomy, e)
+    h, s6 = scattering_tensors(anatomy, e, n_basis=config.n_basis)  # (K, E), (K, 6, X, Y, Z)
+    k = h.shape[0]
+    angles = projection_angles(config.n_angles)
+    w = np.deg2rad(np.asarray(config.orientations_deg, dtype=np.float64))
+    n_or = w.size
+
+    # one batched projection of all maps (materials + tensor components) of all slices
+    maps = np.concatenate([np.stack([anatomy.materials[m] for m in names]), s6.reshape(k * 6, nx, ny, nz)])
+    maps_t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(maps, -1, 1))).to(dev)  # (C, Z, X, Y)
+    sino = project(maps_t, angles, pixel_mm=anatomy.voxel_mm)  # (C, Z, A, U)
+    sino = sino.permute(0, 2, 3, 1).cpu().numpy()  # (C, A, U, Z)
+    lines = sino[: len(names)]  # (M, A, U, Z) path lengths, mm
+    comp = sino[len(names):].reshape(k, 6, *sino.shape[1:])  # (K, 6, A, U, Z)
+    wts = tensor_projection_weights(angles, w).astype(np.float32)  # (N, A, 6)
+    p_k = np.einsum("kcauz,nac->knauz", comp, wts)  # (K, N, A, U, Z)
+
+    t_exp, d_exp = expected_signals(spectrum, vis, lines, mu_e, p_k, h, device=dev)  # (1|N, A, U, Z)
+
+    v_ref = float(np.sum(spectrum.weights * vis(e)) / np.sum(spectrum.weights))
+    gain = _gain(config, (n_or, config.n_angles), rng)
+    t_hat, d_hat = _measure(t_exp, d_exp, gain[:, :, None, None], config, v_ref, rng)
+
+    # uncorrected FBP of all orientations and slices in one call
+    logs = np.stack([_neg_log(t_hat), _neg_log(d_hat)]).astype(np.float32)  # (2, N, A, U, Z)
+    logs_t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(logs, -1, 2))).to(dev)  # (2, N, Z, A, U)
+    rec = fbp(logs_t, angles, (nx, ny), pixel_mm=anatomy.voxel_mm).cpu().numpy()  # (2, N, Z, X, Y)
+    attn = np.moveaxis(rec[0].mean(axis=0), 0, -1)  # (X, Y, Z)
+    df = np.moveaxis(rec[1], (0, 1), (3, 2))  # (X, Y, Z, N)
+    return {
+        "proj_T": np.asarray(t_hat, np.float32), "proj_D": np.asarray(d_hat, np.float32),
+        "attn": np.ascontiguousarray(attn, np.float32), "df": np.ascontiguousarray(df, np.float32),
+        "spectrum": spectrum, "v_ref": v_ref, "gain": gain,
+    }
+
+
+def radiograph_weights(orientations_rad: np.ndarray) -> np.ndarray:
+    """Weights (N, 6) of ``s^T S s`` for ``s(w) = cos w x + sin w z`` (radiograph detector plane)."""
+    w = np.asarray(orientations_rad, dtype=np.float64)
+    c, s = np.cos(w), np.sin(w)
+    z = np.zeros_like(w)
+    return np.stack([c * c, z, s * s, z, 2 * c * s, z], axis=-1)
+
+
+def acquire_radiograph(anatomy: Anatomy, config: AcquisitionConfig, rng: np.random.Generator) -> dict[str, Any]:
+    """Simulate single-view attenuation and directional dark-field radiographs (projection along y).
+
+    Args:
+        anatomy: the phantom.
+        config: acquisition settings (``n_angles`` is ignored).
+        rng: random generator.
+
+    Returns:
+        dict with ``proj_T``, ``proj_D`` (N, 1, X, Z) float32; ``attn`` (X, Z) = -ln T averaged over
+        orientations; ``df`` (X, Z, N) = -ln D per orientation; ``spectrum``; ``v_ref``; ``gain`` (N, 1).
+    """
+    from dfseg.physics import polychromatic_signals
+
+    _check_fov(anatomy, config)
+    spectrum = config.spectrum()
+    vis = config.visibility_spectrum()
+    e = spectrum.energies_kev
+    names, mu_e = _materials_mu(anatomy, e)
+    h, s6 = scattering_tensors(anatomy, e, n_basis=config.n_basis)
+    v = anatomy.voxel_mm
+    lines = [anatomy.materials[m].sum(axis=1, dtype=np.float64) * v for m in names]  # (X, Z) each
+    comp = s6.sum(axis=3, dtype=np.float64) * v  # (K, 6, X, Z)
+    wts = radiograph_weights(np.deg2rad(np.asarray(config.orientations_deg, dtype=np.float64)))  # (N, 6)
+    p_k = np.einsum("kcxz,nc->knxz", comp, wts)[:, :, None]  # (K, N, 1, X, Z)
+    att_terms = [(lines[i][None, None], mu_e[i]) for i in range(len(names))]
+    df_terms = [(p_k[j], h[j]) for j in range(h.shape[0])]
+    t_exp, d_exp = polychromatic_signals(spectrum, vis, att_terms, df_terms)  # (N, 1, X, Z)
+    v_ref = float(np.sum(spectrum.weights * vis(e)) / np.sum(spectrum.weights))
+    gain = _gain(config, (t_exp.shape[0], 1), rng)
+    t_hat, d_hat = _measure(t_exp, d_exp, gain[:, :, None, None], config, v_ref, rng)
+    attn = _neg_log(t_hat[:, 0]).mean(axis=0)
+    df = np.moveaxis(_neg_log(d_hat[:, 0]), 0, -1)
+    return {
+        "proj_T": np.asarray(t_hat, np.float32), "proj_D": np.asarray(d_hat, np.float32),
+        "attn": attn.astype(np.float32), "df": df.astype(np.float32),
+        "spectrum": spectrum, "v_ref": v_ref, "gain": gain,
+    }
+
+
+def acquire(anatomy: Anatomy, config: AcquisitionConfig, rng: np.random.Generator, **kwargs: Any) -> dict[str, Any]:
+    """:func:`acquire_ct` or :func:`acquire_radiograph`, by ``config.geometry``."""
+    if config.geometry == "radiograph":
+        return acquire_radiograph(anatomy, config, rng)
+    return acquire_ct(anatomy, config, rng, **kwargs)
