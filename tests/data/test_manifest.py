@@ -120,3 +120,17 @@ def test_example_datalist_is_valid():
     n_files = sum(len(e["sha256"]) for split in ("training", "test") for e in document[split])
     assert len(problems) == n_files == 35
     assert all(p.message.startswith("file not found") for p in problems)
+
+
+def test_datalist_batches_with_monai(cohort):
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+    items = datalist_for_fold(cohort, 1, "train")
+    transform = Compose([LoadImaged(keys="attn", image_only=True),
+                         EnsureChannelFirstd(keys="attn", channel_dim="no_channel")])
+    batch = next(iter(DataLoader(Dataset(items, transform), batch_size=2, num_workers=0)))
+    # the flat items collate: images stack, lifted sidecar lists and ids batch element-wise
+    assert tuple(batch["attn"].shape) == (2, 1, 8, 8, 8)
+    assert [float(v[0]) for v in batch["orientations_deg"]] == [0.0, 45.0, 90.0, 135.0]
+    assert batch["scan_id"] == [items[0]["scan_id"], items[1]["scan_id"]]
