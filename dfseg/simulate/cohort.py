@@ -1,0 +1,250 @@
+"""Cohort writer: simulate subjects, write their scans, the calibration phantoms and the manifest.
+
+Layout (docs/ARCHITECTURE.md "Files of a scan")::
+
+    <out>/manifest.json
+    <out>/scans/<scan_id>/{attn,df,label,lung_mask[,proj_T,proj_D]}.nii.gz, sidecar.json
+    <out>/phantoms/<phantom_id>/...
+
+Determinism: subject i draws every random number from
+``numpy.random.default_rng(SeedSequence([seed, i]))``, so the files do not depend on the number
+of workers or the order they finish in; NIfTI files are gzip'd without a timestamp.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dfseg import __version__
+from dfseg.errors import InputError
+from dfseg.io import prepare_output_dir, save_nifti, write_json
+from dfseg.simulate.acquisition import AcquisitionConfig, acquire
+from dfseg.simulate.anatomy import build_anatomy
+from dfseg.simulate.tumours import sample_tumours
+from dfseg.simulate.variants import get_variant
+
+#: Equivalent tumour diameters (mm) per geometry: CT covers early nodules 0.5-3 mm; the
+#: radiograph mode follows Dey et al. 2025 (0.75-1.5 mm).
+DIAMETER_RANGE_MM = {"ct": (0.5, 3.0), "radiograph": (0.75, 1.5)}
+#: Tumours per tumour-bearing subject, inclusive range.
+TUMOUR_COUNT = {"ct": (1, 3), "radiograph": (1, 2)}
+#: Share of tumour-free subjects (so lesion-presence AUROC is meaningful).
+TUMOUR_FREE_FRACTION = 0.4
+
+
+def subject_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of subject ``index``: ``default_rng(SeedSequence([seed, index]))``."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
+
+
+def tumour_free_subjects(n_subjects: int, seed: int) -> set[int]:
+    """Indices of the tumour-free subjects: ``round(0.4 N)`` of them (none when N = 1), seeded."""
+    n_free = 0 if n_subjects < 2 else max(1, int(round(TUMOUR_FREE_FRACTION * n_subjects)))
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 2**32 - 1]))
+    return {int(i) for i in rng.permutation(n_subjects)[:n_free]}
+
+
+def subject_ids(index: int, geometry: str) -> tuple[str, str]:
+    """``(subject_id, scan_id)`` of subject ``index``."""
+    subject = f"sub-{index:04d}"
+    return subject, f"{subject}_{'ct' if geometry == 'ct' else 'rad'}"
+
+
+def simulate_subject(index: int, *, size: int, voxel_mm: float, seed: int, variant: str = "standard",
+                     acquisition: AcquisitionConfig | None = None, has_tumour: bool = True) -> dict[str, Any]:
+    """Simulate one subject: anatomy, tumours, acquisition.
+
+    Args:
+        index: subject index (with ``seed`` it fixes every random number).
+        size: grid size S (S^3 voxels).
+        voxel_mm: voxel size, mm.
+        seed: cohort seed.
+        variant: phantom variant name (micro-structure, spectrum, tumour model).
+        acquisition: base acquisition settings; the variant's kVp and filtration replace its own.
+        has_tumour: insert 1..k tumours (False: tumour-free subject).
+
+    Returns:
+        dict with ``images`` (name -> array as written to disk, channels last), ``projections``
+        (``proj_T``/``proj_D`` as (A, U, Z, N)) and ``sidecar`` (dict).
+    """
+    var = get_variant(variant)
+    base = acquisition or AcquisitionConfig()
+    config = replace(base, kvp=var.kvp, filtration_mm=dict(var.filtration_mm))
+    geometry = config.geometry
+    rng = subject_rng(seed, index)
+    anatomy = build_anatomy(size, voxel_mm, rng, micro=var.micro, air_columns=config.air_columns)
+    if has_tumour:
+        lo, hi = TUMOUR_COUNT[geometry]
+        sample_tumours(anatomy, rng, count=int(rng.integers(lo, hi + 1)),
+                       diameter_range_mm=DIAMETER_RANGE_MM[geometry], model=var.tumour_model)
+    scan = acquire(anatomy, config, rng)
+    if geometry == "ct":
+        images = {"attn": scan["attn"], "df": scan["df"], "label": anatomy.label,
+                  "lung_mask": anatomy.lung_mask.astype(np.uint8)}
+    else:  # radiograph: (X, Z) images stored as (X, Y, 1[, N]) so the 3D loaders work
+        images = {"attn": scan["attn"][:, :, None], "df": scan["df"][:, :, None, :],
+                  "label": anatomy.label.any(axis=1)[:, :, None].astype(np.uint8),
+                  "lung_mask": anatomy.lung_mask.any(axis=1)[:, :, None].astype(np.uint8)}
+    projections = {k: np.moveaxis(scan[k], 0, -1) for k in ("proj_T", "proj_D")}  # (A, U, Z, N)
+    subject_id, scan_id = subject_ids(index, geometry)
+    spectrum = scan["spectrum"]
+    sidecar = {
+        "subject_id": subject_id,
+        "scan_id": scan_id,
+        "kvp": float(config.kvp) if config.monochromatic_kev is None else float(config.monochromatic_kev),
+        "filtration_mm": dict(config.filtration_mm),
+        "visibility": dict(config.visibility),
+        "orientations_deg": [float(w) for w in config.orientations_deg],
+        "voxel_mm": float(voxel_mm),
+        "photons_per_pixel": float(config.photons_per_pixel),
+        "phase_steps": int(config.phase_steps),
+        "n_angles": int(config.n_angles if geometry == "ct" else 1),
+        "air_columns": int(config.air_columns),
+        "variant": var.name,
+        "geometry": geometry,
+        "simulator_version": __version__,
+        "seed": int(seed),
+        "has_tumour": bool(images["label"].any()),
+        "tumours": [{"centre_mm": t["centre_mm"], "diameter_mm": t["diameter_mm"], "shape_model": t["shape_model"]}
+                    for t in anatomy.tumours],
+        "spectrum": {**spectrum.describe(), "v_ref": scan["v_ref"], "monochromatic": config.monochromatic_kev is not None},
+        "acquisition": {"flux_sigma": config.flux_sigma, "drift_amplitude": config.drift_amplitude,
+                        "reference_exposures": config.reference_exposures, "n_basis": config.n_basis},
+        "anatomy": anatomy.info,
+        "units": {"attn": "1/mm" if geometry == "ct" else "line integral -ln T",
+                  "df": "1/mm" if geometry == "ct" else "line integral -ln D"},
+    }
+    return {"images": images, "projections": projections, "sidecar": sidecar}
+
+
+def write_scan(scan_dir: str | os.PathLike, result: dict[str, Any], *, projections: bool = True) -> Path:
+    """Write one simulated scan (``simulate_subject`` result) into ``scan_dir``."""
+    scan_dir = Path(scan_dir)
+    voxel = result["sidecar"]["voxel_mm"]
+    for name, array in result["images"].items():
+        save_nifti(scan_dir / f"{name}.nii.gz", array, voxel,
+                   dtype=np.uint8 if name in ("label", "lung_mask") else np.float32)
+    if projections:
+        for name, array in result["projections"].items():
+            save_nifti(scan_dir / f"{name}.nii.gz", array, voxel, dtype=np.float32)
+    write_json(scan_dir / "sidecar.json", result["sidecar"])
+    return scan_dir
+
+
+def _simulate_and_write(job: dict[str, Any]) -> str:
+    if job.pop("threads", None):
+        import torch
+
+        torch.set_num_threads(job["_threads"])
+    job.pop("_threads", None)
+    out = job.pop("scans_dir")
+    projections = job.pop("projections")
+    result = simulate_subject(**job)
+    write_scan(Path(out) / result["sidecar"]["scan_id"], result, projections=projections)
+    return result["sidecar"]["scan_id"]
+
+
+def write_cohort(
+    out: str | os.PathLike,
+    subjects: int,
+    size: int,
+    voxel_mm: float,
+    seed: int,
+    variant: str | Sequence[str] = "standard",
+    geometry: str = "ct",
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+    *,
+    acquisition: AcquisitionConfig | None = None,
+    projections: bool = True,
+    phantoms: bool = True,
+    folds: int = 5,
+    test_by: str = "subject",
+    test_fraction: float = 0.2,
+    test_variants: Sequence[str] = (),
+) -> Path:
+    """Simulate a cohort and write scans, calibration phantoms and ``manifest.json``.
+
+    Args:
+        out: output directory (refused when non-empty unless ``overwrite``).
+        subjects: number of mice.
+        size: grid size S (S^3 voxels).
+        voxel_mm: voxel size, mm.
+        seed: cohort seed (same seed -> byte-identical files).
+        variant: a phantom variant name, or several (subjects are dealt to them in turn).
+        geometry: ``"ct"`` or ``"radiograph"``.
+        workers: worker processes (the files do not depend on it).
+        overwrite: empty a non-empty ``out`` first.
+        progress: show a tqdm progress bar on stderr.
+        acquisition: base acquisition settings (geometry is taken from ``geometry``).
+        projections: also write ``proj_T``/``proj_D`` (large).
+        phantoms: also write the calibration phantom scans.
+        folds: cross-validation folds in the manifest.
+        test_by: held-out test split of the manifest: ``"subject"``, ``"variant"`` or ``"none"``.
+        test_fraction: share of subjects held out when ``test_by="subject"``.
+        test_variants: variants held out when ``test_by="variant"``.
+
+    Returns:
+        the cohort directory.
+    """
+    from tqdm import tqdm
+
+    from dfseg.data.manifest import build_manifest, scan_entries, write_manifest
+
+    if subjects < 1:
+        raise InputError("subjects", f"need at least one subject, got {subjects}")
+    if workers < 1:
+        raise InputError("workers", f"need at least one worker, got {workers}")
+    variants = [variant] if isinstance(variant, str) else list(variant)
+    for v in variants:
+        get_variant(v)  # unknown names fail before anything is written
+    base = replace(acquisition or AcquisitionConfig(), geometry=geometry)
+    out = prepare_output_dir(out, overwrite=overwrite)
+    free = tumour_free_subjects(subjects, seed)
+    jobs = [{"index": i, "size": size, "voxel_mm": voxel_mm, "seed": seed, "variant": variants[i % len(variants)],
+             "acquisition": base, "has_tumour": i not in free, "scans_dir": str(out / "scans"),
+             "projections": projections} for i in range(subjects)]
+    bar = tqdm(total=subjects, desc="simulate", unit="subject", disable=not progress, file=sys.stderr)
+    if workers == 1:
+        for job in jobs:
+            _simulate_and_write(job)
+            bar.update(1)
+    else:
+        import multiprocessing as mp
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        for job in jobs:
+            job["threads"], job["_threads"] = True, threads
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            for _ in pool.map(_simulate_and_write, jobs):
+                bar.update(1)
+    bar.close()
+    if phantoms:
+        _write_phantoms(out / "phantoms", base, voxel_mm, seed, progress)
+    manifest = build_manifest(
+        scan_entries(out), out, num_folds=min(folds, subjects) if subjects >= 2 else 2, seed=seed,
+        test_by=test_by, test_fraction=test_fraction, test_variants=test_variants,
+        name=out.name, description=f"dfseg simulate: {subjects} subjects, {size}^3 at {voxel_mm} mm, "
+                                  f"variant {','.join(variants)}, geometry {geometry}, seed {seed}")
+    write_manifest(out / "manifest.json", manifest)
+    return out
+
+
+def _write_phantoms(out: Path, config: AcquisitionConfig, voxel_mm: float, seed: int, progress: bool) -> None:
+    try:
+        from dfseg.simulate.phantoms import write_phantom_scans
+    except ImportError as err:
+        print(f"dfseg simulate: warning: calibration phantoms not written ({err})", file=sys.stderr)
+        return
+    acquisition = {**config.describe(), "voxel_mm": float(voxel_mm)}
+    report = (lambda name: print(f"phantom {name}", file=sys.stderr)) if progress else None
+    write_phantom_scans(out, acquisition, seed, progress=report)
