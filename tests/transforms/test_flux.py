@@ -1,0 +1,117 @@
+"""Flux, drift and reference-region normalization (PHYSICS.md check 6)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dfseg.errors import InputError
+from dfseg.transforms.flux import (
+    DetectorDriftCorrection,
+    DetectorDriftCorrectiond,
+    FluxNormalization,
+    FluxNormalizationD,
+    ReferenceNormalization,
+    ReferenceNormalizationd,
+)
+
+AIR = 4
+
+
+def drifted_stack(rng, noise=True):
+    """(N, A, U, Z) transmission: a sample in the middle, 5 % slow drift + 1 % flux, Poisson-like noise."""
+    from dfseg.physics import phase_stepping_measurement
+
+    n, a, u, z = 4, 90, 32, 8
+    t_true = np.ones((n, a, u, z))
+    x = np.linspace(-1, 1, u - 2 * AIR)
+    t_true[:, :, AIR:u - AIR] = np.exp(-0.8 * np.sqrt(np.clip(1 - x**2, 0, 1)))[None, None, :, None]
+    drift = 1.0 + 0.05 * np.linspace(0, 1, a) ** 1.5
+    gain = (1.0 + 0.01 * rng.standard_normal((n, a))) * drift[None]
+    if not noise:
+        return t_true, t_true * gain[:, :, None, None]
+    t_hat, _ = phase_stepping_measurement(t_true, np.ones_like(t_true), v_ref=0.25, photons_per_pixel=2e4, rng=rng,
+                                          gain=gain[:, :, None, None])
+    return t_true, t_hat
+
+
+@pytest.mark.parametrize("as_torch", [False, True])
+def test_flux_normalization_removes_5_percent_drift(as_torch):
+    t_true, t_meas = drifted_stack(np.random.default_rng(0))
+    inp = torch.as_tensor(t_meas, dtype=torch.float32) if as_torch else t_meas.astype(np.float32)
+    out = FluxNormalization(AIR)(inp)
+    assert type(out) is type(inp) and out.shape == inp.shape
+    out = np.asarray(out)
+    sample = (slice(None), slice(None), slice(AIR, 32 - AIR))
+    bias_before = np.mean(t_meas[sample] - t_true[sample])
+    bias = np.mean(out[sample] - t_true[sample])
+    print(f"T bias before {bias_before:.2e}, after flux normalization {bias:.2e}")
+    assert abs(bias_before) > 0.01
+    assert abs(bias) < 1e-3
+    # per angle too: the drift is gone along the scan
+    per_angle = (out[sample] - t_true[sample]).mean(axis=(0, 2, 3))
+    assert np.max(np.abs(np.polyfit(np.arange(per_angle.size), per_angle, 1)[0] * per_angle.size)) < 2e-3
+
+
+@pytest.mark.parametrize("as_torch", [False, True])
+def test_drift_correction_smooth_gain(as_torch):
+    rng = np.random.default_rng(1)
+    t_true, t_meas = drifted_stack(rng, noise=False)
+    # no flux jitter: a pure slow drift is fitted exactly by a cubic over the angle index
+    n, a = t_meas.shape[:2]
+    drift = 1.0 + 0.05 * np.sin(np.linspace(0, 1.5, a))
+    t_meas = t_true * drift[None, :, None, None]
+    inp = torch.as_tensor(t_meas) if as_torch else t_meas
+    out = DetectorDriftCorrection(AIR, degree=3)(inp)
+    assert type(out) is type(inp) and out.dtype == (torch.float64 if as_torch else np.float64)
+    err = np.abs(np.asarray(out) - t_true).max()
+    assert err < 1e-4
+
+
+def test_drift_correction_noisy_bias_and_dict():
+    rng = np.random.default_rng(2)
+    a = 90
+    t_true, _ = drifted_stack(rng, noise=False)
+    from dfseg.physics import phase_stepping_measurement
+
+    drift = (1.0 + 0.05 * np.linspace(0, 1, a))[None, :, None, None]
+    t_meas, d_meas = phase_stepping_measurement(t_true, np.ones_like(t_true), v_ref=0.25, photons_per_pixel=2e4,
+                                                rng=rng, gain=drift)
+    data = {"proj_T": t_meas, "proj_D": d_meas, "meta": {"air_columns": AIR}}
+    out = DetectorDriftCorrectiond(keys="proj_T", degree=2)(data)
+    bias = np.mean(out["proj_T"][:, :, AIR:-AIR] - t_true[:, :, AIR:-AIR])
+    print(f"drift correction T bias {bias:.2e}")
+    assert abs(bias) < 1e-3
+    assert out["proj_D"] is d_meas  # dark-field untouched
+
+
+def test_dict_reads_air_columns_and_missing_meta_is_named():
+    t = np.ones((1, 3, 16, 2))
+    t[:, 1] *= 1.05
+    out = FluxNormalizationD(keys="proj_T")({"proj_T": t, "meta": {"air_columns": 2}})
+    np.testing.assert_allclose(out["proj_T"], 1.0)
+    with pytest.raises(InputError, match="meta.air_columns"):
+        FluxNormalizationD(keys="proj_T")({"proj_T": t, "meta": {}})
+    with pytest.raises(InputError, match="air_columns"):
+        FluxNormalization(9)(t)
+    assert FluxNormalizationD(keys="x", allow_missing_keys=True)({"proj_T": t}) == {"proj_T": t}
+
+
+@pytest.mark.parametrize("as_torch", [False, True])
+def test_reference_normalization(as_torch):
+    vol = np.full((2, 8, 8, 8), 3.0)
+    vol[1] = 5.0
+    vol[:, 2:4, 2:4, 2:4] *= 2.0
+    inp = torch.as_tensor(vol) if as_torch else vol
+    out = ReferenceNormalization((slice(0, 2), slice(0, 2), slice(0, 2)))(inp)
+    assert type(out) is type(inp)
+    out = np.asarray(out)
+    np.testing.assert_allclose(out[:, 0, 0, 0], 1.0)
+    np.testing.assert_allclose(out[:, 3, 3, 3], 2.0)
+    mask = np.zeros((1, 8, 8, 8), bool)
+    mask[0, 6:, 6:, 6:] = True
+    d = ReferenceNormalizationd(keys="df", mask_key="ref", target=0.5)({"df": inp, "ref": mask})
+    np.testing.assert_allclose(np.asarray(d["df"])[:, 7, 7, 7], 0.5)
+    with pytest.raises(InputError, match="empty"):
+        ReferenceNormalization()(vol, np.zeros((8, 8, 8), bool))
