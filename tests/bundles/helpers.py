@@ -1,0 +1,43 @@
+"""Shared helpers for bundle tests: locate bundles, run ``python -m monai.bundle`` in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLES = REPO / "bundles"
+SCHEMA = REPO.parent / "shared" / "bundle_metadata.schema.json"
+
+#: Tiny-network overrides per bundle (CPU tests); the loss stays DiceFocal until dfseg.losses lands.
+TINY: dict[str, list[str]] = {
+    "dfseg_attention_unet": ["--channels", "[4,8,16]", "--strides", "[2,2]", "--deep_supervision", "False"],
+    "dfseg_swinunetr": ["--feature_size", "12", "--depths", "[1,1,1,1]"],
+}
+COMMON = ["--patch_size", "32", "--num_workers", "0", "--device", "cpu", "--sw_batch_size", "1"]
+TRAIN = ["--batch_size", "1", "--num_samples", "1", "--synthetic_tumour_prob", "0",
+         "--loss", "$monai.losses.DiceFocalLoss(sigmoid=True)"]
+
+
+def bundle_cmd(bundle: str, config: str | list[str], *args: str, module: str = "run") -> list[str]:
+    root = BUNDLES / bundle
+    configs = config if isinstance(config, list) else [config]
+    files = [str(root / "configs" / c) for c in configs]
+    cfg = files[0] if len(files) == 1 else "[" + ",".join(f"'{f}'" for f in files) + "]"
+    return [sys.executable, "-m", "monai.bundle", module, "--config_file", cfg, "--bundle_root", str(root),
+            "--meta_file", str(root / "configs" / "metadata.json"), *args]
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e.setdefault("OMP_NUM_THREADS", "2")
+    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    return e
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc

@@ -1,0 +1,94 @@
+"""Zoo checks for both bundles: metadata schema, network in/out, TorchScript export, workflow properties."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+_spec = importlib.util.spec_from_file_location("bundle_helpers", Path(__file__).parent / "helpers.py")
+helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(helpers)
+
+BUNDLE_NAMES = ["dfseg_attention_unet", "dfseg_swinunetr"]
+FILES = ["configs/train.yaml", "configs/evaluate.yaml", "configs/inference.yaml", "configs/multi_gpu_train.yaml",
+         "configs/metadata.json", "configs/logging.conf", "docs/README.md", "LICENSE"]
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_bundle_layout(bundle):
+    missing = [f for f in FILES if not (helpers.BUNDLES / bundle / f).is_file()]
+    assert missing == []
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_verify_metadata(bundle, tmp_path):
+    if not helpers.SCHEMA.is_file():
+        pytest.skip(f"offline schema not found at {helpers.SCHEMA}")
+    from monai.bundle import verify_metadata
+
+    # an existing filepath is used as is (no download when no hash is given)
+    verify_metadata(meta_file=str(helpers.BUNDLES / bundle / "configs" / "metadata.json"),
+                    filepath=str(helpers.SCHEMA))
+
+
+def _parser(bundle: str, config: str, **overrides):
+    from monai.bundle import ConfigParser
+
+    root = helpers.BUNDLES / bundle
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / config))
+    parser.read_meta(str(root / "configs" / "metadata.json"))
+    parser.update({"bundle_root": str(root), "device": "cpu", **overrides})
+    return parser
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_verify_net_in_out(bundle):
+    from monai.bundle import verify_net_in_out
+
+    root = helpers.BUNDLES / bundle
+    tiny = ({"channels": [4, 8, 16, 32]} if bundle == "dfseg_attention_unet" else
+            {"feature_size": 12, "depths": [1, 1, 1, 1]})
+    verify_net_in_out(net_id="network_def", meta_file=str(root / "configs" / "metadata.json"),
+                      config_file=str(root / "configs" / "inference.yaml"), n=2 if "attention" in bundle else 1,
+                      device="cpu", bundle_root=str(root), **tiny)
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_check_properties(bundle, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    root = helpers.BUNDLES / bundle
+    for config, kind in (("train.yaml", "train"), ("inference.yaml", "infer"), ("evaluate.yaml", "infer")):
+        wf = ConfigWorkflow(config_file=str(root / "configs" / config), meta_file=str(root / "configs" / "metadata.json"),
+                            workflow_type=kind, bundle_root=str(root), manifest=str(tmp_path / "m.json"))
+        assert wf.check_properties() == [], config
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_ckpt_export_torchscript_matches(bundle, tmp_path):
+    from monai.bundle import ckpt_export
+
+    torch.manual_seed(0)
+    tiny = helpers.TINY[bundle]
+    overrides = {tiny[i].lstrip("-"): eval(tiny[i + 1]) for i in range(0, len(tiny), 2)}
+    net = _parser(bundle, "inference.yaml", **overrides).get_parsed_content("network_def")
+    ckpt = tmp_path / "model.pt"
+    torch.save({"model": net.state_dict()}, ckpt)
+    ts = tmp_path / "model.ts"
+    root = helpers.BUNDLES / bundle
+    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(ckpt), key_in_ckpt="model",
+                meta_file=str(root / "configs" / "metadata.json"), config_file=str(root / "configs" / "inference.yaml"),
+                bundle_root=str(root), device="cpu", **overrides)
+    exported = torch.jit.load(str(ts))
+    net.eval()
+    x = torch.randn(1, 5, 32, 32, 32)
+    with torch.no_grad():
+        expected, got = net(x), exported(x)
+    assert got.shape == (1, 1, 32, 32, 32)
+    assert torch.allclose(expected, got, atol=1e-5), float((expected - got).abs().max())
