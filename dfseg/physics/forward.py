@@ -33,6 +33,9 @@ DEFAULT_PHOTONS_PER_PIXEL = 2.0e4
 #: Bytes one chunk of the (elements x energies) work arrays may take.
 _CHUNK_BYTES = 64 * 2**20
 
+#: Elements per chunk of the phase-stepping simulation.
+_PS_CHUNK = 2**20
+
 
 def _is_torch(x) -> bool:
     return type(x).__module__.startswith("torch")
@@ -105,15 +108,14 @@ def polychromatic_signals(
     step = chunk or max(1, _CHUNK_BYTES // (8 * n_e))
     for start in range(0, n, step):
         sl = slice(start, min(n, start + step))
-        att = np.zeros((sl.stop - sl.start, n_e))
-        for k in range(n_att):
-            att += np.multiply.outer(flat[k][sl].astype(np.float64), coef_att[k])
+        # (m, K) @ (K, E): one BLAS call builds A(E) (resp. DF(E)) for the whole chunk.
+        att = np.stack([f[sl] for f in flat[:n_att]], axis=1).astype(np.float64) @ coef_att if n_att else None
+        if att is None:
+            att = np.zeros((sl.stop - sl.start, n_e))
         np.exp(-att, out=att)  # att now holds e^{-A(E)}
         t = att @ s
         if coef_df.shape[0]:
-            dfe = np.zeros_like(att)
-            for k in range(coef_df.shape[0]):
-                dfe += np.multiply.outer(flat[n_att + k][sl].astype(np.float64), coef_df[k])
+            dfe = np.stack([f[sl] for f in flat[n_att:]], axis=1).astype(np.float64) @ coef_df
             np.exp(-dfe, out=dfe)
             att *= dfe
         vis = att @ w
@@ -209,7 +211,8 @@ def phase_stepping_measurement(
 
     Returns:
         ``(T_hat, D_hat)`` of the broadcast shape; float32 if T is float32, else float64; numpy, or
-        torch on T's device when T is a tensor. Steps are drawn one at a time (memory O(size)).
+        torch on T's device when T is a tensor. Work is chunked over elements, steps drawn one
+        at a time, so memory stays O(size) for the outputs plus O(chunk).
     """
     if phase_steps < 3:
         raise InputError("phase_steps", f"need at least 3 phase steps, got {phase_steps}")
@@ -219,46 +222,52 @@ def phase_stepping_measurement(
             f"need 0 < v_ref <= 1 and photons_per_pixel > 0, got {v_ref}, {photons_per_pixel}",
         )
     like = T if _is_torch(T) else None
-    t = _to_numpy(T).astype(np.float64)
-    d = _to_numpy(D).astype(np.float64)
-    g = _to_numpy(gain).astype(np.float64) if not np.isscalar(gain) else float(gain)
-    phi = (
-        0.0
-        if phase is None
-        else (_to_numpy(phase).astype(np.float64) if not np.isscalar(phase) else float(phase))
-    )
+    t, d = _to_numpy(T), _to_numpy(D)
+    g = _to_numpy(gain)
+    phi = np.zeros(()) if phase is None else _to_numpy(phase)
     shape = np.broadcast_shapes(t.shape, d.shape, np.shape(g), np.shape(phi))
-    out_dtype = np.result_type(np.float32, _to_numpy(T).dtype)
+    out_dtype = np.result_type(np.float32, t.dtype)
     n_ref = photons_per_pixel if ref_photons_per_pixel is None else float(ref_photons_per_pixel)
-    m = phase_steps
-    per_step = photons_per_pixel / m
-    sums = {k: np.zeros(shape) for k in ("s0", "sc", "ss", "r0", "rc", "rs")}
-    base = per_step * g * t
-    mod = v_ref * d
-    for k in range(m):
-        ang = 2 * np.pi * k / m
-        cos_k = np.cos(ang + phi)
-        lam = np.broadcast_to(base * (1 + mod * cos_k), shape)
-        counts = rng.poisson(np.maximum(lam, 0.0)).astype(np.float64)
-        sums["s0"] += counts
-        sums["sc"] += counts * np.cos(ang)
-        sums["ss"] += counts * np.sin(ang)
-        lam_r = np.broadcast_to(1 + v_ref * cos_k, shape)
-        if np.isinf(n_ref):
-            counts_r = lam_r  # only the ratio matters, so the scale is irrelevant
-        else:
-            counts_r = rng.poisson(n_ref / m * lam_r).astype(np.float64)
-        sums["r0"] += counts_r
-        sums["rc"] += counts_r * np.cos(ang)
-        sums["rs"] += counts_r * np.sin(ang)
-    a0s, a1s = sums["s0"] / m, (2.0 / m) * np.hypot(sums["sc"], sums["ss"])
-    a0r, a1r = sums["r0"] / m, (2.0 / m) * np.hypot(sums["rc"], sums["rs"])
-    t_hat, d_hat = _ratios(a0s, a1s, a0r, a1r)
-    # The reference is normalised by its exposure (a noise-free one was kept at 1 count per step).
-    t_hat = t_hat * ((m if np.isinf(n_ref) else n_ref) / photons_per_pixel)
-    t_hat, d_hat = t_hat.astype(out_dtype), d_hat.astype(out_dtype)
+    # Flattened inputs (scalars stay scalars); work goes in chunks so temporaries stay O(chunk).
+    flat = [
+        np.float64(x) if np.ndim(x) == 0 else np.broadcast_to(x, shape).reshape(-1) for x in (t, d, g, phi)
+    ]
+    n = int(np.prod(shape))
+    t_hat = np.empty(n, dtype=out_dtype)
+    d_hat = np.empty(n, dtype=out_dtype)
+    for start in range(0, n, _PS_CHUNK):
+        sl = slice(start, min(n, start + _PS_CHUNK))
+        tt, dd, gg, pp = (f if np.ndim(f) == 0 else f[sl].astype(np.float64) for f in flat)
+        tt = np.broadcast_to(tt, (sl.stop - sl.start,))
+        th, dh = _phase_stepping_chunk(tt, dd, gg, pp, v_ref, photons_per_pixel, n_ref, phase_steps, rng)
+        t_hat[sl], d_hat[sl] = th, dh
+    t_hat, d_hat = t_hat.reshape(shape), d_hat.reshape(shape)
     if like is not None:
         import torch
 
         return torch.from_numpy(t_hat).to(like.device), torch.from_numpy(d_hat).to(like.device)
     return t_hat, d_hat
+
+
+def _phase_stepping_chunk(t, d, g, phi, v_ref, n_photons, n_ref, m, rng):
+    """One chunk of :func:`phase_stepping_measurement` on 1-D arrays; steps drawn one at a time."""
+    s0, sc, ss = np.zeros(t.shape), np.zeros(t.shape), np.zeros(t.shape)
+    r0, rc, rs = np.zeros(t.shape), np.zeros(t.shape), np.zeros(t.shape)
+    base = (n_photons / m) * g * t
+    mod = v_ref * d
+    for k in range(m):
+        ang = 2 * np.pi * k / m
+        cos_k = np.cos(ang + phi)
+        counts = rng.poisson(np.maximum(base * (1 + mod * cos_k), 0.0)).astype(np.float64)
+        s0 += counts
+        sc += counts * np.cos(ang)
+        ss += counts * np.sin(ang)
+        lam_r = np.broadcast_to(1 + v_ref * cos_k, t.shape)
+        # a noise-free reference is kept at 1 count per step: only ratios are used below
+        counts_r = lam_r if np.isinf(n_ref) else rng.poisson((n_ref / m) * lam_r).astype(np.float64)
+        r0 += counts_r
+        rc += counts_r * np.cos(ang)
+        rs += counts_r * np.sin(ang)
+    t_hat, d_hat = _ratios(s0 / m, (2.0 / m) * np.hypot(sc, ss), r0 / m, (2.0 / m) * np.hypot(rc, rs))
+    # The reference is normalised by its exposure (N_ref, or m for the unit-scale noise-free one).
+    return t_hat * ((m if np.isinf(n_ref) else n_ref) / n_photons), d_hat

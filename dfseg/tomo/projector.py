@@ -25,7 +25,7 @@ import torch
 from dfseg.errors import InputError
 
 #: Images per sparse product: small blocks keep the dense (X*Y, batch) operand in cache (measured faster).
-_BATCH = 64
+_BATCH = 256
 
 
 def projection_angles(n_angles: int) -> np.ndarray:
