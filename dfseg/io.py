@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from nibabel.filebasedimages import ImageFileError as _ImageFileError
 
 from dfseg.errors import InputError, OutputExistsError
 
@@ -154,7 +155,7 @@ def load_nifti(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> tup
             array, affine = _load_sitk(path)
     except InputError:
         raise
-    except (OSError, EOFError, ValueError, zlib.error, RuntimeError) as err:
+    except (OSError, EOFError, ValueError, zlib.error, RuntimeError, _ImageFileError) as err:
         raise InputError(path, f"cannot read image ({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
     if array.dtype.kind == "f" and not allow_nonfinite and not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())
