@@ -1,0 +1,56 @@
+"""compare_models + the Dey-style table and multi-model ROC figure (the API dfseg study builds on)."""
+
+from __future__ import annotations
+
+import copy
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+
+from dfseg.errors import InputError
+from dfseg.evaluation.compare import compare_models
+from dfseg.evaluation.plots import plot_roc_multi
+from dfseg.evaluation.records import score_scan
+from dfseg.reporting.comparison import render_comparison_table
+
+
+def _records(good: bool, n: int = 6) -> list[dict]:
+    """n scans of n subjects; odd scans hold a lesion; the good model finds it, the bad one does not."""
+    out = []
+    for i in range(n):
+        label = np.zeros((16, 16, 16), np.uint8)
+        lung = np.ones_like(label)
+        prob = np.full(label.shape, 0.1, np.float32)
+        if i % 2:
+            label[5:9, 5:9, 5:9] = 1
+            prob[5:9, 5:9, 5:9] = 0.9 if good else 0.2
+        out.append(score_scan(prob, label, lung, (0.1, 0.1, 0.1), scan_id=f"s{i}", subject_id=f"m{i}"))
+    return out
+
+
+def test_identical_models_have_zero_difference():
+    recs = _records(True)
+    cmp = compare_models({"attn": recs, "df": copy.deepcopy(recs)}, n_bootstrap=50, seed=0)
+    assert cmp["models"] == ["attn", "df"]
+    for p in cmp["paired"]:
+        if p["difference"] == p["difference"]:
+            assert p["difference"] == 0.0 and p["p_value"] == 1.0
+
+
+def test_better_model_wins_and_table_says_so(tmp_path):
+    cmp = compare_models({"df": _records(True), "attn": _records(False)}, n_bootstrap=200, seed=0)
+    assert cmp["results"]["df"]["patch_sensitivity"]["estimate"] == pytest.approx(1.0)
+    assert cmp["results"]["attn"]["patch_sensitivity"]["estimate"] == pytest.approx(0.0)
+    sens = next(p for p in cmp["paired"] if p["metric"] == "patch_sensitivity")
+    assert sens["difference"] == pytest.approx(1.0) and sens["p_value"] == 0.0
+    table = render_comparison_table(cmp)
+    assert "| df |" in table and "| attn |" in table and "sens@95spec" in table
+    assert "yes, df higher" in table
+    path = plot_roc_multi(cmp, tmp_path / "roc_all.png")
+    assert mpimg.imread(path).shape[2] == 4
+
+
+def test_models_on_different_scans_are_refused():
+    with pytest.raises(InputError, match="different scans"):
+        compare_models({"a": _records(True, 4), "b": _records(True, 6)}, n_bootstrap=5)

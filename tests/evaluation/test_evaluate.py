@@ -1,0 +1,141 @@
+"""``dfseg evaluate`` end to end on a tiny synthetic cohort with hand-made probabilities.
+
+Cohort (16^3 voxels of 0.1 mm, lung = [2:14]^3, 3 subjects):
+- s0 (m0): lesion [4:8]^3, probability 0.9 exactly on it -> detected, Dice 1.
+- s1 (m1): lesion [8:12]^3, probability 0.05 everywhere -> missed, Dice 0.
+- s2 (m2): no lesion, a 0.7 blob at [10:12]^3 -> one false-positive component.
+- s3 (m2): no lesion, 0.05 everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+
+from dfseg.cli import main
+from dfseg.io import save_nifti
+
+SHAPE = (16, 16, 16)
+
+
+def make_cohort(root: Path) -> tuple[Path, Path, dict]:
+    pred_dir = root / "pred"
+    pred_dir.mkdir(parents=True)
+    entries, arrays = [], {}
+    rng = np.random.default_rng(0)
+    for i, subject in enumerate(["m0", "m1", "m2", "m2"]):
+        sid = f"s{i}"
+        d = root / "scans" / sid
+        label = np.zeros(SHAPE, np.uint8)
+        lung = np.zeros(SHAPE, np.uint8)
+        lung[2:14, 2:14, 2:14] = 1
+        prob = np.full(SHAPE, 0.05, np.float32)
+        if i == 0:
+            label[4:8, 4:8, 4:8] = 1
+            prob[4:8, 4:8, 4:8] = 0.9
+        if i == 1:
+            label[8:12, 8:12, 8:12] = 1
+        if i == 2:
+            prob[10:12, 10:12, 10:12] = 0.7
+        save_nifti(d / "label.nii.gz", label, 0.1)
+        save_nifti(d / "lung_mask.nii.gz", lung, 0.1)
+        save_nifti(d / "attn.nii.gz", rng.random(SHAPE).astype(np.float32), 0.1)
+        save_nifti(d / "df.nii.gz", rng.random((*SHAPE, 3)).astype(np.float32), 0.1)
+        save_nifti(pred_dir / f"{sid}_prob.nii.gz", prob, 0.1)
+        arrays[sid] = (prob, label, lung)
+        entries.append({k: f"scans/{sid}/{k}.nii.gz" for k in ("attn", "df", "label", "lung_mask")}
+                       | {"subject_id": subject, "scan_id": sid, "fold": -1, "has_tumour": bool(label.any())})
+    manifest = {"name": "tiny", "pipeline_version": "test", "num_folds": 2, "seed": 0,
+                "test_split": {"by": "subject"}, "training": [], "validation": [], "test": entries}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return pred_dir, root / "manifest.json", arrays
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cohort")
+    pred_dir, manifest, arrays = make_cohort(root)
+    out = root / "eval"
+    rc = main(["evaluate", "--predictions", str(pred_dir), "--manifest", str(manifest), "-o", str(out),
+               "--bootstrap", "50", "--seed", "0"])
+    assert rc == 0
+    return root, out, arrays
+
+
+def test_metrics_match_hand_computation(evaluated):
+    _, out, arrays = evaluated
+    doc = json.loads((out / "metrics.json").read_text())
+    m = doc["metrics"]
+    assert doc["n_scans"] == 4 and doc["n_subjects"] == 3 and doc["n_lesions"] == 2
+    # volume scores 0.9(+), 0.05(+), 0.7(-), 0.05(-): pairs 1 + 1 + 0 + 0.5 of 4
+    assert m["volume_auroc"]["estimate"] == pytest.approx(0.625)
+    assert m["volume_sensitivity"]["estimate"] == pytest.approx(0.5)
+    assert m["volume_specificity"]["estimate"] == pytest.approx(0.5)
+    assert m["lesion_sensitivity"]["estimate"] == pytest.approx(0.5)
+    assert m["lesion_fp_per_scan"]["estimate"] == pytest.approx(0.25)
+    assert m["lesion_precision"]["estimate"] == pytest.approx(0.5)
+    assert m["dice"]["estimate"] == pytest.approx(0.5)
+    assert m["froc_cpm"]["estimate"] == pytest.approx(0.5)
+    # patches (8 per scan, starts 2 and 10 per axis): positives = 1 at 0.9 (s0) + all 8 of s1 at 0.05;
+    # negatives = 7 (s0) + 8 (s2, one at 0.7) + 8 (s3) = 22 at 0.05 + 1 at 0.7
+    # AUROC = (23 + 8 * 22 * 0.5) / (9 * 23)
+    assert m["patch_auroc"]["estimate"] == pytest.approx(111 / 207)
+    assert doc["confusion"]["voxel"] == {"tp": 64, "fp": 8, "fn": 64, "tn": 4 * 16**3 - 136}
+    assert doc["confusion"]["lesion"] == {"tp": 1, "fp": 1, "fn": 1, "tn": None}
+    # Brier over lung voxels, computed directly
+    sq = [((p - y) ** 2)[lung > 0].sum() for p, y, lung in arrays.values()]
+    assert m["brier"]["estimate"] == pytest.approx(sum(sq) / (4 * 12**3), rel=1e-5)
+    for v in m.values():
+        if v["estimate"] is not None and v["ci_low"] is not None:
+            assert v["ci_low"] - 1e-9 <= v["ci_high"]
+    assert "overlaps a reference lesion by at least one voxel" in doc["rules"]["matching"]
+
+
+def test_report_links_every_figure_and_pngs_open(evaluated):
+    _, out, _ = evaluated
+    doc = json.loads((out / "metrics.json").read_text())
+    report = (out / "report.md").read_text()
+    assert set(doc["figures"]) == {"roc", "pr", "froc", "reliability", "confusion", "lesion_montage"}
+    for rel in doc["figures"].values():
+        assert f"]({rel})" in report
+        img = mpimg.imread(out / rel)
+        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    assert doc["manifest"]["sha256"] in report
+    assert "Lesion matching rule" in report
+    assert len(doc["montage"]) == 2  # one detected and one missed lesion
+    records = json.loads((out / "records.json").read_text())["records"]
+    assert [r["scan_id"] for r in records] == ["s0", "s1", "s2", "s3"]
+
+
+def test_refuses_non_empty_output(evaluated, capsys):
+    root, out, _ = evaluated
+    before = (out / "metrics.json").stat().st_mtime_ns
+    rc = main(["evaluate", "--predictions", str(root / "pred"), "--manifest", str(root / "manifest.json"),
+               "-o", str(out), "--bootstrap", "5"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and "--overwrite" in err and len(err.splitlines()) == 1
+    assert (out / "metrics.json").stat().st_mtime_ns == before
+
+
+def test_missing_prediction_is_one_line_error(tmp_path, capsys):
+    pred_dir, manifest, _ = make_cohort(tmp_path)
+    (pred_dir / "s2_prob.nii.gz").unlink()
+    rc = main(["evaluate", "--predictions", str(pred_dir), "--manifest", str(manifest), "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1
+    assert "s2_prob.nii.gz" in err and "missing prediction" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_shape_mismatch_is_one_line_error(tmp_path, capsys):
+    pred_dir, manifest, _ = make_cohort(tmp_path)
+    save_nifti(pred_dir / "s1_prob.nii.gz", np.zeros((16, 16, 8), np.float32), 0.1)
+    rc = main(["evaluate", "--predictions", str(pred_dir), "--manifest", str(manifest), "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1
+    assert "s1_prob.nii.gz" in err and "(16, 16, 8)" in err
+    assert not (tmp_path / "o").exists()
