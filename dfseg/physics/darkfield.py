@@ -133,7 +133,7 @@ class VisibilitySpectrum:
     Attributes:
         v_max: peak visibility (0, 1].
         design_energy_kev: energy of the peak, keV.
-        width_kev: Gaussian standard deviation in keV; ``inf`` gives a flat V0.
+        width_kev: Gaussian standard deviation in keV; ``inf`` (or ``None``) gives a flat V0.
         floor_fraction: f, visibility far from the design energy as a fraction of v_max.
     """
 
@@ -143,6 +143,8 @@ class VisibilitySpectrum:
     floor_fraction: float = 0.1
 
     def __post_init__(self) -> None:
+        if self.width_kev is None:  # describe() writes a flat spectrum's width as None (JSON has no inf)
+            object.__setattr__(self, "width_kev", math.inf)
         if not 0 < self.v_max <= 1 or self.width_kev <= 0 or not 0 <= self.floor_fraction <= 1:
             raise InputError(
                 "VisibilitySpectrum",

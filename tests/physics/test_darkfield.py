@@ -64,6 +64,9 @@ def test_visibility_spectrum():
     assert VisibilitySpectrum.flat(0.25)(np.array([10.0, 80.0])).tolist() == [0.25, 0.25]
     with pytest.raises(ValueError):
         VisibilitySpectrum(1.5, 30.0, 8.0)
+    # describe() round-trips through JSON-style dictionaries, flat included.
+    for vis in (v, VisibilitySpectrum.flat(0.25)):
+        assert VisibilitySpectrum(**vis.describe()) == vis
 
 
 def test_effective_energy():
