@@ -1,0 +1,29 @@
+"""``dfseg calibrate PHANTOM_DIR -o calibration.json``: fit the physics calibration from phantom scans."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "fit beam-hardening curves and the energy exponent from phantom scans"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("phantom_dir", type=Path, help="directory of phantom scans (a cohort's phantoms/)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="calibration JSON to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("--e-ref-kev", type=float, default=None,
+                        help="reference energy for spectrum normalization (default: E_eff of the wedge spectrum)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dfseg.calibration import save_calibration
+    from dfseg.calibration.fit import fit_calibration, summary
+    from dfseg.io import refuse_existing
+
+    refuse_existing(args.output, overwrite=args.overwrite)
+    cal = fit_calibration(args.phantom_dir, e_ref_kev=args.e_ref_kev)
+    save_calibration(args.output, cal)
+    print(summary(cal))
+    print(f"wrote {args.output}")
+    return 0
