@@ -1,0 +1,136 @@
+"""End-to-end through ``python -m monai.bundle run`` (subprocess): train -> evaluate -> infer,
+TensorBoard contents, SIGKILL + resume to identical weights, torchrun/gloo DDP."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
+from cohort import make_cohort  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("bundle_helpers", Path(__file__).parent / "helpers.py")
+helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(helpers)
+
+BUNDLE = "dfseg_attention_unet"
+RUNNABLE = [BUNDLE, pytest.param("dfseg_swinunetr", marks=pytest.mark.skipif(
+    importlib.util.find_spec("einops") is None, reason="MONAI SwinUNETR needs einops"))]
+
+
+def _train_cmd(bundle, manifest, out, epochs, *extra):
+    return helpers.bundle_cmd(bundle, "train.yaml", "--manifest", str(manifest), "--output_dir", str(out),
+                              "--max_epochs", str(epochs), *helpers.COMMON, *helpers.TRAIN, *helpers.TINY[bundle],
+                              *extra)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle", RUNNABLE)
+def test_train_evaluate_infer_tensorboard(bundle, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    manifest = make_cohort(tmp_path / "cohort", n_subjects=6)
+    out = tmp_path / "run"
+    helpers.run(_train_cmd(bundle, manifest, out, 2), cwd=tmp_path)
+    assert (out / "model.pt").is_file() and (out / "last.pt").is_file()
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["trainer"]["iteration"] == 2 * ckpt["trainer"]["epoch_length"]
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["completed_epochs"] == 2 and info["modality"] == "combined" and len(info["manifest"]["sha256"]) == 64
+
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    tags = acc.Tags()
+    for scalar in ("train_loss", "lr", "val_auroc", "val_mean_dice"):
+        assert scalar in tags["scalars"], tags["scalars"]
+    assert len(acc.Scalars("val_auroc")) == 2
+    assert len(tags["images"]) >= 3, tags["images"]  # image, label, prediction
+
+    extra = [*helpers.COMMON, *helpers.TINY[bundle]]
+    helpers.run(helpers.bundle_cmd(bundle, "evaluate.yaml", "--manifest", str(manifest), "--output_dir", str(out),
+                                   "--split", "val", *extra), cwd=tmp_path)
+    metrics = json.loads((out / "eval_val.json").read_text())
+    assert 0.0 <= metrics["metrics"]["auroc"] <= 1.0 and len(metrics["volumes"]) >= 2
+    pred_dir = tmp_path / "pred"
+    helpers.run(helpers.bundle_cmd(bundle, "inference.yaml", "--manifest", str(manifest), "--output_dir", str(out),
+                                   "--split", "test", "--predictions_dir", str(pred_dir), *extra), cwd=tmp_path)
+    probs = sorted(pred_dir.glob("*_prob.nii.gz"))
+    test_ids = [e["scan_id"] for e in json.loads(manifest.read_text())["test"]]
+    assert [p.name for p in probs] == sorted(f"{s}_prob.nii.gz" for s in test_ids)
+    from dfseg.io import load_nifti
+
+    arr, _ = load_nifti(probs[0])
+    assert arr.shape == (32, 32, 32) and 0.0 <= arr.min() and arr.max() <= 1.0
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["network"]
+
+
+@pytest.mark.slow
+def test_sigkill_resume_gives_identical_weights(tmp_path):
+    manifest = make_cohort(tmp_path / "cohort", n_subjects=6)
+    epochs = 3
+    ref = tmp_path / "ref"
+    helpers.run(_train_cmd(BUNDLE, manifest, ref, epochs, "--checkpoint_every_n_iterations", "1"), cwd=tmp_path)
+    reference = _weights(ref / "last.pt")
+
+    out = tmp_path / "killed"
+    cmd = _train_cmd(BUNDLE, manifest, out, epochs, "--checkpoint_every_n_iterations", "1")
+    # kill points: mid-epoch 1, right after validation of epoch 1, while a checkpoint temp file exists, epoch 3
+    kill_when = [("log", "Epoch: 1/3, Iter: 2/"), ("log", "Epoch[1] Metrics"), ("tmp", None), ("log", "Epoch: 3/3, Iter: 1/")]
+    kills = 0
+    for kind, needle in kill_when:
+        log = tmp_path / f"log{kills}.txt"
+        with open(log, "w") as fh:
+            proc = subprocess.Popen(cmd, cwd=tmp_path, env=helpers.env(), stdout=fh, stderr=subprocess.STDOUT)
+        deadline = time.time() + 240
+        hit = False
+        while proc.poll() is None and time.time() < deadline:
+            if kind == "log" and needle in log.read_text():
+                hit = True
+            elif kind == "tmp" and any(out.glob(".last.pt.*")):
+                hit = True
+            if hit:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                break
+            time.sleep(0.005 if kind == "tmp" else 0.05)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert kills >= 3, f"only {kills} kill points were reached"
+    proc = helpers.run(cmd, cwd=tmp_path)
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == epochs * state["trainer"]["epoch_length"]
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["completed_epochs"] == epochs and len(info.get("resumed_at_iteration", [])) >= 1
+    resumed = state["network"]
+    assert resumed.keys() == reference.keys()
+    diffs = {k: float((resumed[k].float() - reference[k].float()).abs().max()) for k in reference}
+    assert max(diffs.values()) == 0.0, {k: v for k, v in diffs.items() if v}
+
+
+@pytest.mark.slow
+def test_torchrun_gloo_two_processes(tmp_path):
+    manifest = make_cohort(tmp_path / "cohort", n_subjects=6)
+    out = tmp_path / "ddp"
+    cmd = helpers.bundle_cmd(BUNDLE, ["train.yaml", "multi_gpu_train.yaml"], "--manifest", str(manifest),
+                             "--output_dir", str(out), "--max_epochs", "1", *helpers.COMMON, *helpers.TRAIN,
+                             *helpers.TINY[BUNDLE])
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *cmd[1:]]
+    helpers.run(torchrun, cwd=tmp_path, timeout=400)
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == state["trainer"]["epoch_length"] >= 1
+    assert any(k.startswith("module.") for k in state["network"])  # DDP-wrapped on save
+    assert (out / "model.pt").is_file()
+    assert len(list((out / "tensorboard").glob("events.*"))) == 1  # rank 0 only
