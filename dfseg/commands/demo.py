@@ -37,6 +37,7 @@ class DemoConfig:
 
 
 DEFAULT = DemoConfig()
+SUMMARY_METRICS = ("volume_auroc", "volume_sens_at_95spec", "volume_sensitivity", "volume_specificity", "dice")
 QUICK = DemoConfig(subjects=12, size=48, voxel_mm=0.5, n_angles=72, folds=3, max_epochs=3)
 
 
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     times["evaluate"] = time.perf_counter() - t
 
     t = _stage(7, total, "report: model card")
-    _dfseg("model-card", train_dir, "-o", out / "model_card")
+    _dfseg("model-card", train_dir, "-o", out / "model_card", "--metrics", out / "evaluation" / "metrics.json")
     times["report"] = time.perf_counter() - t
 
     metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
@@ -138,11 +139,11 @@ def _summary(out: Path, metrics: dict, times: dict[str, float]) -> None:
     print("\n== dfseg demo finished ==")
     for name, sec in times.items():
         print(f"  {name:<11} {sec:7.1f} s")
-    volume = metrics.get("volume", metrics)
-    for key in ("auroc", "sensitivity_at_95_specificity", "sensitivity", "specificity", "dice"):
-        if key in volume:
-            value = volume[key]
-            if isinstance(value, dict):
-                print(f"  {key:<32} {value.get('value', float('nan')):.3f}  (95% CI {value.get('ci_low', float('nan')):.3f}-{value.get('ci_high', float('nan')):.3f})")
+    table = metrics.get("metrics", {})
+    for key in SUMMARY_METRICS:
+        value = table.get(key)
+        if isinstance(value, dict) and value.get("estimate") is not None:
+            print(f"  {key:<24} {value['estimate']:.3f}  (95% CI {value.get('ci_low', float('nan')):.3f}"
+                  f" to {value.get('ci_high', float('nan')):.3f})")
     print(f"  report:      {out / 'evaluation' / 'report.md'}")
     print(f"  TensorBoard: tensorboard --logdir {out / 'train'}")
