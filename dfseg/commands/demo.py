@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -66,22 +64,10 @@ def _dfseg(*argv: str) -> None:
         raise DfsegError(f"dfseg {argv[0]}", f"stage failed with exit code {code} (message above)")
 
 
-def _bundle(config: str, bundle: Path, **overrides: object) -> None:
-    """Run a bundle config in a subprocess, as a user would: ``python -m monai.bundle run``."""
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / config),
-           "--bundle_root", str(bundle), "--meta_file", str(bundle / "configs" / "metadata.json"),
-           "--logging_file", str(bundle / "configs" / "logging.conf")]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", str(value)]
-    result = subprocess.run(cmd)
-    if result.returncode != 0:
-        raise DfsegError(f"{bundle.name}/configs/{config}", f"bundle run failed with exit code {result.returncode}")
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from dfseg.resources import bundle_dir
+    from dfseg.resources import bundle_dir, run_bundle
 
     cfg = QUICK if args.quick else DEFAULT
     cfg = replace(cfg, seed=args.seed,
@@ -110,13 +96,13 @@ def run(args: argparse.Namespace) -> int:
     times["preprocess"] = time.perf_counter() - t
 
     t = _stage(4, total, "train: attention residual U-Net bundle, combined input (TensorBoard logs in train/)")
-    _bundle("train.yaml", bundle, manifest=pre / "manifest.json", fold=0, modality="combined",
+    run_bundle(bundle, "train.yaml", manifest=pre / "manifest.json", fold=0, modality="combined",
             max_epochs=cfg.max_epochs, patch_size=cfg.patch_size, batch_size=cfg.batch_size,
             learning_rate=cfg.learning_rate, device=device, output_dir=train_dir, seed=cfg.seed)
     times["train"] = time.perf_counter() - t
 
     t = _stage(5, total, "infer: sliding-window inference on the held-out test subjects")
-    _bundle("inference.yaml", bundle, manifest=pre / "manifest.json", modality="combined", split="test",
+    run_bundle(bundle, "inference.yaml", manifest=pre / "manifest.json", modality="combined", split="test",
             device=device, output_dir=train_dir, predictions_dir=out / "predictions")
     times["infer"] = time.perf_counter() - t
 
