@@ -70,7 +70,13 @@ def test_linearisation_and_dict(cal):
 
 def test_spine_spurious_darkfield_below_noise(cal):
     """A water-equivalent body with a bone 'spine': spurious eps in the spine before/after correction."""
-    from dfseg.physics import VisibilitySpectrum, mu, phase_stepping_measurement, polychromatic_signals, tube_spectrum
+    from dfseg.physics import (
+        VisibilitySpectrum,
+        mu,
+        phase_stepping_measurement,
+        polychromatic_signals,
+        tube_spectrum,
+    )
     from dfseg.tomo import fbp, project, projection_angles
 
     n, px = 32, 0.6

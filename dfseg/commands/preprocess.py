@@ -1,0 +1,184 @@
+"""``dfseg preprocess MANIFEST -o OUT --calibration calibration.json``: corrected, decomposed volumes.
+
+For every scan of the manifest: the projection chain (raw projections -> flux -> -ln -> beam
+hardening -> FBP -> spectrum normalization -> decomposition) or, with ``--domain volume`` or when a
+scan has no projections, the volume chain (first-order beam hardening). Writes
+``OUT/scans/<scan_id>/{attn (X,Y,Z), df (X,Y,Z,5), label, lung_mask}.nii.gz, sidecar.json`` and
+``OUT/manifest.json`` with the input's splits, subject ids and folds. Everything is written into a
+temporary directory beside OUT and renamed at the end, so a failure leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HELP = "correct, reconstruct and decompose a cohort into network-ready volumes"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("manifest", type=Path, help="input cohort manifest.json")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output directory (new cohort)")
+    parser.add_argument("--calibration", type=Path, required=True, help="calibration.json from dfseg calibrate")
+    parser.add_argument("--domain", choices=("projection", "volume"), default="projection",
+                        help="projection: full chain from proj_T/proj_D; volume: first-order chain on attn/df")
+    parser.add_argument("--aluminium-weight", type=float, default=0.0,
+                        help="mixing weight of the aluminium beam-hardening curve (0 = water only)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="scans processed in parallel threads (torch releases the GIL)")
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def _load_scan(entry: dict, domain: str) -> tuple[dict, np.ndarray, dict]:
+    """The data dictionary for the chain, the output affine and the files read."""
+    from dfseg.errors import InputError
+    from dfseg.io import load_nifti
+
+    files = {}
+    data: dict[str, Any] = {"meta": dict(entry.get("meta") or {})}
+    use_proj = domain == "projection" and entry.get("proj_T") and entry.get("proj_D")
+    keys = ("proj_T", "proj_D") if use_proj else ("attn", "df")
+    for key in keys:
+        if not entry.get(key):
+            raise InputError(f"{entry.get('scan_id')}.{key}", "missing from the manifest entry")
+        arr, affine = load_nifti(entry[key])
+        files[key] = entry[key]
+        if key in ("proj_T", "proj_D", "df"):
+            if arr.ndim == 3 and key == "df":
+                arr = arr[..., None]
+            if arr.ndim != 4:
+                raise InputError(entry[key], f"expected 4-D (..., N) image, got shape {arr.shape}")
+            arr = np.moveaxis(arr, -1, 0)
+            n_or = len(data["meta"].get("orientations_deg") or [])
+            if n_or and arr.shape[0] != n_or:
+                raise InputError(entry[key], f"expected {n_or} orientation channels from sidecar, found {arr.shape[0]}")
+        else:
+            arr = arr[None]
+        data[key] = arr.astype(np.float32)
+    ref_affine = load_nifti(entry["label"])[1] if entry.get("label") else affine
+    if "voxel_mm" not in data["meta"]:
+        from dfseg.io import voxel_size
+
+        data["meta"]["voxel_mm"] = float(voxel_size(ref_affine)[0])
+    return data, ref_affine, files
+
+
+def _process(entry: dict, chains: dict, domain: str, tmp: Path) -> dict:
+    from dfseg.calibration import check_spectrum
+    from dfseg.errors import InputError
+    from dfseg.io import atomic_write, save_nifti, voxel_size, write_json
+
+    data, affine, files = _load_scan(entry, domain)
+    check_spectrum(chains["calibration"], data["meta"], where=chains["calibration_path"])
+    kind = "projection" if "proj_T" in data else "volume"
+    try:
+        out = chains[kind](data)
+    except InputError as err:
+        where = files.get(err.where or "", err.where)
+        raise InputError(where, err.problem) from None
+    scan_id = str(entry["scan_id"])
+    folder = tmp / "scans" / scan_id
+    vox = tuple(float(v) for v in voxel_size(affine))
+    attn = np.asarray(out["attn"])[0]
+    df = np.moveaxis(np.asarray(out["df"]), 0, -1)
+    for name, arr in (("attn", attn), ("df", df)):
+        if not np.isfinite(arr).all():
+            raise InputError(files.get("proj_T" if kind == "projection" else name), "chain produced NaN/Inf values")
+    save_nifti(folder / "attn.nii.gz", attn, vox)
+    save_nifti(folder / "df.nii.gz", df, vox)
+    new = {k: entry[k] for k in entry if k not in ("attn", "df", "label", "lung_mask", "proj_T", "proj_D",
+                                                    "histology", "sidecar", "sha256")}
+    new["attn"], new["df"] = str(folder / "attn.nii.gz"), str(folder / "df.nii.gz")
+    for key in ("label", "lung_mask", "histology"):
+        if entry.get(key):
+            dst = folder / f"{key}.nii.gz"
+            with open(entry[key], "rb") as src, atomic_write(dst) as fh:
+                shutil.copyfileobj(src, fh)
+            new[key] = str(dst)
+    meta = dict(data["meta"])
+    meta["preprocessing"] = {"domain": kind, "df_channels": ["c0", "amp", "aniso", "amp_cos2t", "amp_sin2t"],
+                             "calibration": str(chains["calibration_path"])}
+    write_json(folder / "sidecar.json", meta)
+    new["sidecar"] = str(folder / "sidecar.json")
+    new["meta"] = meta
+    return new
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from dfseg import __version__
+    from dfseg.calibration import load_calibration
+    from dfseg.data.manifest import FILE_KEYS, SPLITS, load_manifest, write_manifest
+    from dfseg.errors import InputError, OutputExistsError
+    from dfseg.io import sha256_file
+    from dfseg.transforms.pipeline import projection_chain, volume_chain
+
+    manifest_path = args.manifest.resolve()
+    cohort = manifest_path.parent
+    out = args.output.resolve()
+    if _inside(out, cohort) or _inside(cohort, out):
+        raise InputError(args.output, f"output must not be inside or contain the input cohort {cohort}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise OutputExistsError(args.output, "exists and is not empty; pass --overwrite to replace it")
+    manifest = load_manifest(manifest_path)
+    cal = load_calibration(args.calibration)
+    chains = {
+        "calibration": cal, "calibration_path": args.calibration,
+        "projection": projection_chain(cal, aluminium_weight=args.aluminium_weight),
+        "volume": volume_chain(cal, aluminium_weight=args.aluminium_weight),
+    }
+    jobs = [(split, i, e) for split in SPLITS for i, e in enumerate(manifest.get(split) or [])]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        results: dict[tuple[str, int], dict] = {}
+        with tqdm(total=len(jobs), desc="preprocess", unit="scan") as bar:
+            if args.workers > 1:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(args.workers) as pool:
+                    futures = {pool.submit(_process, e, chains, args.domain, tmp): (s, i) for s, i, e in jobs}
+                    for fut, key in futures.items():
+                        results[key] = fut.result()
+                        bar.update()
+            else:
+                for s, i, e in jobs:
+                    results[(s, i)] = _process(e, chains, args.domain, tmp)
+                    bar.update()
+        new = copy.deepcopy({k: v for k, v in manifest.items() if k not in SPLITS})
+        new["pipeline_version"] = __version__
+        new["created_by"] = f"dfseg {__version__} dfseg preprocess"
+        new["description"] = (manifest.get("description") or "") + f" [preprocessed from {manifest_path}]"
+        for split in SPLITS:
+            entries = []
+            for i, _ in enumerate(manifest.get(split) or []):
+                e = results[(split, i)]
+                for key in FILE_KEYS:
+                    if e.get(key):
+                        e[key] = os.path.relpath(Path(e[key]), tmp)
+                e["sha256"] = {k: sha256_file(tmp / e[k]) for k in FILE_KEYS if e.get(k)}
+                entries.append(e)
+            new[split] = entries
+        write_manifest(tmp / "manifest.json", new)
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(tmp)
+        raise
+    print(f"wrote {len(jobs)} scans and {out / 'manifest.json'}")
+    return 0
