@@ -23,7 +23,6 @@ def main() -> None:
     args = parser.parse_args()
 
     t0 = time.perf_counter()
-    import numpy as np
     import torch
 
     from dfseg.simulate.acquisition import AcquisitionConfig, acquire_ct
