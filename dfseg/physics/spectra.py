@@ -22,7 +22,8 @@ DEFAULT_FILTRATION_MM: dict[str, float] = {"Al": 1.0}
 _DETECTOR_MATERIALS = {"CsI": "csi"}
 
 
-@dataclass(frozen=True)
+# eq=False: arrays make field-wise == ambiguous; identity equality also makes instances hashable.
+@dataclass(frozen=True, eq=False)
 class Spectrum:
     """A detector-weighted spectrum.
 
