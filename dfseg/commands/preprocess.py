@@ -108,6 +108,7 @@ def _process(entry: dict, chains: dict, domain: str, tmp: Path) -> dict:
                 shutil.copyfileobj(src, fh)
             new[key] = str(dst)
     meta = dict(data["meta"])
+    meta["preprocessed"] = True  # the bundles skip the correction chain for these scans
     meta["preprocessing"] = {"domain": kind, "df_channels": ["c0", "amp", "aniso", "amp_cos2t", "amp_sin2t"],
                              "calibration": str(chains["calibration_path"])}
     write_json(folder / "sidecar.json", meta)
