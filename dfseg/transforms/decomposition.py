@@ -173,7 +173,7 @@ def directional_decomposition(y: Any, angles_deg: Sequence[float], *, weights: S
         safe = c0.abs() > eps
         aniso = torch.where(safe, amp / torch.where(safe, c0, torch.ones_like(c0)), torch.zeros_like(c0))
         return torch.stack([c0, amp, aniso, a, b])
-    amp = np.hypot(a, b)
+    amp = np.sqrt(a * a + b * b)  # several times faster than np.hypot; no overflow at DF magnitudes
     safe = np.abs(c0) > eps
     aniso = np.zeros_like(c0)
     np.divide(amp, c0, out=aniso, where=safe)

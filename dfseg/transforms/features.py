@@ -75,6 +75,13 @@ def voxel_size_of(data: Mapping[Hashable, Any], key: Hashable, default: float | 
 
 def _box_sum(x: torch.Tensor, radius: Sequence[int]) -> torch.Tensor:
     """Sum over a (2r+1) box along the last ``len(radius)`` axes, zero outside the volume."""
+    if x.device.type == "cpu":
+        from scipy import ndimage
+
+        # scipy's running-sum filter is several times faster than torch cumsum on CPU
+        size = (1,) * (x.ndim - len(radius)) + tuple(2 * r + 1 for r in radius)
+        out = ndimage.uniform_filter(x.numpy(), size=size, mode="constant", cval=0.0)
+        return torch.from_numpy(out) * float(np.prod(size))
     for axis_from_end, r in enumerate(reversed(radius)):
         if r == 0:
             continue
@@ -96,16 +103,17 @@ def box_mean(x: torch.Tensor, radius: Sequence[int], weight: torch.Tensor | None
     """
     w = torch.ones_like(x[:1]) if weight is None else weight.to(x.dtype)
     num = _box_sum(x * w, radius)
-    den = _box_sum(w.expand_as(x) if w.shape[0] == 1 else w, radius)
+    den = _box_sum(w, radius)
+    den = den.expand_as(num) if den.shape[0] == 1 else den
     # running sums leave a tiny residue where the window is empty: compare with the total weight
     ok = den > 1e-9 * max(float(w.sum()), 1e-300)
     return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
-def _to_work(img: Any) -> torch.Tensor:
-    """float64 torch view of ``img`` on its own device (float64: running sums stay exact enough)."""
+def _to_work(img: Any, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Torch view of ``img`` on its own device (float64 by default: running sums stay exact enough)."""
     t = img.as_tensor() if hasattr(img, "as_tensor") else torch.as_tensor(img)
-    return t.to(torch.float64)
+    return t.to(dtype)
 
 
 def _spatial_mask(mask: Any, ref: torch.Tensor, where: str) -> torch.Tensor:
@@ -127,7 +135,7 @@ def _float_dtype(img: Any) -> Any:
 def _finish(feature: torch.Tensor, img: Any, append: bool) -> Any:
     """Feature (or input + feature) converted back to the input's type, float dtype and device."""
     if append:
-        feature = torch.cat([_to_work(img).to(feature.device), feature], dim=0)
+        feature = torch.cat([_to_work(img, feature.dtype).to(feature.device), feature], dim=0)
     out, *_ = convert_to_dst_type(feature, img, dtype=_float_dtype(img))
     return out
 
@@ -177,14 +185,16 @@ class DarkFieldAttenuationRatio(Transform):
 
     def __call__(self, df: Any, attn: Any, *, where: str = "attn") -> Any:
         """Args: df (C, X, Y, Z) dark-field in 1/mm; attn (1, X, Y, Z) attenuation mu in 1/mm."""
-        d = _to_work(df)[self.channel: self.channel + 1]
-        a = _to_work(attn).to(d.device)
+        # element-wise only: the input's own float precision is enough (and 2x cheaper than float64)
+        work = _float_dtype(df) if isinstance(df, torch.Tensor) else torch.from_numpy(np.zeros(0, _float_dtype(df))).dtype
+        d = _to_work(df, work)[self.channel: self.channel + 1]
+        a = _to_work(attn, work).to(d.device)
         if a.ndim == d.ndim - 1:
             a = a[None]
         if tuple(a.shape) != tuple(d.shape):
             raise InputError(where, f"shape {tuple(a.shape)} does not match dark-field channel {tuple(d.shape)}")
         ok = a.abs() > self.eps
-        feature = torch.where(ok, d / torch.where(ok, a, torch.ones_like(a)), torch.zeros_like(d))
+        feature = d / torch.where(ok, a, torch.ones_like(a)) * ok
         return _finish(feature, df, self.append)
 
 
