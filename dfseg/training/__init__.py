@@ -12,7 +12,14 @@ from dfseg.training.data import (
     is_preprocessed,
     resolve,
 )
-from dfseg.training.handlers import MetricsWriter, ProbabilityWriter, RunInfoWriter, run_info
+from dfseg.training.handlers import (
+    MetricsWriter,
+    NullSummaryWriter,
+    ProbabilityWriter,
+    RunInfoWriter,
+    run_info,
+    summary_writer,
+)
 from dfseg.training.transforms import (
     MODALITY_CHANNELS,
     PresenceScored,
@@ -23,8 +30,8 @@ from dfseg.training.transforms import (
 )
 
 __all__ = [
-    "MODALITY_CHANNELS", "BestModelSaver", "EpochSampler", "MetricsWriter", "PresenceScored",
+    "MODALITY_CHANNELS", "BestModelSaver", "EpochSampler", "MetricsWriter", "NullSummaryWriter", "PresenceScored",
     "ProbabilityWriter", "ResumableCheckpoint", "RunInfoWriter", "SeededCacheDataset", "datalist",
     "derive_seed", "eval_postprocessing", "eval_transforms", "in_channels", "is_preprocessed",
-    "load_checkpoint", "resolve", "run_info", "train_transforms",
+    "load_checkpoint", "resolve", "run_info", "summary_writer", "train_transforms",
 ]

@@ -14,15 +14,40 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from dfseg.io import save_nifti, sha256_file, voxel_size, write_json
+from dfseg.io import read_json, save_nifti, sha256_file, voxel_size, write_json
 
-__all__ = ["MetricsWriter", "ProbabilityWriter", "RunInfoWriter", "hardware_info", "run_info"]
+__all__ = ["MetricsWriter", "NullSummaryWriter", "ProbabilityWriter", "RunInfoWriter", "hardware_info", "run_info",
+           "summary_writer"]
 
 
 def _is_rank0() -> bool:
     import torch.distributed as dist
 
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+class NullSummaryWriter:
+    """A TensorBoard writer that writes nothing (every method is a no-op).
+
+    Given to MONAI's TensorBoard handlers on DDP ranks other than 0: a handler built with
+    ``summary_writer=None`` creates its own ``SummaryWriter`` and a stray ``./runs`` folder.
+    """
+
+    log_dir = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: None
+
+
+def summary_writer(log_dir: str | os.PathLike) -> Any:
+    """``SummaryWriter(log_dir)`` on rank 0 (or without DDP), :class:`NullSummaryWriter` on other ranks."""
+    if not _is_rank0():
+        return NullSummaryWriter()
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(log_dir))
 
 
 def hardware_info() -> dict[str, Any]:
@@ -48,12 +73,16 @@ def versions() -> dict[str, str]:
 def run_info(*, bundle: str, manifest: str | os.PathLike, fold: int | None, modality: str, seed: int,
              hyper_parameters: Mapping[str, Any], network: Mapping[str, Any],
              calibration: str | os.PathLike | None = None, preprocessed: bool | None = None,
+             model: torch.nn.Module | None = None, geometry: str | None = None,
              extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The ``run_info.json`` record of a training run (what ``dfseg model-card`` reads).
+    """The ``run_info.json`` record of a training run (the keys ``dfseg.reporting.model_card`` reads).
 
     Keys: ``bundle``, ``started_utc``, ``manifest`` {path, sha256}, ``fold``, ``modality``,
-    ``in_channels``, ``seed``, ``hyper_parameters``, ``network``, ``calibration`` {path, sha256}
-    or None, ``preprocessed``, ``hardware``, ``versions``, ``command`` (argv), plus ``extra``.
+    ``input_channels`` (names), ``in_channels``, ``seed``, ``hyper_parameters``, ``network``
+    (``name`` + constructor arguments, and ``parameter_count`` when ``model`` is given),
+    ``calibration`` {path, sha256} or None, ``preprocessed``, ``geometry`` (``ct`` | ``radiograph``),
+    ``hardware``, ``versions``, ``command`` (argv), plus ``extra``. ``RunInfoWriter`` adds
+    ``max_epochs``, ``completed_epochs``, ``finished_utc`` and ``resumed_at_iteration``.
     """
     from dfseg.training.transforms import MODALITY_CHANNELS
 
@@ -61,6 +90,11 @@ def run_info(*, bundle: str, manifest: str | os.PathLike, fold: int | None, moda
     cal = None
     if calibration not in (None, "", "None") and Path(calibration).is_file():
         cal = {"path": str(Path(calibration).resolve()), "sha256": sha256_file(calibration)}
+    net = dict(network)
+    if model is not None:
+        from dfseg.networks import count_parameters
+
+        net["parameter_count"] = int(count_parameters(model.module if hasattr(model, "module") else model))
     info = {
         "bundle": bundle,
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -71,9 +105,10 @@ def run_info(*, bundle: str, manifest: str | os.PathLike, fold: int | None, moda
         "in_channels": len(MODALITY_CHANNELS.get(modality, ())),
         "seed": int(seed),
         "hyper_parameters": dict(hyper_parameters),
-        "network": dict(network),
+        "network": net,
         "calibration": cal,
         "preprocessed": preprocessed,
+        "geometry": geometry,
         "presence_score": "maximum tumour probability inside the lung mask (per volume)",
         "hardware": hardware_info(),
         "versions": versions(),
@@ -86,6 +121,9 @@ def run_info(*, bundle: str, manifest: str | os.PathLike, fold: int | None, moda
 
 class RunInfoWriter:
     """Write ``run_info.json`` into the run directory when training starts (rank 0).
+
+    Attach it after :class:`dfseg.training.ResumableCheckpoint` so that, on a resume, the restored
+    iteration is known; the interrupted run's ``started_utc`` and ``resumed_at_iteration`` are kept.
 
     Args:
         output_dir: run directory.
@@ -101,9 +139,14 @@ class RunInfoWriter:
         engine.add_event_handler(Events.COMPLETED, self._completed)
 
     def _started(self, engine: Engine) -> None:
+        # attach after ResumableCheckpoint: a resumed run has its restored iteration by now
         if not _is_rank0():
             return
         if engine.state.iteration:
+            if self.path.is_file():  # keep the history of the interrupted run(s)
+                previous = read_json(self.path)
+                self.info["started_utc"] = previous.get("started_utc", self.info.get("started_utc"))
+                self.info["resumed_at_iteration"] = list(previous.get("resumed_at_iteration", []))
             self.info.setdefault("resumed_at_iteration", []).append(int(engine.state.iteration))
         self.info["max_epochs"] = int(engine.state.max_epochs or 0)
         write_json(self.path, self.info)
@@ -120,7 +163,8 @@ class RunInfoWriter:
 class ProbabilityWriter:
     """Write ``<output_dir>/<scan_id>_prob.nii.gz`` (float32 probabilities, scan grid) per volume.
 
-    Attach to an evaluator whose post-processing produced ``pred`` as probabilities (1, X, Y, Z);
+    Attach to an evaluator whose post-processing produced ``pred`` as probabilities (1, X, Y, Z),
+    or (1, X, Y) from a 2D network on radiographs (written as (X, Y, 1));
     the scan id comes from the batch's ``scan_id``. Voxel size from the image affine.
     """
 
@@ -139,8 +183,16 @@ class ProbabilityWriter:
             affine = getattr(pred, "affine", None)
             if affine is None:
                 affine = getattr(b.get("image"), "affine", torch.eye(4))
-            voxel = voxel_size(np.asarray(torch.as_tensor(affine).cpu(), dtype=float))
+            affine = np.asarray(torch.as_tensor(affine).cpu(), dtype=float)
             prob = np.asarray(torch.as_tensor(pred).detach().cpu().float())[0]
+            if prob.ndim == 2:
+                # radiograph (2D network): back to the (X, Y, 1) layout of the input files; the 2D
+                # affine is 3x3, its Z pixel size is gone, so the in-plane x size stands in.
+                prob = prob[..., None]
+                xy = np.sqrt((affine[:2, :2] ** 2).sum(axis=0))
+                voxel = np.array([xy[0], xy[1], xy[0]])
+            else:
+                voxel = voxel_size(affine)
             save_nifti(self.output_dir / f"{b['scan_id']}_prob.nii.gz", prob, tuple(voxel), np.float32)
 
 

@@ -5,13 +5,20 @@ Chain (keys ``attn``, ``df``, ``label``, ``lung_mask``)::
     LoadImaged -> EnsureChannelFirstd (3D volumes get a channel; df keeps its N/5 channels first)
       -> [raw reconstructions only] volume_chain(calibration): beam-hardening correction,
          spectrum-aware normalisation, directional decomposition (df: N orientations -> 5 channels)
-      -> [training only, random] RandSyntheticTumourd on the whole volume (inside the lung mask)
+      -> [training only, 3D only, random] RandSyntheticTumourd on the whole volume (inside the lung mask)
+      -> [spatial_dims=2 only] squeeze the singleton Z axis of radiographs: (C, X, Y, 1) -> (C, X, Y)
       -> SelectModalityd(modality) -> "image" (attn 1, df 4, combined 5 channels)
       -> NormalizeIntensityd(image, channel-wise z-score over the volume)
       -> [training only, random] RandCropByPosNegLabeld(patch), flips, 90-degree rotations
 
 Everything up to the first random transform is deterministic, so ``CacheDataset`` caches it.
 Preprocessed manifests (written by ``dfseg preprocess``) skip the correction chain.
+
+Radiograph cohorts (``spatial_dims=2``): images are ``(X, Y, 1)`` on disk (docs/ARCHITECTURE.md); the
+chains drop the Z axis so a 2D network sees ``(C, X, Y)``; :class:`dfseg.training.ProbabilityWriter`
+writes the probabilities back as ``(X, Y, 1)``. Synthetic tumours are not inserted in 2D: a radiograph
+lesion is a projection through the whole mouse, which inserting a 3D sphere into a one-voxel-thick
+image does not model.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from monai.transforms import (
     RandCropByPosNegLabeld,
     RandFlipd,
     RandRotate90d,
+    SpatialPadd,
+    SqueezeDimd,
 )
 
 from dfseg.errors import InputError
@@ -90,6 +99,19 @@ def _correction(preprocessed: bool, calibration: str | os.PathLike | None) -> li
     return list(chain.transforms) if isinstance(chain, Compose) else list(chain)
 
 
+def _check_dims(spatial_dims: int) -> int:
+    if int(spatial_dims) not in (2, 3):
+        raise InputError("spatial_dims", f"must be 2 (radiographs) or 3 (CT), got {spatial_dims!r}")
+    return int(spatial_dims)
+
+
+def _squeeze_z(keys: Sequence[str], spatial_dims: int) -> list:
+    """Drop the singleton Z axis of radiographs ((C, X, Y, 1) -> (C, X, Y)) when ``spatial_dims`` is 2."""
+    if _check_dims(spatial_dims) == 3:
+        return []
+    return [SqueezeDimd(keys=list(keys), dim=3)]  # channel-first: Z is dimension 3
+
+
 def _synthetic(prob: float, diameter_mm: Sequence[float]) -> list:
     if float(prob) <= 0:
         return []
@@ -114,7 +136,7 @@ def _select(modality: str) -> list:
 def train_transforms(modality: str, patch_size: Sequence[int] | int, *, preprocessed: bool = False,
                      calibration: str | os.PathLike | None = None, num_samples: int = 2,
                      pos: float = 1.0, neg: float = 1.0, synthetic_tumour_prob: float = 0.3,
-                     synthetic_diameter_mm: Sequence[float] = (0.5, 3.0)) -> Compose:
+                     synthetic_diameter_mm: Sequence[float] = (0.5, 3.0), spatial_dims: int = 3) -> Compose:
     """Training chain: load, correct, synthetic tumours, select modality, normalise, patch, augment.
 
     Args:
@@ -126,22 +148,31 @@ def train_transforms(modality: str, patch_size: Sequence[int] | int, *, preproce
         pos, neg: ratio of tumour-centred to background-centred patches.
         synthetic_tumour_prob: probability of inserting a synthetic tumour (``RandSyntheticTumourd``).
         synthetic_diameter_mm: diameter range of synthetic tumours, mm.
+        spatial_dims: 3 (CT volumes) or 2 (radiographs stored as (X, Y, 1); Z is squeezed, no
+            synthetic tumours).
 
     Returns:
         ``Compose`` producing dicts with ``image`` (C, *patch) float32 and ``label`` (1, *patch).
     """
-    patch = (int(patch_size),) * 3 if np.ndim(patch_size) == 0 else tuple(int(p) for p in patch_size)
+    dims = _check_dims(spatial_dims)
+    patch = (int(patch_size),) * dims if np.ndim(patch_size) == 0 else tuple(int(p) for p in patch_size)
+    if len(patch) != dims:
+        raise InputError("patch_size", f"expected {dims} sizes for spatial_dims={dims}, got {list(patch)}")
     keys = ("attn", "df", "label", "lung_mask")
     return Compose([
         *_load(keys),
         *_correction(preprocessed, calibration),
-        *_synthetic(synthetic_tumour_prob, synthetic_diameter_mm),
+        *(_synthetic(synthetic_tumour_prob, synthetic_diameter_mm) if dims == 3 else []),
+        *_squeeze_z(keys, dims),
         *_select(modality),
         # fg_indices from the label, negatives anywhere inside the lung would be nicer but the
         # label-only form keeps the crop independent of lung-mask quality.
         RandCropByPosNegLabeld(keys=("image", "label"), label_key="label", spatial_size=patch,
                                pos=float(pos), neg=float(neg), num_samples=int(num_samples),
                                allow_smaller=True),
+        # volumes smaller than the patch (allow_smaller keeps them whole) are padded with the
+        # normalised mean 0: SwinUNETR needs its full patch (>= 64 voxels, see its bundle).
+        SpatialPadd(keys=("image", "label"), spatial_size=patch),
         RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=0),
         RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=1),
         RandRotate90d(keys=("image", "label"), prob=0.5, spatial_axes=(0, 1)),
@@ -150,17 +181,19 @@ def train_transforms(modality: str, patch_size: Sequence[int] | int, *, preproce
 
 
 def eval_transforms(modality: str, *, preprocessed: bool = False,
-                    calibration: str | os.PathLike | None = None, with_label: bool = True) -> Compose:
+                    calibration: str | os.PathLike | None = None, with_label: bool = True,
+                    spatial_dims: int = 3) -> Compose:
     """Deterministic whole-volume chain for validation, evaluation and inference.
 
     Returns dicts with ``image`` (C, X, Y, Z), ``lung_mask`` (1, X, Y, Z) and, when ``with_label``,
-    ``label`` (1, X, Y, Z); ``image`` keeps its MetaTensor affine so predictions can be saved on
-    the scan's grid.
+    ``label`` (1, X, Y, Z) (without the Z axis when ``spatial_dims`` is 2); ``image`` keeps its
+    MetaTensor affine so predictions can be saved on the scan's grid.
     """
     keys = ("attn", "df", "lung_mask") + (("label",) if with_label else ())
     return Compose([
         *_load(keys),
         *_correction(preprocessed, calibration),
+        *_squeeze_z(keys, spatial_dims),
         *_select(modality),
     ])
 

@@ -11,17 +11,34 @@ REPO = Path(__file__).resolve().parents[2]
 BUNDLES = REPO / "bundles"
 SCHEMA = REPO.parent / "shared" / "bundle_metadata.schema.json"
 
-#: Tiny-network overrides per bundle (CPU tests); the loss stays DiceFocal until dfseg.losses lands.
+#: Tiny-network overrides per bundle (CPU tests). SwinUNETR's bottleneck is patch/32 voxels and its
+#: instance norm needs more than one voxel there, so its smallest patch is 64 (the 32^3 cohort is padded).
 TINY: dict[str, list[str]] = {
-    "dfseg_attention_unet": ["--channels", "[4,8,16]", "--strides", "[2,2]", "--deep_supervision", "False"],
-    "dfseg_swinunetr": ["--feature_size", "12", "--depths", "[1,1,1,1]"],
+    "dfseg_attention_unet": ["--channels", "[4,8,16]", "--strides", "[2,2]", "--patch_size", "32"],
+    "dfseg_swinunetr": ["--feature_size", "12", "--depths", "[1,1,1,1]", "--patch_size", "64"],
 }
-COMMON = ["--patch_size", "32", "--num_workers", "0", "--device", "cpu", "--sw_batch_size", "1"]
+COMMON = ["--num_workers", "0", "--device", "cpu", "--sw_batch_size", "1"]
 TRAIN = ["--batch_size", "1", "--num_samples", "1", "--synthetic_tumour_prob", "0"]
 try:  # the bundles use dfseg.losses.SegmentationLoss; until it exists, tests train with MONAI's DiceFocal
     from dfseg.losses import SegmentationLoss  # noqa: F401
 except ImportError:
+    # (MONAI's loss takes one tensor, so the U-Net's deep-supervision list output is switched off too)
     TRAIN += ["--loss", "$monai.losses.DiceFocalLoss(sigmoid=True)"]
+    TINY["dfseg_attention_unet"] += ["--deep_supervision", "False"]
+
+
+def overrides(bundle: str, *lists: list[str]) -> dict[str, object]:
+    """``--key value`` lists as a dict of Python values (for in-process ``ConfigWorkflow`` / parser use)."""
+    import ast
+
+    items = [x for lst in (TINY[bundle], *lists) for x in lst]
+    out: dict[str, object] = {}
+    for key, value in zip(items[::2], items[1::2]):
+        try:
+            out[key.lstrip("-")] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.lstrip("-")] = value
+    return out
 
 
 def bundle_cmd(bundle: str, config: str | list[str], *args: str, module: str = "run") -> list[str]:
@@ -41,6 +58,7 @@ def env() -> dict[str, str]:
 
 
 def run(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``cmd`` with the test environment; fail with its output tail on a non-zero exit."""
     proc = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc

@@ -61,9 +61,10 @@ def test_verify_net_in_out(bundle):
     root = helpers.BUNDLES / bundle
     tiny = ({"channels": [4, 8, 16, 32]} if bundle == "dfseg_attention_unet" else
             {"feature_size": 12, "depths": [1, 1, 1, 1]})
+    # n=2: 16^3 (U-Net) / 64^3 (SwinUNETR: at 32^3 its bottleneck is 1 voxel, which instance norm refuses)
     verify_net_in_out(net_id="network_def", meta_file=str(root / "configs" / "metadata.json"),
-                      config_file=str(root / "configs" / "inference.yaml"), n=2 if "attention" in bundle else 1,
-                      device="cpu", bundle_root=str(root), **tiny)
+                      config_file=str(root / "configs" / "inference.yaml"), n=2, device="cpu",
+                      bundle_root=str(root), **tiny)
 
 
 @pytest.mark.parametrize("bundle", BUNDLE_NAMES)
@@ -71,15 +72,14 @@ def test_check_properties(bundle, tmp_path):
     from monai.bundle import ConfigWorkflow
 
     root = helpers.BUNDLES / bundle
-    manifest = make_cohort(tmp_path / "cohort", n_subjects=4)
-    tiny = helpers.TINY[bundle]
-    overrides = {tiny[i].lstrip("-"): eval(tiny[i + 1]) for i in range(0, len(tiny), 2)}
-    if "--loss" in helpers.TRAIN:
-        overrides["loss"] = helpers.TRAIN[helpers.TRAIN.index("--loss") + 1]
+    manifest = make_cohort(tmp_path / "cohort", n_subjects=8)  # every split non-empty
+    overrides = helpers.overrides(bundle)
+    train_only = {k: v for k, v in helpers.overrides(bundle, helpers.TRAIN).items() if k == "loss"}
     for config, kind in (("train.yaml", "train"), ("inference.yaml", "infer"), ("evaluate.yaml", "infer")):
         wf = ConfigWorkflow(config_file=str(root / "configs" / config), meta_file=str(root / "configs" / "metadata.json"),
                             workflow_type=kind, bundle_root=str(root), manifest=str(manifest), device="cpu",
-                            num_workers=0, output_dir=str(tmp_path / "run"), patch_size=32, **overrides)
+                            num_workers=0, output_dir=str(tmp_path / "run"), **overrides,
+                            **(train_only if kind == "train" else {}))
         wf.initialize()
         assert wf.check_properties() == [], config
         assert wf.max_epochs == 100 if kind == "train" else wf.evaluator is not None
@@ -87,23 +87,33 @@ def test_check_properties(bundle, tmp_path):
 
 @pytest.mark.parametrize("bundle", RUNNABLE)
 def test_ckpt_export_torchscript_matches(bundle, tmp_path):
+    """TorchScript export reproduces the checkpoint's output. The attention U-Net is scripted;
+    SwinUNETR is traced (``--use_trace True --input_shape "[1, 5, 64, 64, 64]"``): scripting fails on
+    its gradient-checkpointing branch (``torch.utils.checkpoint`` takes ``*args``/keyword-only
+    arguments, which TorchScript cannot compile), and the traced graph is fixed to the traced input
+    size, so the exported SwinUNETR must be fed ROIs of the size it was traced at (the bundle's
+    sliding-window ``patch_size``)."""
     from monai.bundle import ckpt_export
 
     torch.manual_seed(0)
-    tiny = helpers.TINY[bundle]
-    overrides = {tiny[i].lstrip("-"): eval(tiny[i + 1]) for i in range(0, len(tiny), 2)}
+    overrides = helpers.overrides(bundle)
     net = _parser(bundle, "inference.yaml", **overrides).get_parsed_content("network_def")
     ckpt = tmp_path / "model.pt"
     torch.save({"model": net.state_dict()}, ckpt)
     ts = tmp_path / "model.ts"
     root = helpers.BUNDLES / bundle
+    size = int(overrides["patch_size"])
+    trace = {} if bundle == "dfseg_attention_unet" else {"use_trace": True, "input_shape": [1, 5, size, size, size]}
     ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(ckpt), key_in_ckpt="model",
                 meta_file=str(root / "configs" / "metadata.json"), config_file=str(root / "configs" / "inference.yaml"),
-                bundle_root=str(root), device="cpu", **overrides)
+                bundle_root=str(root), device="cpu", **trace, **overrides)
     exported = torch.jit.load(str(ts))
     net.eval()
-    x = torch.randn(1, 5, 32, 32, 32)
+    x = torch.randn(1, 5, size, size, size)
     with torch.no_grad():
         expected, got = net(x), exported(x)
-    assert got.shape == (1, 1, 32, 32, 32)
-    assert torch.allclose(expected, got, atol=1e-5), float((expected - got).abs().max())
+    assert got.shape == (1, 1, size, size, size)
+    diff = float((expected - got).abs().max())
+    print(f"{bundle}: export max abs diff {diff:.3g}")
+    assert diff <= 1e-5, diff
+    assert float(expected.std()) > 0  # a constant output would match trivially
