@@ -12,6 +12,7 @@ Bundles run ``python -m monai.bundle run`` in a subprocess (slow).
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,11 +45,21 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     return rc, out, err
 
 
+_PROGRESS = re.compile(r"\d+%\|.*\|")
+
+
+def error_lines(err: str) -> list[str]:
+    """stderr lines other than tqdm progress bars (``test_no_progress_bar_when_not_a_tty`` checks
+    those separately: a bar on a terminal is fine, in a log file it is noise)."""
+    parts = [p for line in err.splitlines() for p in line.split("\r")]
+    return [p for p in parts if p.strip() and not _PROGRESS.search(p)]
+
+
 def assert_one_line_error(rc: int, out: str, err: str, expect: Expect, *, command: str) -> str:
     """The common contract; returns the error line."""
     assert rc != 0, f"exit 0 on bad input; stdout: {out!r}"
     assert "Traceback" not in out + err, err
-    lines = err.strip().splitlines()
+    lines = error_lines(err)
     assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{err}"
     line = lines[0]
     assert line.startswith(f"dfseg {command}: error: "), line
@@ -162,6 +173,16 @@ def test_console_script_prints_one_line(cohort, tmp_path):
 # dfseg preprocess --domain volume (reconstructions + calibration -> decomposed volumes)
 
 PREPROCESS_CASES = list(CASES)
+_NOT_VALIDATED = "preprocess does not validate the manifest and its files before processing"
+#: cases preprocess does not refuse today (see the report of issue 9); strict, so a fix shows up
+PREPROCESS_KNOWN_GAPS = {
+    "wrong_dimensionality": "the transform's InputError reaches the CLI wrapped in MONAI's RuntimeError "
+                            "('applying transform <...BeamHardeningCorrectiond object at 0x...>')",
+    "spacing_mismatch": _NOT_VALIDATED, "affine_mismatch": _NOT_VALIDATED, "nonbinary_label": _NOT_VALIDATED,
+    "empty_label": _NOT_VALIDATED, "sidecar_missing_field": _NOT_VALIDATED + " (it reads the manifest's meta copy)",
+    "sidecar_wrong_type": _NOT_VALIDATED + " (it reads the manifest's meta copy)",
+    "subject_leakage": _NOT_VALIDATED, "duplicate_scan_ids": _NOT_VALIDATED,
+}
 
 
 def _preprocess_argv(c: corpus.Cohort, out: Path, *extra: str) -> list[str]:
@@ -177,7 +198,9 @@ def test_preprocess_clean_corpus(cohort, tmp_path, capsys):
 
 
 @needs_preprocess
-@pytest.mark.parametrize("case", PREPROCESS_CASES)
+@pytest.mark.parametrize("case", [
+    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=PREPROCESS_KNOWN_GAPS[c]))
+    if c in PREPROCESS_KNOWN_GAPS else c for c in PREPROCESS_CASES])
 def test_preprocess(case, cohort, tmp_path, capsys):
     expect = CASES[case](cohort)
     out_dir = tmp_path / "pre"
@@ -196,6 +219,15 @@ def test_preprocess_overwrite_keeps_old_results_on_bad_input(cohort, tmp_path, c
     rc, out, err = run_cli(_preprocess_argv(cohort, out_dir, "--overwrite"), capsys)
     assert_one_line_error(rc, out, err, expect, command="preprocess")
     assert snapshot(out_dir) == before
+
+
+@needs_preprocess
+@pytest.mark.xfail(strict=True, reason="preprocess draws a tqdm bar on stderr even when it is not a terminal")
+def test_no_progress_bar_when_not_a_tty(cohort, tmp_path, capsys):
+    """Piped stderr (logs, CI) gets no progress bar: only errors go there."""
+    rc, out, err = run_cli(_preprocess_argv(cohort, tmp_path / "pre"), capsys)
+    assert rc == 0
+    assert err == ""
 
 
 # -------------------------------------------------------------------------------------------------
@@ -224,6 +256,9 @@ def bundle_error_line(stderr: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="monai.bundle run prints 4 chained tracebacks (LoadImaged -> RuntimeError "
+                   "'Failed to instantiate component ...CacheDataset') and aborts with 'terminate called without an "
+                   "active exception' (exit -6); fix: validate the manifest in the configs' initialize list")
 @pytest.mark.parametrize("case", BUNDLE_CASES)
 def test_bundle_train_bad_input(case, tmp_path):
     manifest = make_preprocessed_cohort(tmp_path / "cohort", n_subjects=4)
