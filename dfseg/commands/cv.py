@@ -10,14 +10,13 @@ folds together, mean Dice) and ``test_metrics.json`` (per fold).
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from dfseg.errors import DfsegError, InputError
+from dfseg.errors import InputError
 from dfseg.io import prepare_output_dir, read_json, write_json
+from dfseg.resources import run_bundle
 
 HELP = "subject-level k-fold cross-validation of a bundle"
 
@@ -37,16 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     group.add_argument("--resume", action="store_true", help="continue: finished folds are kept, others resume")
-
-
-def _bundle(bundle: Path, config: str, overrides: dict[str, object]) -> None:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / config),
-           "--bundle_root", str(bundle), "--meta_file", str(bundle / "configs" / "metadata.json"),
-           "--logging_file", str(bundle / "configs" / "logging.conf")]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", str(value)]
-    if subprocess.run(cmd).returncode != 0:
-        raise DfsegError(f"{bundle.name}/configs/{config}", "bundle run failed (messages above)")
 
 
 def _pooled(per_fold: dict[int, dict]) -> dict:
@@ -84,11 +73,11 @@ def run(args: argparse.Namespace) -> int:
         if args.max_epochs:
             train["max_epochs"] = args.max_epochs
         infer = {key: v for key, v in train.items() if key != "max_epochs"}
-        _bundle(bundle, "train.yaml", train)  # resumes from run_dir/last.pt when present
-        _bundle(bundle, "evaluate.yaml", {**infer, "split": "val"})
+        run_bundle(bundle, "train.yaml", **train)  # resumes from run_dir/last.pt when present
+        run_bundle(bundle, "evaluate.yaml", **infer, split="val")
         per_fold[k] = read_json(run_dir / "eval_val.json")
         if read_json(manifest).get("test"):
-            _bundle(bundle, "evaluate.yaml", {**infer, "split": "test"})
+            run_bundle(bundle, "evaluate.yaml", **infer, split="test")
             test[k] = read_json(run_dir / "eval_test.json")
     write_json(out / "cv_metrics.json", {"bundle": bundle.name, "manifest": str(manifest), "modality": args.modality,
                                          "folds": {str(k): m for k, m in per_fold.items()},

@@ -156,7 +156,14 @@ class ResumableCheckpoint:
             torch.save(ckpt, tmp)
 
     def load(self, engine: Engine) -> None:
-        """Resume from ``last.pt`` if it exists (``weights_only=True``)."""
+        """Resume from ``last.pt`` if it exists (``weights_only=True``).
+
+        Temporary files of a write that was killed (``.last.pt.*.tmp*``; ``last.pt`` itself is then
+        the previous, complete checkpoint) are removed first.
+        """
+        if _is_rank0():
+            for stale in self.path.parent.glob(f".{self.path.name}.*.tmp*"):
+                stale.unlink(missing_ok=True)
         if not (self.resume and self.path.is_file()):
             return
         ckpt = load_checkpoint(self.path)

@@ -6,9 +6,9 @@ Chain (keys ``attn``, ``df``, ``label``, ``lung_mask``)::
       -> [raw reconstructions only] volume_chain(calibration): beam-hardening correction,
          spectrum-aware normalisation, directional decomposition (df: N orientations -> 5 channels)
       -> [training only, 3D only, random] RandSyntheticTumourd on the whole volume (inside the lung mask)
-      -> [spatial_dims=2 only] squeeze the singleton Z axis of radiographs: (C, X, Y, 1) -> (C, X, Y)
       -> SelectModalityd(modality) -> "image" (attn 1, df 4, combined 5 channels)
       -> NormalizeIntensityd(image, channel-wise z-score over the volume)
+      -> [spatial_dims=2 only] squeeze the singleton Z axis of radiographs: (C, X, Y, 1) -> (C, X, Y)
       -> [training only, random] RandCropByPosNegLabeld(patch), flips, 90-degree rotations
 
 Everything up to the first random transform is deterministic, so ``CacheDataset`` caches it.
@@ -48,6 +48,7 @@ from dfseg.errors import InputError
 
 __all__ = [
     "MODALITY_CHANNELS",
+    "LoadSidecard",
     "PresenceScored",
     "eval_postprocessing",
     "eval_transforms",
@@ -84,19 +85,43 @@ def _load(keys: Sequence[str]) -> list:
     return out
 
 
+class LoadSidecard(MapTransform):
+    """Put the scan's sidecar (``d["sidecar"]``, a JSON path) under ``d["meta"]``.
+
+    The correction transforms read kVp, filtration, visibility and grating orientations from
+    ``data["meta"]``; datalists carry only the sidecar's path and a few flattened fields (no
+    filtration), so the chain reads the file itself. Without a sidecar path the flattened fields
+    (``kvp``, ``visibility``, ``orientations_deg``, ``voxel_mm``, ...) are used.
+    """
+
+    def __init__(self, sidecar_key: str = "sidecar", meta_key: str = "meta") -> None:
+        super().__init__(keys=sidecar_key, allow_missing_keys=True)
+        self.sidecar_key, self.meta_key = sidecar_key, meta_key
+
+    def __call__(self, data: Any) -> Any:
+        from dfseg.io import read_json
+
+        d = dict(data)
+        path = d.get(self.sidecar_key)
+        d[self.meta_key] = dict(read_json(path)) if path else {k: v for k, v in d.items() if not hasattr(v, "shape")}
+        return d
+
+
 def _correction(preprocessed: bool, calibration: str | os.PathLike | None) -> list:
     """The volume correction chain for raw reconstructions (nothing for preprocessed scans)."""
     if preprocessed:
         return []
+    if calibration in (None, "", "None"):
+        raise InputError("calibration", "the manifest's scans are raw reconstructions (not written by "
+                                        "dfseg preprocess): give --calibration calibration.json (dfseg calibrate)")
+    from monai.transforms import DeleteItemsd
+
+    from dfseg.calibration import load_calibration
     from dfseg.transforms.pipeline import volume_chain
 
-    cal = None
-    if calibration not in (None, "", "None"):
-        from dfseg.calibration import load_calibration
-
-        cal = load_calibration(calibration)
-    chain = volume_chain(cal)
-    return list(chain.transforms) if isinstance(chain, Compose) else list(chain)
+    chain = volume_chain(load_calibration(calibration), meta_key="meta")
+    # "meta" (nested dicts of varying shape) is dropped again: MONAI's collate cannot batch it
+    return [LoadSidecard(meta_key="meta"), *chain.transforms, DeleteItemsd(keys="meta")]
 
 
 def _check_dims(spatial_dims: int) -> int:
@@ -163,8 +188,8 @@ def train_transforms(modality: str, patch_size: Sequence[int] | int, *, preproce
         *_load(keys),
         *_correction(preprocessed, calibration),
         *(_synthetic(synthetic_tumour_prob, synthetic_diameter_mm) if dims == 3 else []),
-        *_squeeze_z(keys, dims),
         *_select(modality),
+        *_squeeze_z(("image", "label", "lung_mask"), dims),
         # fg_indices from the label, negatives anywhere inside the lung would be nicer but the
         # label-only form keeps the crop independent of lung-mask quality.
         RandCropByPosNegLabeld(keys=("image", "label"), label_key="label", spatial_size=patch,
@@ -193,8 +218,8 @@ def eval_transforms(modality: str, *, preprocessed: bool = False,
     return Compose([
         *_load(keys),
         *_correction(preprocessed, calibration),
-        *_squeeze_z(keys, spatial_dims),
         *_select(modality),
+        *_squeeze_z(("image", "lung_mask") + (("label",) if with_label else ()), spatial_dims),
     ])
 
 

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,14 +39,26 @@ def _train_cmd(bundle, manifest, out, epochs, *extra):
 def test_train_evaluate_infer_tensorboard(bundle, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from dfseg.networks import count_parameters
+
     manifest = make_cohort(tmp_path / "cohort", n_subjects=6)
     out = tmp_path / "run"
+    t0 = time.perf_counter()
     helpers.run(_train_cmd(bundle, manifest, out, 2), cwd=tmp_path)
+    print(f"{bundle}: 2 epochs in {time.perf_counter() - t0:.1f} s")
     assert (out / "model.pt").is_file() and (out / "last.pt").is_file()
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["trainer"]["iteration"] == 2 * ckpt["trainer"]["epoch_length"]
     info = json.loads((out / "run_info.json").read_text())
     assert info["completed_epochs"] == 2 and info["modality"] == "combined" and len(info["manifest"]["sha256"]) == 64
+    # the keys dfseg.reporting.model_card reads
+    assert {"bundle", "modality", "network", "hyper_parameters", "seed", "hardware", "versions",
+            "started_utc", "finished_utc", "input_channels", "in_channels", "geometry"} <= info.keys()
+    assert info["in_channels"] == 5 and info["geometry"] == "ct"
+    net = torch.load(out / "model.pt", weights_only=True)["model"]
+    assert info["network"]["parameter_count"] == sum(v.numel() for k, v in net.items()
+                                                     if "running" not in k and "num_batches" not in k)
+    assert info["network"]["parameter_count"] > 0 and count_parameters is not None
 
     acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
     tags = acc.Tags()
@@ -59,6 +72,7 @@ def test_train_evaluate_infer_tensorboard(bundle, tmp_path):
                                    "--split", "val", *extra), cwd=tmp_path)
     metrics = json.loads((out / "eval_val.json").read_text())
     assert 0.0 <= metrics["metrics"]["auroc"] <= 1.0 and len(metrics["volumes"]) >= 2
+    print(f"{bundle}: val AUROC {metrics['metrics']['auroc']:.3f}, Dice {metrics['metrics']['mean_dice']:.3f}")
     pred_dir = tmp_path / "pred"
     helpers.run(helpers.bundle_cmd(bundle, "inference.yaml", "--manifest", str(manifest), "--output_dir", str(out),
                                    "--split", "test", "--predictions_dir", str(pred_dir), *extra), cwd=tmp_path)
@@ -69,51 +83,86 @@ def test_train_evaluate_infer_tensorboard(bundle, tmp_path):
 
     arr, _ = load_nifti(probs[0])
     assert arr.shape == (32, 32, 32) and 0.0 <= arr.min() and arr.max() <= 1.0
+    assert float(arr.std()) > 0
+
+
+@pytest.mark.slow
+def test_radiograph_2d_train_infer_evaluate(tmp_path):
+    """spatial_dims=2 on a 64x64x1 radiograph cohort: 2D network, predictions written as (X, Y, 1),
+    and ``dfseg evaluate`` reads them unchanged."""
+    from dfseg.cli import main
+    from dfseg.io import load_nifti, voxel_size
+
+    manifest = make_cohort(tmp_path / "cohort", n_subjects=6, radiograph=True)
+    out = tmp_path / "run"
+    helpers.run(_train_cmd(BUNDLE, manifest, out, 1, "--spatial_dims", "2"), cwd=tmp_path)
+    state = torch.load(out / "model.pt", weights_only=True)["model"]
+    convs = [v for k, v in state.items() if k.endswith("weight") and v.ndim >= 4]
+    assert convs and all(v.ndim == 4 for v in convs)  # (out, in, kx, ky): a 2D network
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["geometry"] == "radiograph" and info["hyper_parameters"]["patch_size"] == [32, 32]
+    pred_dir = tmp_path / "pred"
+    helpers.run(helpers.bundle_cmd(BUNDLE, "inference.yaml", "--manifest", str(manifest), "--output_dir", str(out),
+                                   "--split", "test", "--predictions_dir", str(pred_dir), "--spatial_dims", "2",
+                                   *helpers.COMMON, *helpers.TINY[BUNDLE]), cwd=tmp_path)
+    probs = sorted(pred_dir.glob("*_prob.nii.gz"))
+    assert probs
+    arr, affine = load_nifti(probs[0])
+    assert arr.shape == (64, 64, 1) and 0.0 <= arr.min() and arr.max() <= 1.0
+    assert np.allclose(voxel_size(affine), 0.1)
+    assert main(["evaluate", "--predictions", str(pred_dir), "--manifest", str(manifest), "-o",
+                 str(tmp_path / "eval"), "--bootstrap", "20", "--quiet"]) == 0
+    assert (tmp_path / "eval" / "metrics.json").is_file()
 
 
 def _weights(path: Path) -> dict:
     return torch.load(path, weights_only=True)["network"]
 
 
+#: (kind, needle) kill points of the 2-epoch, 2-iterations-per-epoch run, in order: mid-epoch 1
+#: (iteration checkpoint written), during validation of epoch 1, after it, while a checkpoint's
+#: temporary file exists (the atomic write in progress), mid-epoch 2.
+KILL_POINTS = [("log", "Epoch: 1/2, Iter: 1/"), ("log", "SupervisedEvaluator - INFO - Engine run resuming"),
+               ("log", "Epoch[1] Metrics"), ("tmp", None), ("log", "Epoch: 2/2, Iter: 1/")]
+
+
 @pytest.mark.slow
 def test_sigkill_resume_gives_identical_weights(tmp_path):
+    """SIGKILL at 5 points (one during checkpoint writing), rerun the same command: same epochs, same weights."""
     manifest = make_cohort(tmp_path / "cohort", n_subjects=6)
-    epochs = 3
+    epochs = 2
     ref = tmp_path / "ref"
     helpers.run(_train_cmd(BUNDLE, manifest, ref, epochs, "--checkpoint_every_n_iterations", "1"), cwd=tmp_path)
     reference = _weights(ref / "last.pt")
 
     out = tmp_path / "killed"
     cmd = _train_cmd(BUNDLE, manifest, out, epochs, "--checkpoint_every_n_iterations", "1")
-    # kill points: mid-epoch 1, right after validation of epoch 1, while a checkpoint temp file exists, epoch 3
-    kill_when = [("log", "Epoch: 1/3, Iter: 2/"), ("log", "Epoch[1] Metrics"), ("tmp", None), ("log", "Epoch: 3/3, Iter: 1/")]
-    kills = 0
-    for kind, needle in kill_when:
-        log = tmp_path / f"log{kills}.txt"
+    reached = []
+    for i, (kind, needle) in enumerate(KILL_POINTS):
+        log = tmp_path / f"log{i}.txt"
         with open(log, "w") as fh:
             proc = subprocess.Popen(cmd, cwd=tmp_path, env=helpers.env(), stdout=fh, stderr=subprocess.STDOUT)
         deadline = time.time() + 240
-        hit = False
         while proc.poll() is None and time.time() < deadline:
-            if kind == "log" and needle in log.read_text():
-                hit = True
-            elif kind == "tmp" and any(out.glob(".last.pt.*")):
-                hit = True
+            hit = any(out.glob(".last.pt*")) if kind == "tmp" else needle in log.read_text()
             if hit:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
-                kills += 1
+                reached.append(i)
                 break
-            time.sleep(0.005 if kind == "tmp" else 0.05)
+            time.sleep(0.002 if kind == "tmp" else 0.05)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert kills >= 3, f"only {kills} kill points were reached"
-    proc = helpers.run(cmd, cwd=tmp_path)
+    assert reached == list(range(len(KILL_POINTS))), f"kill points reached: {reached}"
+    helpers.run(cmd, cwd=tmp_path)
     state = torch.load(out / "last.pt", weights_only=True)
+    assert state["trainer"]["epoch_length"] == 2
     assert state["trainer"]["iteration"] == epochs * state["trainer"]["epoch_length"]
     info = json.loads((out / "run_info.json").read_text())
-    assert info["completed_epochs"] == epochs and len(info.get("resumed_at_iteration", [])) >= 1
+    assert info["completed_epochs"] == epochs
+    assert len(info["resumed_at_iteration"]) >= 4, info["resumed_at_iteration"]  # the first kill may precede any checkpoint
+    assert not list(out.glob(".last.pt*"))  # the killed write's temporary file was cleaned up
     resumed = state["network"]
     assert resumed.keys() == reference.keys()
     diffs = {k: float((resumed[k].float() - reference[k].float()).abs().max()) for k in reference}
@@ -134,3 +183,6 @@ def test_torchrun_gloo_two_processes(tmp_path):
     assert any(k.startswith("module.") for k in state["network"])  # DDP-wrapped on save
     assert (out / "model.pt").is_file()
     assert len(list((out / "tensorboard").glob("events.*"))) == 1  # rank 0 only
+    assert not (tmp_path / "runs").exists()  # no stray default SummaryWriter folder on rank 1
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["completed_epochs"] == 1 and info["network"]["parameter_count"] > 0
