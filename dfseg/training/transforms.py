@@ -246,7 +246,7 @@ class PresenceScored(MapTransform):
         else:
             score = pred.max()
         d[self.output_key] = score.reshape(1).as_subclass(torch.Tensor)
-        if self.label_key in d:
+        if d.get(self.label_key) is not None:  # inference: the evaluator's batch has label None
             d[f"{self.output_key}_label"] = (torch.as_tensor(d[self.label_key]) > 0).any().float().reshape(1)
         return d
 
