@@ -18,7 +18,9 @@ _DEFAULT_CHANNELS = (16, 32, 64, 128)
 _DEFAULT_STRIDES = (2, 2, 2)
 
 
-def _check_swin_size(img_size: Sequence[int] | int | None, spatial_dims: int, patch_size: int) -> None:
+def _check_swin_size(
+    img_size: Sequence[int] | int | None, spatial_dims: int, patch_size: int, norm_name: object
+) -> None:
     if img_size is None:
         return
     sizes = (int(img_size),) * spatial_dims if isinstance(img_size, int) else tuple(int(s) for s in img_size)
@@ -30,6 +32,14 @@ def _check_swin_size(img_size: Sequence[int] | int | None, spatial_dims: int, pa
             "img_size",
             f"SwinUNETR needs every spatial size divisible by {divisor}, got {sizes}; "
             f"choose a patch/ROI size such as {tuple(max(divisor, round(s / divisor) * divisor) for s in sizes)}",
+        )
+    instance = str(norm_name[0] if isinstance(norm_name, (tuple, list)) else norm_name).lower() == "instance"
+    if instance and all(s == divisor for s in sizes):
+        # The bottleneck is then 1 voxel, and instance norm cannot normalise a single value.
+        raise InputError(
+            "img_size",
+            f"SwinUNETR with instance norm needs at least one spatial size of {2 * divisor} or more "
+            f"(its bottleneck is size / {divisor}), got {sizes}; enlarge the patch or pass norm_name='batch'",
         )
 
 
@@ -64,7 +74,7 @@ def build(
     if key == "attention_unet":
         return AttentionResUNet(spatial_dims, in_channels, out_channels, **kwargs)
     if key == "swinunetr":
-        _check_swin_size(img_size, spatial_dims, int(kwargs.get("patch_size", 2)))
+        _check_swin_size(img_size, spatial_dims, int(kwargs.get("patch_size", 2)), kwargs.get("norm_name", "instance"))
         kwargs.setdefault("feature_size", 24)
         return SwinUNETR(in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims, **kwargs)
     if key == "unet":
