@@ -56,6 +56,17 @@ def _command_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
     return parser, module
 
 
+def _user_error(err: BaseException) -> DfsegError | None:
+    """The DfsegError somewhere in ``err``'s chain of causes, if any."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, DfsegError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -89,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - the last line of defence: one line, no traceback
         if debug:
             traceback.print_exc()
+        cause = _user_error(err)
+        if cause is not None:  # a DfsegError wrapped by a library (e.g. MONAI's "applying transform ...")
+            print(f"dfseg {name}: error: {cause}", file=sys.stderr)
+            return 1
         msg = str(err).splitlines()[0] if str(err) else ""
         print(f"dfseg {name}: error: {type(err).__name__}: {msg} (rerun with --debug for a traceback)",
               file=sys.stderr)

@@ -146,6 +146,8 @@ def load_nifti(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> tup
             n = int(np.prod(img.shape, dtype=np.int64))
             if n > MAX_VOXELS:
                 raise InputError(path, f"header declares {img.shape} = {n} voxels, more than dfseg reads ({MAX_VOXELS})")
+            offset = int(img.header["vox_offset"]) if "vox_offset" in img.header else 0
+            _check_declared_size(path, n * img.get_data_dtype().itemsize + offset)
             array = np.asarray(img.dataobj)
             affine = np.asarray(img.affine, dtype=float)
             expected = n * img.get_data_dtype().itemsize
@@ -161,6 +163,26 @@ def load_nifti(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> tup
         bad = int((~np.isfinite(array)).sum())
         raise InputError(path, f"{bad} NaN/Inf voxels")
     return array, affine
+
+
+def _check_declared_size(path: Path, declared_bytes: int) -> None:
+    """Refuse a gzip NIfTI whose header declares more bytes than the file holds, before reading it.
+
+    The gzip trailer stores the uncompressed size modulo 2**32, so the check is exact for files
+    whose uncompressed size is below 4 GiB and skipped otherwise."""
+    if not path.name.lower().endswith(".gz"):
+        if declared_bytes > path.stat().st_size:
+            raise InputError(path, f"header declares {declared_bytes} bytes but the file holds {path.stat().st_size}")
+        return
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() < 18:
+            raise InputError(path, "truncated file")
+        fh.seek(-4, os.SEEK_END)
+        stored = int.from_bytes(fh.read(4), "little")
+    if declared_bytes < 2**32 and declared_bytes > stored:
+        raise InputError(path, f"header declares {declared_bytes} bytes of image data but the file holds {stored}"
+                         " (truncated file or bogus header)")
 
 
 def _load_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
