@@ -15,6 +15,7 @@ import contextlib
 import copy
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,16 @@ def _load_scan(entry: dict, domain: str) -> tuple[dict, np.ndarray, dict]:
     from dfseg.io import load_nifti
 
     files = {}
-    data: dict[str, Any] = {"meta": dict(entry.get("meta") or {})}
+    meta = dict(entry.get("meta") or {})
+    if entry.get("sidecar"):
+        from dfseg.io import read_json
+
+        # the sidecar file is the source of truth (the manifest's meta is a copy that may be stale);
+        # validate_manifest has already checked it against the schema
+        sidecar = read_json(entry["sidecar"])
+        if isinstance(sidecar, dict):
+            meta.update(sidecar)
+    data: dict[str, Any] = {"meta": meta}
     use_proj = domain == "projection" and entry.get("proj_T") and entry.get("proj_D")
     keys = ("proj_T", "proj_D") if use_proj else ("attn", "df")
     for key in keys:
@@ -117,6 +127,25 @@ def _process(entry: dict, chains: dict, domain: str, tmp: Path) -> dict:
     return new
 
 
+def _validate(manifest_path: Path) -> None:
+    """Refuse a cohort with any problem before anything is read for processing or written.
+
+    Runs :func:`dfseg.data.validate.validate_manifest` (schema, duplicate ids, leakage, every file:
+    presence, sha256, sidecar schema, readable images without NaN/Inf, shared grid, orientation
+    channels, binary and consistent labels).
+
+    Raises:
+        InputError: the first problem, with the count of the others.
+    """
+    from dfseg.data.validate import validate_manifest
+    from dfseg.errors import InputError
+
+    problems = validate_manifest(manifest_path)
+    if problems:
+        more = f" (and {len(problems) - 1} more; run dfseg validate-manifest)" if len(problems) > 1 else ""
+        raise InputError(problems[0].where, problems[0].message + more)
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -134,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(args.output, f"output must not be inside or contain the input cohort {cohort}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise OutputExistsError(args.output, "exists and is not empty; pass --overwrite to replace it")
+    _validate(manifest_path)
     manifest = load_manifest(manifest_path)
     cal = load_calibration(args.calibration)
     chains = {
@@ -146,7 +176,9 @@ def run(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         results: dict[tuple[str, int], dict] = {}
-        with tqdm(total=len(jobs), desc="preprocess", unit="scan") as bar:
+        # a bar on a terminal only: in a log file (CI, nohup) it is noise among the error lines
+        with tqdm(total=len(jobs), desc="preprocess", unit="scan", file=sys.stderr,
+                  disable=not sys.stderr.isatty()) as bar:
             if args.workers > 1:
                 from concurrent.futures import ThreadPoolExecutor
 

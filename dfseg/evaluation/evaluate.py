@@ -58,26 +58,104 @@ def select_entries(manifest: dict, split: str) -> list[dict]:
     return list(manifest.get(split) or [])
 
 
+def _check_manifest(path: str | os.PathLike) -> None:
+    """Refuse a manifest with structural problems (schema, duplicate ids, subject leakage).
+
+    Only the document is checked (no image is opened here: :func:`load_scan` checks the files it
+    reads), so this costs milliseconds.
+
+    Raises:
+        InputError: the first problem, with the count of the others.
+    """
+    from dfseg.data.validate import validate_manifest
+
+    problems = validate_manifest(path, check_images=False, check_hashes=False)
+    if problems:
+        more = f" (and {len(problems) - 1} more; run dfseg validate-manifest)" if len(problems) > 1 else ""
+        raise InputError(problems[0].where, problems[0].message + more)
+
+
 def _read_manifest(path: str | os.PathLike) -> tuple[dict, str]:
     from dfseg.data.manifest import load_manifest, manifest_hash
 
     return load_manifest(path), manifest_hash(path)
 
 
+#: Absolute tolerance when comparing affines (spacing and origin), in mm.
+AFFINE_ATOL_MM = 1e-4
+
+
+def _fmt_mm(values: np.ndarray) -> str:
+    return "(" + ", ".join(f"{float(v):g}" for v in values) + ") mm"
+
+
+def _check_grids(grids: dict[str, tuple[Path, np.ndarray]]) -> None:
+    """Refuse images whose spacing or affine differ; name the odd one out.
+
+    Args:
+        grids: ``{"prediction" | "label" | "lung_mask": (path, 4x4 affine)}`` (shapes already agree).
+
+    Raises:
+        InputError: naming the file that disagrees with the other two (the prediction when all
+            three differ) and both spacings, or the affine (origin/direction) difference.
+    """
+    names = list(grids)
+
+    def same_spacing(a: str, b: str) -> bool:
+        return bool(np.allclose(voxel_size(grids[a][1]), voxel_size(grids[b][1]), atol=AFFINE_ATOL_MM))
+
+    def same_affine(a: str, b: str) -> bool:
+        return bool(np.allclose(grids[a][1], grids[b][1], atol=AFFINE_ATOL_MM))
+
+    for same, what in ((same_spacing, "spacing"), (same_affine, "affine")):
+        if all(same(names[0], n) for n in names[1:]):
+            continue
+        # the odd one out: the image that disagrees with both others, while those two agree
+        odd, ref = names[0], names[1]
+        for n in names:
+            others = [o for o in names if o != n]
+            if len(others) == 2 and same(*others) and not same(n, others[0]):
+                odd, ref = n, others[0]
+                break
+        path, affine = grids[odd]
+        ref_path, ref_affine = grids[ref]
+        if what == "spacing":
+            raise InputError(path, f"voxel spacing {_fmt_mm(voxel_size(affine))} differs from {ref} "
+                                   f"{ref_path.name} {_fmt_mm(voxel_size(ref_affine))}")
+        raise InputError(path, f"affine (origin {_fmt_mm(affine[:3, 3])}) differs from {ref} {ref_path.name} "
+                               f"(origin {_fmt_mm(ref_affine[:3, 3])}): not on the same grid")
+
+
 def load_scan(entry: dict, predictions_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Load ``(prob, label, lung_mask, voxel_mm)`` of one manifest entry and check they fit together."""
+    """Load ``(prob, label, lung_mask, voxel_mm)`` of one manifest entry and check they fit together.
+
+    Refuses (:class:`InputError` naming the file): a missing/unreadable image, shapes, spacings or
+    affines that differ between prediction, label and lung mask, a label or lung mask holding
+    values other than 0 and 1, an empty label on an entry with ``has_tumour`` true, and
+    probabilities outside [0, 1].
+    """
     pred_path = prediction_path(predictions_dir, entry["scan_id"])
     if not pred_path.is_file():
         raise InputError(pred_path, f"missing prediction for scan {entry['scan_id']}")
-    prob, _ = load_nifti(pred_path)
-    label, label_affine = load_nifti(entry["label"])
-    lung, _ = load_nifti(entry["lung_mask"])
+    label_path, lung_path = Path(entry["label"]), Path(entry["lung_mask"])
+    prob, pred_affine = load_nifti(pred_path)
+    label, label_affine = load_nifti(label_path)
+    lung, lung_affine = load_nifti(lung_path)
     if prob.ndim == 4 and prob.shape[-1] == 1:
         prob = prob[..., 0]
     if prob.shape != label.shape:
         raise InputError(pred_path, f"shape {prob.shape} does not match label {entry['label']} {label.shape}")
     if lung.shape != label.shape:
-        raise InputError(entry["lung_mask"], f"shape {lung.shape} does not match label {label.shape}")
+        raise InputError(lung_path, f"shape {lung.shape} does not match label {label.shape}")
+    _check_grids({"prediction": (pred_path, pred_affine), "label": (label_path, label_affine),
+                  "lung_mask": (lung_path, lung_affine)})
+    for path, array, key in ((label_path, label, "label"), (lung_path, lung, "lung_mask")):
+        values = np.unique(array)
+        if not np.isin(values, (0, 1)).all():
+            shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if values.size > 6 else "")
+            raise InputError(path, f"{key} must hold only 0 and 1 (binary), found values {shown}")
+    if entry.get("has_tumour") is True and not label.any():
+        raise InputError(label_path, f"label is empty but has_tumour is true for scan {entry['scan_id']}")
     if prob.min() < 0 or prob.max() > 1:
         raise InputError(pred_path, f"probabilities outside [0, 1] (min {prob.min():.3g}, max {prob.max():.3g})")
     return prob.astype(np.float32), label > 0, lung > 0, voxel_size(label_affine)
@@ -207,6 +285,7 @@ def evaluate_predictions(predictions_dir: str | os.PathLike, manifest_path: str 
         raise InputError("--threshold", f"must be in (0, 1], got {threshold}")
     if not Path(predictions_dir).is_dir():
         raise InputError(predictions_dir, "predictions folder not found")
+    _check_manifest(manifest_path)
     manifest, manifest_sha = _read_manifest(manifest_path)
     entries = select_entries(manifest, split)
     if not entries:

@@ -213,7 +213,9 @@ def write_cohort(
     jobs = [{"index": i, "size": size, "voxel_mm": voxel_mm, "seed": seed, "variant": variants[i % len(variants)],
              "acquisition": base, "has_tumour": i not in free, "scans_dir": str(out / "scans"),
              "projections": projections} for i in range(subjects)]
-    bar = tqdm(total=subjects, desc="simulate", unit="subject", disable=not progress, file=sys.stderr)
+    # a bar on a terminal only: in a log file (CI, nohup) it is noise among the error lines
+    bar = tqdm(total=subjects, desc="simulate", unit="subject", disable=not progress or not sys.stderr.isatty(),
+               file=sys.stderr)
     if workers == 1:
         for job in jobs:
             _simulate_and_write(job)

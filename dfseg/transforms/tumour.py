@@ -176,6 +176,13 @@ class SyntheticTumour(Transform):
         if ref is None:
             raise ValueError("SyntheticTumour needs at least one image")
         spatial = tuple(ref.shape[-3:])
+        # every image must share the reference grid: a mismatch would otherwise fail deep inside
+        # torch (broadcast RuntimeError) or, worse, pass silently on a cropped box
+        ref_name = next(n for n, x in (("attn", attn), ("df", df), ("label", label), ("lung_mask", lung_mask))
+                        if x is not None)
+        for name, x in (("attn", attn), ("df", df), ("label", label)):
+            if x is not None and tuple(x.shape[-3:]) != spatial:
+                raise InputError(name, f"spatial shape {tuple(x.shape[-3:])} differs from {ref_name} {spatial}")
         device = _as_torch(ref).device
         occ, box = lesion_occupancy(spatial, self.centre_vox, self.diameter_mm, self.voxel_mm,
                                     shape_seed=self.shape_seed, roughness=self.roughness, device=device)

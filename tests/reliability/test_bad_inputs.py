@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,9 +68,19 @@ def assert_one_line_error(rc: int, out: str, err: str, expect: Expect, *, comman
     return line
 
 
+@pytest.fixture(scope="module")
+def clean_cohort(tmp_path_factory) -> corpus.Cohort:
+    """One clean cohort per module (the manifest's paths are relative, so a copy is a cohort too)."""
+    return make_cohort(tmp_path_factory.mktemp("clean") / "cohort")
+
+
 @pytest.fixture
-def cohort(tmp_path: Path) -> corpus.Cohort:
-    return make_cohort(tmp_path / "cohort")
+def cohort(clean_cohort: corpus.Cohort, tmp_path: Path) -> corpus.Cohort:
+    """A private copy of the clean cohort, for a case to break."""
+    root = tmp_path / "cohort"
+    shutil.copytree(clean_cohort.root, root)
+    return corpus.Cohort(root, root / clean_cohort.manifest.name, root / clean_cohort.calibration.name,
+                         root / clean_cohort.predictions.name)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -111,26 +122,13 @@ EVALUATE_CASES = [
     ("affine_mismatch", "prediction"), ("spacing_mismatch", "label"), ("nonbinary_label", "label"),
     ("empty_label", "label"), ("duplicate_scan_ids", "manifest"), ("subject_leakage", "manifest"),
 ]
-#: cases evaluate does not refuse today (see the report of issue 9); strict, so a fix shows up
-EVALUATE_KNOWN_GAPS = {
-    ("spacing_mismatch", "prediction"): "evaluate compares shapes only, not spacing/affine of prediction and label",
-    ("affine_mismatch", "prediction"): "evaluate compares shapes only, not the affine of prediction and label",
-    ("spacing_mismatch", "label"): "evaluate compares shapes only, not spacing/affine of label and lung_mask",
-    ("nonbinary_label", "label"): "evaluate binarises the label with > 0 instead of refusing values other than 0/1",
-    ("empty_label", "label"): "evaluate does not compare the label with the entry's has_tumour",
-    ("duplicate_scan_ids", "manifest"): "evaluate does not check the manifest structure (duplicate scan ids)",
-    ("subject_leakage", "manifest"): "evaluate does not check the manifest structure (a subject in two folds)",
-}
-
 
 def _evaluate_argv(c: corpus.Cohort, out: Path, *extra: str) -> list[str]:
     return ["evaluate", "--predictions", str(c.predictions), "--manifest", str(c.manifest), "-o", str(out),
             "--split", "all", "--bootstrap", "5", "--quiet", *extra]
 
 
-@pytest.mark.parametrize(("case", "key"), [
-    pytest.param(c, k, marks=pytest.mark.xfail(strict=True, reason=EVALUATE_KNOWN_GAPS[(c, k)]))
-    if (c, k) in EVALUATE_KNOWN_GAPS else (c, k) for c, k in EVALUATE_CASES])
+@pytest.mark.parametrize(("case", "key"), EVALUATE_CASES)
 def test_evaluate(case, key, cohort, tmp_path, capsys):
     expect = CASES[case](cohort, key)
     out_dir = tmp_path / "eval"
@@ -173,17 +171,6 @@ def test_console_script_prints_one_line(cohort, tmp_path):
 # dfseg preprocess --domain volume (reconstructions + calibration -> decomposed volumes)
 
 PREPROCESS_CASES = list(CASES)
-_NOT_VALIDATED = "preprocess does not validate the manifest and its files before processing"
-#: cases preprocess does not refuse today (see the report of issue 9); strict, so a fix shows up
-PREPROCESS_KNOWN_GAPS = {
-    "wrong_dimensionality": "the transform's InputError reaches the CLI wrapped in MONAI's RuntimeError "
-                            "('applying transform <...BeamHardeningCorrectiond object at 0x...>')",
-    "spacing_mismatch": _NOT_VALIDATED, "affine_mismatch": _NOT_VALIDATED, "nonbinary_label": _NOT_VALIDATED,
-    "empty_label": _NOT_VALIDATED, "sidecar_missing_field": _NOT_VALIDATED + " (it reads the manifest's meta copy)",
-    "sidecar_wrong_type": _NOT_VALIDATED + " (it reads the manifest's meta copy)",
-    "subject_leakage": _NOT_VALIDATED, "duplicate_scan_ids": _NOT_VALIDATED,
-}
-
 
 def _preprocess_argv(c: corpus.Cohort, out: Path, *extra: str) -> list[str]:
     return ["preprocess", str(c.manifest), "-o", str(out), "--calibration", str(c.calibration),
@@ -198,9 +185,7 @@ def test_preprocess_clean_corpus(cohort, tmp_path, capsys):
 
 
 @needs_preprocess
-@pytest.mark.parametrize("case", [
-    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=PREPROCESS_KNOWN_GAPS[c]))
-    if c in PREPROCESS_KNOWN_GAPS else c for c in PREPROCESS_CASES])
+@pytest.mark.parametrize("case", PREPROCESS_CASES)
 def test_preprocess(case, cohort, tmp_path, capsys):
     expect = CASES[case](cohort)
     out_dir = tmp_path / "pre"
@@ -222,7 +207,6 @@ def test_preprocess_overwrite_keeps_old_results_on_bad_input(cohort, tmp_path, c
 
 
 @needs_preprocess
-@pytest.mark.xfail(strict=True, reason="preprocess draws a tqdm bar on stderr even when it is not a terminal")
 def test_no_progress_bar_when_not_a_tty(cohort, tmp_path, capsys):
     """Piped stderr (logs, CI) gets no progress bar: only errors go there."""
     rc, out, err = run_cli(_preprocess_argv(cohort, tmp_path / "pre"), capsys)
