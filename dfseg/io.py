@@ -23,6 +23,16 @@ from nibabel.filebasedimages import ImageFileError as _ImageFileError
 
 from dfseg.errors import InputError, OutputExistsError
 
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: permissions of files dfseg writes: what ``open()`` would give (mkstemp alone gives 0600)
+FILE_MODE = 0o666 & ~_umask()
+
 #: Largest image dfseg will read, in voxels (a header that declares more is refused before allocation).
 MAX_VOXELS = 2**31 // 4
 
@@ -38,6 +48,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -59,6 +70,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
