@@ -1,7 +1,9 @@
 """Training-step time and peak memory of the segmentation networks; prints JSON.
 
-Each network runs in its own subprocess so that the peak resident memory (``ru_maxrss``, CPU) or
-``torch.cuda.max_memory_allocated`` (GPU) belongs to that network alone. One step = forward,
+Step times are measured in one process with the networks interleaved round-robin (wall and CPU
+seconds, medians); peak memory in a fresh subprocess per network, so that the peak resident memory
+(``ru_maxrss``, CPU) or ``torch.cuda.max_memory_allocated`` (GPU) belongs to that network alone.
+One step = forward,
 DiceFocal loss on the main logits, backward, Adam update; batch 2, 4 channels, 64^3 by default,
 channels 16-32-64-128 / strides 2-2-2 for the U-Nets. On CUDA the step runs under AMP (bfloat16
 autocast is not used: float16 + GradScaler as in the bundles).
@@ -31,12 +33,23 @@ CASES: dict[str, dict] = {
 
 
 def _rss_mib() -> float:
-    # ru_maxrss is KiB on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak resident memory of this process in MiB.
+
+    ``VmHWM`` from /proc is reset by ``execve``; ``ru_maxrss`` is not on Linux (a child started
+    after a big parent step would report the parent's peak), so it is only the fallback.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def run_one(case: str, size: int, batch: int, channels: int, warmup: int, steps: int, device: str) -> dict:
-    """Time ``steps`` training steps of one network after ``warmup`` steps (in this process)."""
+def _setup(case: str, size: int, batch: int, channels: int, device: str):
+    """Model, and a closure running one training step of it."""
     import torch
     from monai.losses import DiceFocalLoss
 
@@ -64,40 +77,59 @@ def run_one(case: str, size: int, batch: int, channels: int, warmup: int, steps:
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
+        if amp:
+            torch.cuda.synchronize()
 
-    base_rss = _rss_mib()
+    return count_parameters(model), amp, step
+
+
+def peak_memory(case: str, size: int, batch: int, channels: int, device: str) -> dict:
+    """Peak memory of one training step after one warm-up step (run in a fresh process)."""
+    import torch
+
+    base = _rss_mib()
+    _, amp, step = _setup(case, size, batch, channels, device)
+    step()
     if amp:
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        if amp:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step()
-        if amp:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    result = {
-        "step_s_median": round(statistics.median(times), 4),
-        "step_s_min": round(min(times), 4),
-        "parameters": count_parameters(model),
-        "amp": amp,
-    }
+    step()
     if amp:
-        result["peak_mem_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        result["peak_mem_kind"] = "torch.cuda.max_memory_allocated"
-    else:
-        result["peak_mem_mib"] = round(_rss_mib() - base_rss, 1)
-        result["peak_mem_kind"] = "ru_maxrss increase over the steps"
-    return result
+        return {"peak_mem_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+                "peak_mem_kind": "torch.cuda.max_memory_allocated"}
+    return {"peak_mem_mib": round(_rss_mib() - base, 1), "peak_mem_kind": "peak RSS (VmHWM) increase over model build + 2 steps"}
+
+
+def time_steps(cases: list[str], size: int, batch: int, channels: int, device: str, warmup: int, steps: int) -> dict:
+    """Median wall and CPU seconds per training step, the cases interleaved round-robin.
+
+    Interleaving spreads any load from other processes over all networks alike; CPU time
+    (``time.process_time``) is insensitive to waiting for a core, wall time is what a user sees.
+    """
+    setups = {case: _setup(case, size, batch, channels, device) for case in cases}
+    wall: dict[str, list[float]] = {c: [] for c in cases}
+    cpu: dict[str, list[float]] = {c: [] for c in cases}
+    for i in range(warmup + steps):
+        for case, (_, _, step) in setups.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            step()
+            if i >= warmup:
+                wall[case].append(time.perf_counter() - w0)
+                cpu[case].append(time.process_time() - c0)
+    return {
+        case: {
+            "step_s_median": round(statistics.median(wall[case]), 4),
+            "step_cpu_s_median": round(statistics.median(cpu[case]), 4),
+            "parameters": setups[case][0],
+            "amp": setups[case][1],
+        }
+        for case in cases
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 warm-up step and 3 timed steps")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--size", type=int, default=64, help="cubic patch size in voxels (divisible by 32)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--channels", type=int, default=4, help="input channels")
@@ -107,34 +139,37 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warmup, steps = (1, 3) if args.quick else (2, 7)
 
-    if args.device is None:
-        import torch
+    import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
 
     if args._one is not None:
-        res = run_one(args._one, args.size, args.batch, args.channels, warmup, steps, args.device)
-        print(json.dumps(res))
+        print(json.dumps(peak_memory(args._one, args.size, args.batch, args.channels, args.device)))
         return 0
 
-    import torch
-
-    results: dict[str, dict] = {}
-    for case in args.only or list(CASES):
+    cases = args.only or list(CASES)
+    results = time_steps(cases, args.size, args.batch, args.channels, args.device, warmup, steps)
+    for case in cases:
         cmd = [sys.executable, __file__, "--_one", case, "--size", str(args.size), "--batch", str(args.batch),
-               "--channels", str(args.channels), "--device", args.device] + (["--quick"] if args.quick else [])
+               "--channels", str(args.channels), "--device", args.device]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             tail = proc.stderr.strip().splitlines()[-1:] or ["failed"]
-            results[case] = {"error": tail[0]}
+            results[case]["peak_mem_error"] = tail[0]
         else:
-            results[case] = json.loads(proc.stdout.strip().splitlines()[-1])
+            results[case].update(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(f"{case}: {results[case]}", file=sys.stderr)
 
-    ref = results.get("monai_attention_unet", {}).get("step_s_median")
-    for res in results.values():
-        if ref and "step_s_median" in res:
-            res["ratio_vs_monai_attention_unet"] = round(res["step_s_median"] / ref, 3)
+    ref = results.get("monai_attention_unet")
+    if ref:
+        for res in results.values():
+            res["ratio_vs_monai_attention_unet"] = round(res["step_s_median"] / ref["step_s_median"], 3)
+            res["cpu_ratio_vs_monai_attention_unet"] = round(res["step_cpu_s_median"] / ref["step_cpu_s_median"], 3)
     report = {
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(0),
         "threads": torch.get_num_threads(),

@@ -255,7 +255,11 @@ class AttentionResUNet(nn.Module):
 
         common = dict(kernel_size=kernel_size, act=act, norm=norm, dropout=dropout)
         # One convolution at full resolution: it is the costliest scale (8x the voxels of the next).
-        self.stem = ResidualUnit(spatial_dims, in_channels, channels[0], strides=1, subunits=1, **common)
+        # A plain convolution: a residual unit here would add a full-resolution 1x1 projection of the
+        # input channels (C_in != channels[0]) for no benefit to a single layer.
+        self.stem = Convolution(
+            spatial_dims, in_channels, channels[0], kernel_size=kernel_size, act=act, norm=norm, dropout=dropout
+        )
         encoder: list[nn.Module] = []
         for i in range(1, len(channels)):
             stride = self.strides[i - 1]
