@@ -117,3 +117,16 @@ def test_ckpt_export_torchscript_matches(bundle, tmp_path):
     print(f"{bundle}: export max abs diff {diff:.3g}")
     assert diff <= 1e-5, diff
     assert float(expected.std()) > 0  # a constant output would match trivially
+
+
+@pytest.mark.parametrize("bundle", RUNNABLE)
+def test_spatial_dims_2_builds_2d_network(bundle):
+    """``--spatial_dims 2`` (radiographs): the configured network is 2D and keeps the input size."""
+    overrides = helpers.overrides(bundle)
+    size = int(overrides["patch_size"])
+    parser = _parser(bundle, "inference.yaml", spatial_dims=2, **overrides)
+    assert parser.get_parsed_content("roi_size") == [size, size]
+    net = parser.get_parsed_content("network_def").eval()
+    with torch.no_grad():
+        out = net(torch.randn(1, 5, size, size))
+    assert out.shape == (1, 1, size, size)
