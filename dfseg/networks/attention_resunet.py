@@ -176,7 +176,8 @@ class AttentionResUNet(nn.Module):
             each an int or one int per spatial dimension).
         num_res_units: convolutions per encoder scale below the finest: the downsampling convolution
             (kernel = stride) and a residual unit of ``num_res_units - 1`` convolutions. The finest
-            encoder scale and every decoder scale hold one residual unit of one convolution.
+            encoder scale is one convolution; every decoder scale but the finest (see
+            ``finest_decoder``) one residual unit of one convolution.
         kernel_size: convolution kernel size.
         finest_decoder: what follows ``upsampled + gated skip`` at full resolution. ``"light"``
             (default): the activation only; full-resolution detail comes from the encoder's
