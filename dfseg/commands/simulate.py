@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="phantom variant(s); several are dealt to subjects in turn (default standard)")
     parser.add_argument("--geometry", choices=("ct", "radiograph"), default="ct",
                         help="3D directional dark-field CT or single-view 2D radiographs (default ct)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (results do not depend on it)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes; files are byte-identical whatever the count (each subject runs single-threaded torch)")
     parser.add_argument("--angles", type=int, default=None, help="CT projection angles over 180 deg (default 180)")
     parser.add_argument("--photons", type=float, default=None,
                         help="detected photons per pixel and exposure over all phase steps (default 2e4)")
