@@ -85,7 +85,8 @@ def test_check_properties(bundle, tmp_path):
         assert wf.max_epochs == 100 if kind == "train" else wf.evaluator is not None
 
 
-@pytest.mark.parametrize("bundle", RUNNABLE)
+@pytest.mark.parametrize("bundle", ["dfseg_attention_unet"])  # SwinUNETR (slow: ~10 s per 64^3 pass on
+# 2 CPU cores): exported from its trained checkpoint in test_train_resume.py
 def test_ckpt_export_torchscript_matches(bundle, tmp_path):
     """TorchScript export reproduces the checkpoint's output. The attention U-Net is scripted;
     SwinUNETR is traced (``--use_trace True --input_shape "[1, 5, 64, 64, 64]"``): scripting fails on
