@@ -66,7 +66,8 @@ def versions() -> dict[str, str]:
 
     import dfseg
 
-    return {"dfseg": dfseg.__version__, "torch": torch.__version__, "monai": monai.__version__,
+    return {"python": sys.version.split()[0], "dfseg": dfseg.__version__, "torch": torch.__version__,
+            "monai": monai.__version__,
             "ignite": ignite.__version__, "numpy": np.__version__}
 
 

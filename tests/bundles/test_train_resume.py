@@ -62,6 +62,11 @@ def test_train_evaluate_infer_tensorboard(bundle, tmp_path):
     rebuilt = build(info["network"]["name"], info["in_channels"], **args)
     assert info["network"]["parameter_count"] == count_parameters(rebuilt) > 1000
     rebuilt.load_state_dict(torch.load(out / "model.pt", weights_only=True)["model"])
+    from dfseg.reporting.model_card import write_model_card
+
+    card_json, _ = write_model_card(out, tmp_path / "card")  # the card reads this run_info.json
+    card = json.loads(card_json.read_text())
+    assert str(info["network"]["parameter_count"]) in json.dumps(card)
 
     acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
     tags = acc.Tags()
