@@ -59,17 +59,23 @@ def select_entries(manifest: dict, split: str) -> list[dict]:
 
 
 def _check_manifest(path: str | os.PathLike) -> None:
-    """Refuse a manifest with structural problems (schema, duplicate ids, subject leakage).
+    """Refuse a manifest with structural problems (schema, duplicate ids, folds, subject leakage).
 
     Only the document is checked (no image is opened here: :func:`load_scan` checks the files it
-    reads), so this costs milliseconds.
+    reads), so this costs milliseconds. Acquisition metadata (an entry's ``meta``, or having no
+    sidecar and no ``meta``) is not needed to score predictions and is not required.
 
     Raises:
         InputError: the first problem, with the count of the others.
     """
+    import re
+
     from dfseg.data.validate import validate_manifest
 
-    problems = validate_manifest(path, check_images=False, check_hashes=False)
+    about_metadata = re.compile(r":(training|validation|test)\[\d+\](\.meta(:.*)?)?$")
+    prefix = len(str(path))
+    problems = [p for p in validate_manifest(path, check_images=False, check_hashes=False)
+                if not (p.where.startswith(str(path)) and about_metadata.fullmatch(p.where[prefix:]))]
     if problems:
         more = f" (and {len(problems) - 1} more; run dfseg validate-manifest)" if len(problems) > 1 else ""
         raise InputError(problems[0].where, problems[0].message + more)
