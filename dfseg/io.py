@@ -158,7 +158,7 @@ def load_nifti(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> tup
             n = int(np.prod(img.shape, dtype=np.int64))
             if n > MAX_VOXELS:
                 raise InputError(path, f"header declares {img.shape} = {n} voxels, more than dfseg reads ({MAX_VOXELS})")
-            offset = int(img.header["vox_offset"]) if "vox_offset" in img.header else 0
+            offset = int(getattr(img.dataobj, "offset", 0))  # where the voxels start in the file
             _check_declared_size(path, n * img.get_data_dtype().itemsize + offset)
             array = np.asarray(img.dataobj)
             affine = np.asarray(img.affine, dtype=float)

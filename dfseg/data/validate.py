@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from dfseg.channels import DF_CHANNELS
 from dfseg.data.manifest import FILE_KEYS, SPLITS, schema_errors
 from dfseg.errors import InputError
 from dfseg.io import MAX_VOXELS, load_nifti, read_json, sha256_file, voxel_size
@@ -219,10 +220,15 @@ def _check_grid(files: Mapping[str, Path], headers: Mapping[str, tuple[tuple[int
             problems.append(Problem(str(files[key]), f"expected a 3D volume, found shape {_fmt(headers[key][0])}"))
     orientations = meta.get("orientations_deg")
     n_expected = len(orientations) if isinstance(orientations, list) else None
+    if meta.get("preprocessed") is True:  # dfseg preprocess decomposed df into its five channels
+        n_expected = len(DF_CHANNELS)
     if "df" in headers and n_expected is not None:
         shape = headers["df"][0]
         n_found = int(np.prod(shape[3:])) if len(shape) > 3 else 1
-        if n_found != n_expected:
+        if n_found != n_expected and meta.get("preprocessed") is True:
+            problems.append(Problem(str(files["df"]), f"expected the {n_expected} decomposed channels "
+                                    f"{', '.join(DF_CHANNELS)} of a preprocessed scan, found {n_found}"))
+        elif n_found != n_expected:
             problems.append(Problem(str(files["df"]), f"expected {n_expected} orientation channels from sidecar "
                                                       f"orientations_deg, found {n_found}"))
     voxel = meta.get("voxel_mm")

@@ -44,7 +44,8 @@ class _DiceFocalBoundary(_Loss):
     """``dice_weight * Dice + focal_weight * Focal + boundary_weight * Boundary`` on one scale."""
 
     def __init__(
-        self, dice_weight: float, focal_weight: float, boundary_weight: float, sigmoid: bool, gamma: float
+        self, dice_weight: float, focal_weight: float, boundary_weight: float, sigmoid: bool, gamma: float,
+        batch_dice: bool = True,
     ) -> None:
         super().__init__()
         self.dice_focal = DiceFocalLoss(
@@ -54,6 +55,7 @@ class _DiceFocalBoundary(_Loss):
             gamma=gamma,
             lambda_dice=dice_weight,
             lambda_focal=focal_weight,
+            batch=batch_dice,
         )
         self.boundary = BoundaryLoss(sigmoid=sigmoid, softmax=not sigmoid, to_onehot_y=not sigmoid)
         self.boundary_weight = boundary_weight
@@ -116,6 +118,10 @@ class SegmentationLoss(_Loss):
         focal_gamma: focusing parameter of both focal terms.
         ds_target_resize: how the label is shrunk for coarse deep-supervision outputs, ``"max"``
             (keeps tiny lesions) or ``"nearest"`` (MONAI's default).
+        batch_dice: compute the Dice term over the whole batch (nnU-Net's "batch Dice") instead of
+            per patch. Most patches of small lesions hold no tumour, and a per-patch Dice of an empty
+            patch is ~1 whatever the network predicts, which drowns the signal of the few positive
+            patches; over the batch, every patch's false positives still count.
 
     Returns (forward): a scalar tensor.
     """
@@ -131,6 +137,7 @@ class SegmentationLoss(_Loss):
         sigmoid: bool = True,
         focal_gamma: float = 2.0,
         ds_target_resize: str = "max",
+        batch_dice: bool = True,
     ) -> None:
         super().__init__()
         if presence_loss not in ("bce", "focal"):
@@ -140,7 +147,7 @@ class SegmentationLoss(_Loss):
             if w < 0:
                 raise ValueError(f"{name} must be >= 0, got {w}")
         self.segmentation = DeepSupervisionMaxLoss(
-            _DiceFocalBoundary(dice_weight, focal_weight, boundary_weight, sigmoid, focal_gamma),
+            _DiceFocalBoundary(dice_weight, focal_weight, boundary_weight, sigmoid, focal_gamma, batch_dice),
             weight_mode="exp",
             weights=deep_supervision_weights,
             target_resize=ds_target_resize,

@@ -7,9 +7,11 @@ from dfseg.training.checkpoint import BestModelSaver, ResumableCheckpoint, load_
 from dfseg.training.data import (
     EpochSampler,
     SeededCacheDataset,
+    at_least_as_good,
     datalist,
     derive_seed,
     is_preprocessed,
+    require_valid_manifest,
     resolve,
 )
 from dfseg.training.handlers import (
@@ -33,5 +35,6 @@ __all__ = [
     "MODALITY_CHANNELS", "BestModelSaver", "EpochSampler", "MetricsWriter", "NullSummaryWriter", "PresenceScored",
     "ProbabilityWriter", "ResumableCheckpoint", "RunInfoWriter", "SeededCacheDataset", "datalist",
     "derive_seed", "eval_postprocessing", "eval_transforms", "in_channels", "is_preprocessed",
-    "load_checkpoint", "resolve", "run_info", "summary_writer", "train_transforms",
+    "load_checkpoint", "resolve", "run_info", "summary_writer", "train_transforms", "at_least_as_good",
+    "require_valid_manifest",
 ]

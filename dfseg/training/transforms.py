@@ -9,7 +9,8 @@ Chain (keys ``attn``, ``df``, ``label``, ``lung_mask``)::
       -> SelectModalityd(modality) -> "image" (attn 1, df 4, combined 5 channels)
       -> NormalizeIntensityd(image, channel-wise z-score over the volume)
       -> [spatial_dims=2 only] squeeze the singleton Z axis of radiographs: (C, X, Y, 1) -> (C, X, Y)
-      -> [training only, random] RandCropByPosNegLabeld(patch), flips, 90-degree rotations
+      -> [training only, random] RandCropByLabelClassesd(patch; outside lung / lung / tumour), flips,
+         90-degree rotations
 
 Everything up to the first random transform is deterministic, so ``CacheDataset`` caches it.
 Preprocessed manifests (written by ``dfseg preprocess``) skip the correction chain.
@@ -37,13 +38,14 @@ from monai.transforms import (
     LoadImaged,
     MapTransform,
     NormalizeIntensityd,
-    RandCropByPosNegLabeld,
+    RandCropByLabelClassesd,
     RandFlipd,
     RandRotate90d,
     SpatialPadd,
     SqueezeDimd,
 )
 
+from dfseg.channels import MODALITY_CHANNELS
 from dfseg.errors import InputError
 
 __all__ = [
@@ -55,13 +57,6 @@ __all__ = [
     "in_channels",
     "train_transforms",
 ]
-
-#: Network input channels per modality (docs/ARCHITECTURE.md, "Decomposed and network channels").
-MODALITY_CHANNELS: dict[str, tuple[str, ...]] = {
-    "attn": ("attn",),
-    "df": ("c0", "amp", "amp_cos2t", "amp_sin2t"),
-    "combined": ("attn", "c0", "amp", "amp_cos2t", "amp_sin2t"),
-}
 
 IMAGE_KEYS = ("attn", "df")
 
@@ -83,6 +78,25 @@ def _load(keys: Sequence[str]) -> list:
         out.append(EnsureChannelFirstd(keys="df", channel_dim=-1))
     out.append(EnsureTyped(keys=[k for k in keys if k in IMAGE_KEYS], dtype=torch.float32, track_meta=True))
     return out
+
+
+class SamplingMapd(MapTransform):
+    """Add ``d["sampling"]``: 0 outside the lung, 1 lung parenchyma, 2 tumour (from label and lung mask).
+
+    Patch sampling by these classes puts the negatives where the hard negatives are (vessels and
+    airways in the lung, which look like nodules in attenuation) instead of in the air around the mouse.
+    """
+
+    def __init__(self, label_key: str = "label", mask_key: str = "lung_mask", output_key: str = "sampling") -> None:
+        super().__init__(keys=label_key)
+        self.label_key, self.mask_key, self.output_key = label_key, mask_key, output_key
+
+    def __call__(self, data: Any) -> Any:
+        d = dict(data)
+        label = torch.as_tensor(d[self.label_key]) > 0
+        lung = torch.as_tensor(d[self.mask_key]) > 0 if self.mask_key in d else torch.zeros_like(label)
+        d[self.output_key] = torch.where(label, 2, lung.to(torch.int64)).to(torch.uint8)
+        return d
 
 
 class LoadSidecard(MapTransform):
@@ -160,7 +174,7 @@ def _select(modality: str) -> list:
 
 def train_transforms(modality: str, patch_size: Sequence[int] | int, *, preprocessed: bool = False,
                      calibration: str | os.PathLike | None = None, num_samples: int = 2,
-                     pos: float = 1.0, neg: float = 1.0, synthetic_tumour_prob: float = 0.3,
+                     class_ratios: Sequence[float] = (1.0, 2.0, 3.0), synthetic_tumour_prob: float = 0.3,
                      synthetic_diameter_mm: Sequence[float] = (0.5, 3.0), spatial_dims: int = 3) -> Compose:
     """Training chain: load, correct, synthetic tumours, select modality, normalise, patch, augment.
 
@@ -170,7 +184,8 @@ def train_transforms(modality: str, patch_size: Sequence[int] | int, *, preproce
         preprocessed: scans already corrected and decomposed by ``dfseg preprocess``.
         calibration: ``calibration.json`` for raw reconstructions.
         num_samples: patches per volume and iteration (``RandCropByPosNegLabeld``).
-        pos, neg: ratio of tumour-centred to background-centred patches.
+        class_ratios: relative frequency of patches centred outside the lung, in the lung
+            parenchyma and on a tumour (:class:`SamplingMapd`); a class absent from a volume is skipped.
         synthetic_tumour_prob: probability of inserting a synthetic tumour (``RandSyntheticTumourd``).
         synthetic_diameter_mm: diameter range of synthetic tumours, mm.
         spatial_dims: 3 (CT volumes) or 2 (radiographs stored as (X, Y, 1); Z is squeezed, no
@@ -190,11 +205,10 @@ def train_transforms(modality: str, patch_size: Sequence[int] | int, *, preproce
         *(_synthetic(synthetic_tumour_prob, synthetic_diameter_mm) if dims == 3 else []),
         *_select(modality),
         *_squeeze_z(("image", "label", "lung_mask"), dims),
-        # fg_indices from the label, negatives anywhere inside the lung would be nicer but the
-        # label-only form keeps the crop independent of lung-mask quality.
-        RandCropByPosNegLabeld(keys=("image", "label"), label_key="label", spatial_size=patch,
-                               pos=float(pos), neg=float(neg), num_samples=int(num_samples),
-                               allow_smaller=True),
+        SamplingMapd(),
+        RandCropByLabelClassesd(keys=("image", "label"), label_key="sampling", spatial_size=patch,
+                                ratios=[float(r) for r in class_ratios], num_classes=3,
+                                num_samples=int(num_samples), allow_smaller=True, warn=False),
         # volumes smaller than the patch (allow_smaller keeps them whole) are padded with the
         # normalised mean 0: SwinUNETR needs its full patch (>= 64 voxels, see its bundle).
         SpatialPadd(keys=("image", "label"), spatial_size=patch),

@@ -22,10 +22,8 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type
 
+from dfseg.channels import DF_CHANNELS
 from dfseg.errors import InputError
-
-#: Names of the decomposed channels, in output order.
-DF_CHANNELS: tuple[str, ...] = ("c0", "amp", "aniso", "amp_cos2t", "amp_sin2t")
 
 #: Two angles closer than this (deg, mod 180) count as the same orientation.
 ANGLE_TOL_DEG = 1e-3

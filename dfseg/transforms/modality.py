@@ -23,15 +23,9 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type
 
+from dfseg.channels import MODALITY_CHANNELS
 from dfseg.errors import InputError
 from dfseg.transforms.decomposition import DF_CHANNELS
-
-#: modality -> network input channel names, in order.
-MODALITY_CHANNELS: dict[str, tuple[str, ...]] = {
-    "attn": ("attn",),
-    "df": ("c0", "amp", "amp_cos2t", "amp_sin2t"),
-    "combined": ("attn", "c0", "amp", "amp_cos2t", "amp_sin2t"),
-}
 
 __all__ = [
     "MODALITY_CHANNELS",

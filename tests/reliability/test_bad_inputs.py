@@ -240,9 +240,6 @@ def bundle_error_line(stderr: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="monai.bundle run prints 4 chained tracebacks (LoadImaged -> RuntimeError "
-                   "'Failed to instantiate component ...CacheDataset') and aborts with 'terminate called without an "
-                   "active exception' (exit -6); fix: validate the manifest in the configs' initialize list")
 @pytest.mark.parametrize("case", BUNDLE_CASES)
 def test_bundle_train_bad_input(case, tmp_path):
     manifest = make_preprocessed_cohort(tmp_path / "cohort", n_subjects=4)
