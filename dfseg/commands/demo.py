@@ -27,16 +27,19 @@ class DemoConfig:
     voxel_mm: float = 0.4
     n_angles: int = 120
     folds: int = 5
-    max_epochs: int = 40
+    max_epochs: int = 60
+    val_interval: int = 5
     patch_size: int = 32
     batch_size: int = 4
-    learning_rate: float = 2e-3
+    num_samples: int = 4
+    channels: tuple[int, ...] = (8, 16, 32, 64)
+    learning_rate: float = 3e-3
     seed: int = 0
 
 
 DEFAULT = DemoConfig()
 SUMMARY_METRICS = ("volume_auroc", "volume_sens_at_95spec", "volume_sensitivity", "volume_specificity", "dice")
-QUICK = DemoConfig(subjects=12, size=48, voxel_mm=0.5, n_angles=72, folds=3, max_epochs=3)
+QUICK = DemoConfig(subjects=12, size=48, voxel_mm=0.5, n_angles=72, folds=3, max_epochs=4, val_interval=2)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,13 +100,16 @@ def run(args: argparse.Namespace) -> int:
 
     t = _stage(4, total, "train: attention residual U-Net bundle, combined input (TensorBoard logs in train/)")
     run_bundle(bundle, "train.yaml", manifest=pre / "manifest.json", fold=0, modality="combined",
-            max_epochs=cfg.max_epochs, patch_size=cfg.patch_size, batch_size=cfg.batch_size,
-            learning_rate=cfg.learning_rate, device=device, output_dir=train_dir, seed=cfg.seed)
+            max_epochs=cfg.max_epochs, val_interval=cfg.val_interval, patience=cfg.max_epochs,
+            patch_size=cfg.patch_size, batch_size=cfg.batch_size, num_samples=cfg.num_samples,
+            channels=list(cfg.channels), learning_rate=cfg.learning_rate, device=device,
+            output_dir=train_dir, seed=cfg.seed)
     times["train"] = time.perf_counter() - t
 
     t = _stage(5, total, "infer: sliding-window inference on the held-out test subjects")
     run_bundle(bundle, "inference.yaml", manifest=pre / "manifest.json", modality="combined", split="test",
-            device=device, output_dir=train_dir, predictions_dir=out / "predictions")
+            channels=list(cfg.channels), device=device, output_dir=train_dir,
+            predictions_dir=out / "predictions")
     times["infer"] = time.perf_counter() - t
 
     t = _stage(6, total, "evaluate: detection, segmentation and calibration metrics with bootstrap CIs")
