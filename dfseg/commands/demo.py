@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     out = prepare_output_dir(out, overwrite=args.overwrite)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    # on a CPU, data-loader worker processes only steal cores from the network's own threads
+    loader_workers = 2 if device == "cuda" else 0
     write_json(out / "demo_config.json", {**asdict(cfg), "device": device, "quick": bool(args.quick)})
     print(f"dfseg demo -> {out}  ({'quick, ' if args.quick else ''}{cfg.subjects} mice, {cfg.size}^3 at "
           f"{cfg.voxel_mm} mm, {cfg.max_epochs} epochs, device {device})")
@@ -103,13 +105,13 @@ def run(args: argparse.Namespace) -> int:
             max_epochs=cfg.max_epochs, val_interval=cfg.val_interval, patience=cfg.max_epochs,
             patch_size=cfg.patch_size, batch_size=cfg.batch_size, num_samples=cfg.num_samples,
             channels=list(cfg.channels), learning_rate=cfg.learning_rate, device=device,
-            output_dir=train_dir, seed=cfg.seed)
+            output_dir=train_dir, seed=cfg.seed, num_workers=loader_workers)
     times["train"] = time.perf_counter() - t
 
     t = _stage(5, total, "infer: sliding-window inference on the held-out test subjects")
     run_bundle(bundle, "inference.yaml", manifest=pre / "manifest.json", modality="combined", split="test",
             channels=list(cfg.channels), device=device, output_dir=train_dir,
-            predictions_dir=out / "predictions")
+            predictions_dir=out / "predictions", num_workers=loader_workers)
     times["infer"] = time.perf_counter() - t
 
     t = _stage(6, total, "evaluate: detection, segmentation and calibration metrics with bootstrap CIs")
