@@ -18,6 +18,7 @@ from dfseg.physics.forward import (
     fourier_components,
     phase_stepping_measurement,
     polychromatic_signals,
+    polychromatic_signals_oriented,
     retrieve,
     visibility_log_variance,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "mu",
     "phase_stepping_measurement",
     "polychromatic_signals",
+    "polychromatic_signals_oriented",
     "retrieve",
     "scale_to_reference",
     "sphere_correlation",

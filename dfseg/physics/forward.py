@@ -47,6 +47,13 @@ def _to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def _spectral_weights(spectrum: Spectrum, visibility: VisibilitySpectrum) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised detector weights S'(E) and visibility weights w(E) = S'(E) V0(E) (PHYSICS.md 4)."""
+    s = spectrum.weights / spectrum.weights.sum()
+    w = s * visibility(spectrum.energies_kev)
+    return s, w / w.sum()
+
+
 def polychromatic_signals(
     spectrum: Spectrum,
     visibility: VisibilitySpectrum,
@@ -96,9 +103,7 @@ def polychromatic_signals(
     # (K, E): one row of energy coefficients per term, so A(E) + DF(E) = L_row @ coef for a chunk.
     coef_att = np.stack(coeffs[:n_att]) if n_att else np.zeros((0, n_e))
     coef_df = np.stack(coeffs[n_att:]) if len(coeffs) > n_att else np.zeros((0, n_e))
-    s = spectrum.weights / spectrum.weights.sum()
-    w = s * visibility(e)
-    w = w / w.sum()
+    s, w = _spectral_weights(spectrum, visibility)
 
     n = int(np.prod(shape))
     # reshape copies only terms that needed broadcasting (at most one full-size copy per term)
@@ -128,6 +133,54 @@ def polychromatic_signals(
 
         return torch.from_numpy(t_out).to(like.device), torch.from_numpy(d_out).to(like.device)
     return t_out, d_out
+
+
+def polychromatic_signals_oriented(spectrum, visibility, lines: np.ndarray, mu_e: np.ndarray, p_k: np.ndarray, h: np.ndarray,
+                     *, device=None, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`polychromatic_signals` for N grating orientations that share their attenuation.
+
+    Same model (T = sum S' e^-A / sum S', D = [sum w e^-A e^-DF / sum w] / T, w = S' V0), but the
+    attenuation sums are done once per ray and shared by all N grating orientations, energy sums
+    are matrix products in float32 torch, and rays are processed in chunks (memory O(chunk * E)).
+    ``tests/physics/test_forward.py`` checks it against :func:`polychromatic_signals`.
+
+    Args:
+        spectrum: detector-weighted spectrum (E bins).
+        visibility: V0(E).
+        lines: (M, *R) material line integrals, mm.
+        mu_e: (M, E) attenuation coefficients, 1/mm.
+        p_k: (K, N, *R) dark-field basis line integrals (unitless).
+        h: (K, E) dark-field energy basis functions.
+        device: torch device.
+        chunk: rays per chunk.
+
+    Returns:
+        ``(T, D)``: T (1, *R) and D (N, *R), float32 numpy.
+    """
+    import torch
+
+    s, w = _spectral_weights(spectrum, visibility)
+    dev = torch.device(device or "cpu")
+    m, r_shape = lines.shape[0], lines.shape[1:]
+    k, n = p_k.shape[:2]
+    lf = torch.from_numpy(np.ascontiguousarray(lines.reshape(m, -1), dtype=np.float32)).to(dev)
+    pf = torch.from_numpy(np.ascontiguousarray(p_k.reshape(k, n, -1), dtype=np.float32)).to(dev)
+    mu_t = torch.as_tensor(mu_e, dtype=torch.float32, device=dev)
+    h_t = torch.as_tensor(h, dtype=torch.float32, device=dev)
+    s_t = torch.as_tensor(s, dtype=torch.float32, device=dev)
+    w_t = torch.as_tensor(w, dtype=torch.float32, device=dev)
+    n_rays = lf.shape[1]
+    t_out = torch.empty(n_rays, dtype=torch.float32, device=dev)
+    d_out = torch.empty((n, n_rays), dtype=torch.float32, device=dev)
+    for start in range(0, n_rays, chunk):
+        sl = slice(start, min(start + chunk, n_rays))
+        ea = torch.exp(-(lf[:, sl].T @ mu_t))  # (r, E)
+        t = ea @ s_t
+        t_out[sl] = t
+        for j in range(n):
+            edf = torch.exp(-(pf[:, j, sl].T @ h_t))  # (r, E)
+            d_out[j, sl] = ((ea * edf) @ w_t) / torch.clamp(t, min=1e-30)
+    return (t_out.reshape(1, *r_shape).cpu().numpy(), d_out.reshape(n, *r_shape).cpu().numpy())
 
 
 def visibility_log_variance(photons, visibility):

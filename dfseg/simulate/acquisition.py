@@ -169,57 +169,6 @@ def _measure(T: np.ndarray, D: np.ndarray, gain: np.ndarray, config: Acquisition
     )
 
 
-def expected_signals(spectrum, visibility, lines: np.ndarray, mu_e: np.ndarray, p_k: np.ndarray, h: np.ndarray,
-                     *, device=None, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
-    """Expected T and D of :func:`dfseg.physics.polychromatic_signals`, fast path for many orientations.
-
-    Same model (T = sum S' e^-A / sum S', D = [sum w e^-A e^-DF / sum w] / T, w = S' V0), but the
-    attenuation sums are done once per ray and shared by all N grating orientations, energy sums
-    are matrix products in float32 torch, and rays are processed in chunks (memory O(chunk * E)).
-    ``tests/simulate`` checks it against the physics function.
-
-    Args:
-        spectrum: detector-weighted spectrum (E bins).
-        visibility: V0(E).
-        lines: (M, *R) material line integrals, mm.
-        mu_e: (M, E) attenuation coefficients, 1/mm.
-        p_k: (K, N, *R) dark-field basis line integrals (unitless).
-        h: (K, E) dark-field energy basis functions.
-        device: torch device.
-        chunk: rays per chunk.
-
-    Returns:
-        ``(T, D)``: T (1, *R) and D (N, *R), float32 numpy.
-    """
-    import torch
-
-    e = spectrum.energies_kev
-    s = spectrum.weights / spectrum.weights.sum()
-    w = s * visibility(e)
-    w = w / w.sum()
-    dev = torch.device(device or "cpu")
-    m, r_shape = lines.shape[0], lines.shape[1:]
-    k, n = p_k.shape[:2]
-    lf = torch.from_numpy(np.ascontiguousarray(lines.reshape(m, -1), dtype=np.float32)).to(dev)
-    pf = torch.from_numpy(np.ascontiguousarray(p_k.reshape(k, n, -1), dtype=np.float32)).to(dev)
-    mu_t = torch.as_tensor(mu_e, dtype=torch.float32, device=dev)
-    h_t = torch.as_tensor(h, dtype=torch.float32, device=dev)
-    s_t = torch.as_tensor(s, dtype=torch.float32, device=dev)
-    w_t = torch.as_tensor(w, dtype=torch.float32, device=dev)
-    n_rays = lf.shape[1]
-    t_out = torch.empty(n_rays, dtype=torch.float32, device=dev)
-    d_out = torch.empty((n, n_rays), dtype=torch.float32, device=dev)
-    for start in range(0, n_rays, chunk):
-        sl = slice(start, min(start + chunk, n_rays))
-        ea = torch.exp(-(lf[:, sl].T @ mu_t))  # (r, E)
-        t = ea @ s_t
-        t_out[sl] = t
-        for j in range(n):
-            edf = torch.exp(-(pf[:, j, sl].T @ h_t))  # (r, E)
-            d_out[j, sl] = ((ea * edf) @ w_t) / torch.clamp(t, min=1e-30)
-    return (t_out.reshape(1, *r_shape).cpu().numpy(), d_out.reshape(n, *r_shape).cpu().numpy())
-
-
 def _neg_log(x: np.ndarray) -> np.ndarray:
     return -np.log(np.maximum(x, _LOG_FLOOR))
 
@@ -285,7 +234,9 @@ def acquire_ct(anatomy: Anatomy, config: AcquisitionConfig, rng: np.random.Gener
     wts = tensor_projection_weights(angles, w).astype(np.float32)  # (N, A, 6)
     p_k = np.einsum("kcauz,nac->knauz", comp, wts)  # (K, N, A, U, Z)
 
-    t_exp, d_exp = expected_signals(spectrum, vis, lines, mu_e, p_k, h, device=dev)  # (1|N, A, U, Z)
+    from dfseg.physics import polychromatic_signals_oriented
+
+    t_exp, d_exp = polychromatic_signals_oriented(spectrum, vis, lines, mu_e, p_k, h, device=dev)  # (1|N, A, U, Z)
 
     v_ref = float(np.sum(spectrum.weights * vis(e)) / np.sum(spectrum.weights))
     gain = _gain(config, (n_or, config.n_angles), rng)

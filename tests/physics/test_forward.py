@@ -14,6 +14,7 @@ from dfseg.physics import (
     mu,
     phase_stepping_measurement,
     polychromatic_signals,
+    polychromatic_signals_oriented,
     retrieve,
     tube_spectrum,
     visibility_log_variance,
@@ -192,3 +193,19 @@ def test_polychromatic_chunked_matches_unchunked_and_memory_shape():
     assert isinstance(tt, torch.Tensor)
     with pytest.raises(ValueError, match="energy coefficients"):
         polychromatic_signals(s, V_NONFLAT, [(lengths, np.ones(3))])
+
+
+def test_oriented_form_matches_polychromatic_signals():
+    rng = np.random.default_rng(0)
+    spec = tube_spectrum(70.0)
+    vis = VisibilitySpectrum(0.3, 30.0, 10.0, 0.15)
+    e = spec.energies_kev
+    lines = rng.uniform(0, 8, (3, 5, 7))
+    mu_e = np.stack([mu(m, e) for m in ("soft_tissue", "bone", "air")])
+    h = np.stack([np.exp(-((e - 30) / 20) ** 2) * 0.1, (e / 40.0) ** -3 * 0.05])
+    p_k = rng.uniform(0, 5, (2, 4, 5, 7))
+    t_fast, d_fast = polychromatic_signals_oriented(spec, vis, lines, mu_e, p_k, h)
+    t_ref, d_ref = polychromatic_signals(spec, vis, [(lines[i][None], mu_e[i]) for i in range(3)],
+                                         [(p_k[j], h[j]) for j in range(2)])
+    np.testing.assert_allclose(np.broadcast_to(t_fast, t_ref.shape), t_ref, rtol=1e-4)
+    np.testing.assert_allclose(d_fast, d_ref, rtol=1e-4)
