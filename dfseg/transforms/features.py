@@ -243,7 +243,23 @@ class _FeatureD(MapTransform):
         self.output_key = output_key
 
 
-class DifferentialDarkFieldd(_FeatureD):
+class _WindowFeatureD(_FeatureD):
+    """Shared dictionary logic of the window features: voxel size from meta, optional mask key."""
+
+    op: Any
+    mask_key: str | None
+    voxel_mm: float | Sequence[float] | None
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            vox = self.voxel_mm if self.voxel_mm is not None else voxel_size_of(d, key)
+            mask = None if self.mask_key is None else d[self.mask_key]
+            d[self.output_key or key] = self.op(d[key], mask, voxel_mm=vox, where=str(key))
+        return d
+
+
+class DifferentialDarkFieldd(_WindowFeatureD):
     """Dictionary version of :class:`DifferentialDarkField`.
 
     Args:
@@ -262,14 +278,6 @@ class DifferentialDarkFieldd(_FeatureD):
         super().__init__(keys, output_key, allow_missing_keys)
         self.mask_key, self.voxel_mm = mask_key, voxel_mm
         self.op = DifferentialDarkField(radius_mm, 1.0, channel=channel, append=output_key is None)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            vox = self.voxel_mm if self.voxel_mm is not None else voxel_size_of(d, key)
-            mask = None if self.mask_key is None else d[self.mask_key]
-            d[self.output_key or key] = self.op(d[key], mask, voxel_mm=vox, where=str(key))
-        return d
 
 
 class DarkFieldAttenuationRatiod(_FeatureD):
@@ -298,7 +306,7 @@ class DarkFieldAttenuationRatiod(_FeatureD):
         return d
 
 
-class LocalTextured(_FeatureD):
+class LocalTextured(_WindowFeatureD):
     """Dictionary version of :class:`LocalTexture`.
 
     Args:
@@ -317,14 +325,6 @@ class LocalTextured(_FeatureD):
         super().__init__(keys, output_key, allow_missing_keys)
         self.mask_key, self.voxel_mm = mask_key, voxel_mm
         self.op = LocalTexture(radius_mm, 1.0, channels=channels, append=output_key is None)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            vox = self.voxel_mm if self.voxel_mm is not None else voxel_size_of(d, key)
-            mask = None if self.mask_key is None else d[self.mask_key]
-            d[self.output_key or key] = self.op(d[key], mask, voxel_mm=vox, where=str(key))
-        return d
 
 
 DifferentialDarkFieldD = DifferentialDarkFieldDict = DifferentialDarkFieldd
