@@ -24,8 +24,7 @@ helpers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(helpers)
 
 BUNDLE = "dfseg_attention_unet"
-RUNNABLE = [BUNDLE, pytest.param("dfseg_swinunetr", marks=pytest.mark.skipif(
-    importlib.util.find_spec("einops") is None, reason="MONAI SwinUNETR needs einops"))]
+RUNNABLE = [BUNDLE, "dfseg_swinunetr"]
 
 
 def _train_cmd(bundle, manifest, out, epochs, *extra):

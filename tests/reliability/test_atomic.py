@@ -212,13 +212,6 @@ def test_sigkill_leaves_old_or_new(delay, tmp_path, reference_hashes):
 # output directories/files that already hold results are refused without --overwrite/--resume
 
 
-def _have(module: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def _refusal(argv: list[str], capsys) -> str:
@@ -238,7 +231,6 @@ def _occupied(folder: Path) -> dict[str, str]:
     return snapshot(folder)
 
 
-@pytest.mark.skipif(not _have("dfseg.commands.simulate"), reason="dfseg simulate has not landed")
 def test_simulate_refuses_non_empty_out(tmp_path, capsys):
     out = tmp_path / "cohort"
     before = _occupied(out)
@@ -247,7 +239,6 @@ def test_simulate_refuses_non_empty_out(tmp_path, capsys):
     assert snapshot(out) == before
 
 
-@pytest.mark.skipif(not _have("dfseg.commands.calibrate"), reason="dfseg calibrate has not landed")
 def test_calibrate_refuses_existing_file(tmp_path, capsys):
     out = tmp_path / "calibration.json"
     out.write_text('{"old": 1}\n')
@@ -257,7 +248,6 @@ def test_calibrate_refuses_existing_file(tmp_path, capsys):
     assert json.loads(out.read_text()) == {"old": 1}
 
 
-@pytest.mark.skipif(not _have("dfseg.commands.preprocess"), reason="dfseg preprocess has not landed")
 def test_preprocess_refuses_non_empty_out(tmp_path, capsys):
     c = make_cohort(tmp_path / "cohort")
     out = tmp_path / "pre"
@@ -268,7 +258,6 @@ def test_preprocess_refuses_non_empty_out(tmp_path, capsys):
     assert snapshot(out) == before
 
 
-@pytest.mark.skipif(not _have("dfseg.commands.evaluate"), reason="dfseg evaluate has not landed")
 def test_evaluate_refuses_non_empty_out(tmp_path, capsys):
     c = make_cohort(tmp_path / "cohort")
     out = tmp_path / "eval"
@@ -279,7 +268,6 @@ def test_evaluate_refuses_non_empty_out(tmp_path, capsys):
     assert snapshot(out) == before
 
 
-@pytest.mark.skipif(not _have("dfseg.commands.register"), reason="dfseg register has not landed")
 def test_register_refuses_existing_file(tmp_path, capsys):
     fixed, moving, out = tmp_path / "fixed.nii.gz", tmp_path / "moving.nii.gz", tmp_path / "reg.nii.gz"
     label = np.zeros((12, 12, 12), np.uint8)
@@ -293,7 +281,6 @@ def test_register_refuses_existing_file(tmp_path, capsys):
     assert _sha(out) == old
 
 
-@pytest.mark.skipif(not _have("dfseg.commands.model_card"), reason="dfseg model-card has not landed")
 def test_model_card_refuses_existing_files(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()

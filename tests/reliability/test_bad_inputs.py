@@ -27,17 +27,6 @@ from corpus import CASES, Expect, make_cohort, snapshot, visible_files  # noqa: 
 from dfseg.cli import main  # noqa: E402
 
 
-def _have(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
-HAVE_PREPROCESS = _have("dfseg.commands.preprocess")
-needs_preprocess = pytest.mark.skipif(not HAVE_PREPROCESS, reason="dfseg preprocess has not landed")
-
-
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     """Run ``dfseg <argv>`` in-process; return (exit code, stdout, stderr)."""
     capsys.readouterr()
@@ -177,14 +166,12 @@ def _preprocess_argv(c: corpus.Cohort, out: Path, *extra: str) -> list[str]:
             "--domain", "volume", *extra]
 
 
-@needs_preprocess
 def test_preprocess_clean_corpus(cohort, tmp_path, capsys):
     rc, out, err = run_cli(_preprocess_argv(cohort, tmp_path / "pre"), capsys)
     assert rc == 0, err
     assert (tmp_path / "pre" / "manifest.json").is_file()
 
 
-@needs_preprocess
 @pytest.mark.parametrize("case", PREPROCESS_CASES)
 def test_preprocess(case, cohort, tmp_path, capsys):
     expect = CASES[case](cohort)
@@ -194,7 +181,6 @@ def test_preprocess(case, cohort, tmp_path, capsys):
     assert visible_files(out_dir) == [], "partial output left behind"
 
 
-@needs_preprocess
 def test_preprocess_overwrite_keeps_old_results_on_bad_input(cohort, tmp_path, capsys):
     out_dir = tmp_path / "pre"
     rc, out, err = run_cli(_preprocess_argv(cohort, out_dir), capsys)
@@ -206,7 +192,6 @@ def test_preprocess_overwrite_keeps_old_results_on_bad_input(cohort, tmp_path, c
     assert snapshot(out_dir) == before
 
 
-@needs_preprocess
 def test_no_progress_bar_when_not_a_tty(cohort, tmp_path, capsys):
     """Piped stderr (logs, CI) gets no progress bar: only errors go there."""
     rc, out, err = run_cli(_preprocess_argv(cohort, tmp_path / "pre"), capsys)

@@ -3,7 +3,6 @@ predictions give identical metrics, on CPU."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -18,19 +17,11 @@ from dfseg.cli import main  # noqa: E402
 from dfseg.io import load_nifti, save_nifti  # noqa: E402
 
 
-def _have(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
 def _simulate(out: Path, seed: int, workers: int = 1) -> int:
     return main(["simulate", "--out", str(out), "--subjects", "2", "--size", "32", "--angles", "12",
                  "--seed", str(seed), "--folds", "2", "--workers", str(workers), "--no-progress"])
 
 
-needs_simulate = pytest.mark.skipif(not _have("dfseg.commands.simulate"), reason="dfseg simulate has not landed")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +41,6 @@ def runs(tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
-@needs_simulate
 def test_simulate_same_seed_byte_identical(tmp_path, runs):
     _, a = runs(3)
     # a second run in a fresh output folder (the runs fixture caches, so simulate it here)
@@ -68,7 +58,6 @@ def test_simulate_same_seed_byte_identical(tmp_path, runs):
 
 
 @pytest.mark.slow
-@needs_simulate
 def test_simulate_workers_change_reconstructions_only_by_rounding(runs):
     """Whatever ``--workers`` does to scheduling, the reconstructions may at most differ by rounding
     (before the fixed per-subject torch thread count they did, by 7.5e-8 1/mm on 0.28; now
@@ -85,7 +74,6 @@ def test_simulate_workers_change_reconstructions_only_by_rounding(runs):
 
 
 @pytest.mark.slow
-@needs_simulate
 def test_simulate_workers_byte_identical(runs):
     (_, a), (_, b) = runs(3, 1), runs(3, 2)
     assert [k for k in a if a[k] != b.get(k)] == []
