@@ -27,16 +27,16 @@ coefficients.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution, ResidualUnit
-from monai.networks.layers.factories import Conv
 from monai.networks.layers.utils import get_act_layer
 
-__all__ = ["AttentionGate", "AttentionResUNet", "SubpixelUp"]
+__all__ = ["AttentionGate", "AttentionResUNet", "Pointwise", "SubpixelUp"]
 
 
 def _as_tuple(value: int | Sequence[int], n: int) -> tuple[int, ...]:
@@ -46,6 +46,39 @@ def _as_tuple(value: int | Sequence[int], n: int) -> tuple[int, ...]:
     if len(value) != n:
         raise ValueError(f"expected {n} values (one per spatial dimension), got {value}")
     return value
+
+
+class Pointwise(nn.Module):
+    """1x1 convolution (a per-voxel linear map of the channels) computed with ``torch.einsum``.
+
+    The same function and initialisation as ``Conv{2,3}d(in_channels, out_channels, kernel_size=1)``
+    (weight ``(out, in)`` instead of ``(out, in, 1, 1[, 1])``), for any number of spatial
+    dimensions. On CPU oneDNN runs 1x1 3D convolutions through a layout conversion; the einsum is a
+    batched matrix product: a 16 -> 1 projection of 2 x 64^3 voxels takes 42 ms forward + backward
+    instead of 133 ms on 2 cores.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        bias: add a learned bias per output channel.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        # nn.Conv's default initialisation (fan_in = in_channels for a 1x1 kernel).
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(in_channels)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.einsum("oc,bc...->bo...", [self.weight, x])
+        bias = self.bias
+        if bias is not None:
+            y = y + bias.view([1, -1] + [1] * (x.dim() - 2))
+        return y
 
 
 class AttentionGate(nn.Module):
@@ -67,11 +100,10 @@ class AttentionGate(nn.Module):
 
     def __init__(self, spatial_dims: int, coarse_skip_channels: int, gate_channels: int, inter_channels: int) -> None:
         super().__init__()
-        conv = Conv[Conv.CONV, spatial_dims]
         # No bias on theta: phi's bias already shifts the sum.
-        self.theta = conv(coarse_skip_channels, inter_channels, kernel_size=1, bias=False)
-        self.phi = conv(gate_channels, inter_channels, kernel_size=1)
-        self.psi = conv(inter_channels, 1, kernel_size=1)
+        self.theta = Pointwise(coarse_skip_channels, inter_channels, bias=False)
+        self.phi = Pointwise(gate_channels, inter_channels)
+        self.psi = Pointwise(inter_channels, 1)
         self.mode = "trilinear" if spatial_dims == 3 else "bilinear"
 
     def coefficients(self, x: torch.Tensor, x_coarse: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -127,7 +159,7 @@ class SubpixelUp(nn.Module):
         block = 1
         for v in self.stride:
             block *= v
-        self.conv = Conv[Conv.CONV, spatial_dims](in_channels, out_channels * block, kernel_size=1, bias=False)
+        self.conv = Pointwise(in_channels, out_channels * block, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
@@ -164,6 +196,41 @@ class _DecoderLevel(nn.Module):
         return self.fuse(self.up(coarse) + gated), alpha
 
 
+class _NarrowOutputLevel(nn.Module):
+    """The finest decoder scale, fused in a narrow ``fuse_channels``-wide space, with the output head.
+
+    ``logits = head(act(up(coarse) + alpha * proj(skip) + b))``: the decoder's usual
+    "upsample + gated skip, activation" at full resolution, but with the skip first projected by a
+    1x1 ``proj`` from ``channels[0]`` to ``fuse_channels`` channels (``alpha`` is one value per voxel,
+    so ``proj(alpha * skip) = alpha * proj(skip)``) and the upsampler writing ``fuse_channels``
+    directly. Every full-resolution decoder tensor is then ``fuse_channels`` wide instead of
+    ``channels[0]``: at 64^3 the training step drops from about 1.0 s to 0.68 s on 2 CPU cores with 8
+    of 16 channels. With ``proj`` the identity and ``fuse_channels = channels[0]`` this is exactly
+    the classic decoder level.
+    """
+
+    def __init__(
+        self, spatial_dims: int, skip_channels: int, coarse_channels: int, stride: Sequence[int], out_channels: int,
+        fuse_channels: int, act: tuple | str,
+    ) -> None:
+        super().__init__()
+        self.gate = AttentionGate(spatial_dims, coarse_channels, coarse_channels, max(skip_channels // 2, 4))
+        self.up = SubpixelUp(spatial_dims, coarse_channels, fuse_channels, stride)
+        self.proj = Pointwise(skip_channels, fuse_channels, bias=False)
+        bound = 1.0 / math.sqrt(skip_channels)
+        self.bias = nn.Parameter(torch.empty(fuse_channels).uniform_(-bound, bound))
+        self.bias_shape = [1, fuse_channels] + [1] * spatial_dims
+        self.act = get_act_layer(act)
+        self.head = Pointwise(fuse_channels, out_channels)
+
+    def forward(
+        self, skip: torch.Tensor, skip_coarse: torch.Tensor, coarse: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        alpha = self.gate.coefficients(skip, skip_coarse, coarse)
+        z = self.up(coarse) + alpha * self.proj(skip) + self.bias.view(self.bias_shape)
+        return self.head(self.act(z)), alpha
+
+
 class AttentionResUNet(nn.Module):
     """Residual U-Net with attention-gated skips, deep supervision and a lesion-presence head.
 
@@ -179,12 +246,16 @@ class AttentionResUNet(nn.Module):
             encoder scale is one convolution; every decoder scale but the finest (see
             ``finest_decoder``) one residual unit of one convolution.
         kernel_size: convolution kernel size.
-        finest_decoder: what follows ``upsampled + gated skip`` at full resolution. ``"light"``
-            (default): the activation only; full-resolution detail comes from the encoder's
-            full-resolution convolution (through the gate) and the position-specific kernel = stride
-            upsampler. ``"pointwise"``: a residual unit of one 1x1 convolution. ``"conv"``: a residual
-            unit of one ``kernel_size`` convolution, the single most expensive layer of the network
-            (7 of ~16 forward GFLOP at 64^3; about 1.5x the step time) for sharper boundaries.
+        finest_decoder: the full-resolution decoder scale. ``"narrow"`` (default): upsampled + gated
+            skip fused in ``fuse_channels`` channels, activation, 1x1 head (``_NarrowOutputLevel``);
+            full-resolution detail comes from the encoder's full-resolution convolution (through the
+            gate) and the position-specific kernel = stride upsampler. ``"pointwise"``: the sum in
+            ``channels[0]`` channels, a residual unit of one 1x1 convolution, the head. ``"conv"``:
+            the same with a ``kernel_size`` convolution, the single most expensive layer of the
+            network (7 of ~16 forward GFLOP at 64^3; about 1.5x the step time) for sharper
+            boundaries. (A purely linear finest scale, the head folded into the upsampler, was
+            tried: 0.6 s per step but demo Dice 0.46 against 0.73.)
+        fuse_channels: width of the ``"narrow"`` full-resolution fusion.
         norm: MONAI norm name/tuple (``"instance"``, ``"batch"``, ``("group", {"num_groups": 8})``).
         act: MONAI activation name/tuple. Default LeakyReLU(0.01) (as nnU-Net): ``"PRELU"`` works too
             but its backward pass costs about 0.2 s per full-resolution layer at 2 x 16 x 64^3 on 2 cores.
@@ -210,7 +281,8 @@ class AttentionResUNet(nn.Module):
         strides: Sequence[int | Sequence[int]] = (2, 2, 2),
         num_res_units: int = 2,
         kernel_size: int = 3,
-        finest_decoder: str = "light",
+        finest_decoder: str = "narrow",
+        fuse_channels: int = 8,
         norm: tuple | str = "instance",
         act: tuple | str = ("leakyrelu", {"negative_slope": 0.01}),
         dropout: float = 0.0,
@@ -277,30 +349,28 @@ class AttentionResUNet(nn.Module):
             )
             encoder.append(_EncoderLevel(down, res))
         self.encoder = nn.ModuleList(encoder)
-        if finest_decoder not in ("light", "pointwise", "conv"):
-            raise ValueError(f"finest_decoder must be 'light', 'pointwise' or 'conv', got {finest_decoder!r}")
-        fuses: list[nn.Module] = []
+        if finest_decoder not in ("narrow", "pointwise", "conv"):
+            raise ValueError(f"finest_decoder must be 'narrow', 'pointwise' or 'conv', got {finest_decoder!r}")
+        if finest_decoder == "narrow" and fuse_channels < 1:
+            raise ValueError(f"fuse_channels must be >= 1, got {fuse_channels}")
+        self.finest_decoder = finest_decoder
+        levels: list[nn.Module] = []
         for i in range(n_dec):
-            if i == 0 and finest_decoder == "light":
-                fuses.append(get_act_layer(act))
-            else:
-                k = 1 if i == 0 and finest_decoder == "pointwise" else kernel_size
-                fuses.append(
-                    ResidualUnit(spatial_dims, channels[i], channels[i], strides=1, subunits=1, **dict(common, kernel_size=k))
-                )
+            if i == 0 and finest_decoder == "narrow":
+                levels.append(_NarrowOutputLevel(spatial_dims, channels[0], channels[1], self.strides[0], out_channels,
+                                                 fuse_channels, act))
+                continue
+            k = 1 if i == 0 and finest_decoder == "pointwise" else kernel_size
+            fuse = ResidualUnit(
+                spatial_dims, channels[i], channels[i], strides=1, subunits=1, **dict(common, kernel_size=k)
+            )
+            levels.append(_DecoderLevel(spatial_dims, channels[i], channels[i + 1], self.strides[i], fuse))
         # decoder[j] produces scale n_dec - 1 - j: coarsest first, so iteration order is the data order.
-        self.decoder = nn.ModuleList(
-            [
-                _DecoderLevel(spatial_dims, channels[i], channels[i + 1], self.strides[i], fuses[i])
-                for i in reversed(range(n_dec))
-            ]
-        )
-        conv = Conv[Conv.CONV, spatial_dims]
-        self.head = conv(channels[0], out_channels, kernel_size=1)
+        # With the "narrow" finest decoder the last level's output is already the logits.
+        self.decoder = nn.ModuleList(levels[::-1])
+        self.head = nn.Identity() if finest_decoder == "narrow" else Pointwise(channels[0], out_channels)
         # deep_heads[k - 1] reads decoder scale k (k = 1 is the second finest).
-        self.deep_heads = nn.ModuleList(
-            [conv(channels[k], out_channels, kernel_size=1) for k in range(1, self.n_deep + 1)]
-        )
+        self.deep_heads = nn.ModuleList([Pointwise(channels[k], out_channels) for k in range(1, self.n_deep + 1)])
         # Average and max pooling: a 1 mm lesion occupies a tiny fraction of the bottleneck, the max keeps it.
         self.presence = nn.Linear(2 * channels[-1], 1) if presence_head else None
 

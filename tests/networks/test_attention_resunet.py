@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dfseg.networks import AttentionResUNet
-from dfseg.networks.attention_resunet import SubpixelUp
+from dfseg.networks.attention_resunet import Pointwise, SubpixelUp, _NarrowOutputLevel
 
 TINY = dict(channels=(4, 8, 16), strides=(2, 2))
 
@@ -95,6 +95,35 @@ def test_subpixel_up_equals_transposed_convolution():
 
 
 @pytest.mark.parametrize("dims", [2, 3])
+def test_pointwise_equals_1x1_convolution(dims):
+    torch.manual_seed(2)
+    pw = Pointwise(5, 3)
+    conv = (torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d)(5, 3, kernel_size=1)
+    conv.weight.data = pw.weight.data.reshape(3, 5, *([1] * dims)).clone()
+    conv.bias.data = pw.bias.data.clone()
+    x = torch.randn(2, 5, *([6] * dims))
+    torch.testing.assert_close(pw(x), conv(x))
+    # Same default initialisation bounds as nn.Conv: |w| <= 1/sqrt(fan_in) * sqrt(6 / (1 + 5)) = 1/sqrt(5).
+    assert float(Pointwise(5, 400).weight.abs().max()) <= 5**-0.5 + 1e-7
+
+
+def test_narrow_output_level_generalises_the_classic_decoder_level():
+    """With proj = identity and fuse_channels = skip channels it is head(act(up(coarse) + alpha * skip) + b)."""
+    torch.manual_seed(3)
+    level = _NarrowOutputLevel(3, skip_channels=6, coarse_channels=8, stride=(2, 2, 2), out_channels=2,
+                               fuse_channels=6, act="relu")
+    level.proj.weight.data = torch.eye(6)
+    skip, coarse, skip_coarse = torch.randn(2, 6, 8, 8, 8), torch.randn(2, 8, 4, 4, 4), torch.randn(2, 8, 4, 4, 4)
+    logits, alpha = level(skip, skip_coarse, coarse)
+    classic = level.head(torch.relu(level.up(coarse) + alpha * skip + level.bias.view(1, 6, 1, 1, 1)))
+    torch.testing.assert_close(logits, classic)
+    assert alpha.shape == (2, 1, 8, 8, 8) and logits.shape == (2, 2, 8, 8, 8)
+    # the default network's full-resolution decoder tensors are fuse_channels (8) wide, not channels[0]
+    net = AttentionResUNet(3, 2, 1, channels=(16, 32, 64), strides=(2, 2))
+    assert net.decoder[-1].up.conv.weight.shape == (8 * 8, 32) and net.decoder[-1].proj.weight.shape == (8, 16)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
 def test_torchscript_round_trip_identical(dims):
     net = _net(dims, deep_supervision=True, presence_head=True).eval()
     scripted = torch.jit.script(net)
@@ -136,7 +165,9 @@ def test_bad_configuration_refused():
     with pytest.raises(ValueError, match="strides"):
         AttentionResUNet(3, 1, 1, channels=(4, 8, 16), strides=(2,))
     with pytest.raises(ValueError, match="finest_decoder"):
-        AttentionResUNet(3, 1, 1, finest_decoder="heavy")
+        AttentionResUNet(3, 1, 1, finest_decoder="light")
+    with pytest.raises(ValueError, match="fuse_channels"):
+        AttentionResUNet(3, 1, 1, fuse_channels=0)
     with pytest.raises(ValueError, match=r"expects input \(B, C, X, Y, Z\)"):
         AttentionResUNet(3, 1, 1, **TINY)(torch.randn(1, 1, 16, 16))
 
