@@ -44,9 +44,9 @@ QUICK = DemoConfig(subjects=12, size=48, voxel_mm=0.5, n_angles=72, folds=3, max
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/demo-<timestamp>)")
-    parser.add_argument("--quick", action="store_true", help="a smaller cohort and a short training (about 3 min on CPU)")
-    parser.add_argument("--subjects", type=int, help="number of simulated mice (default 40, quick 12)")
-    parser.add_argument("--max-epochs", type=int, help="training epochs (default 40, quick 3)")
+    parser.add_argument("--quick", action="store_true", help="a smaller cohort and a short training (about 1 min on CPU)")
+    parser.add_argument("--subjects", type=int, help=f"number of simulated mice (default {DEFAULT.subjects}, quick {QUICK.subjects})")
+    parser.add_argument("--max-epochs", type=int, help=f"training epochs (default {DEFAULT.max_epochs}, quick {QUICK.max_epochs})")
     parser.add_argument("--seed", type=int, default=0, help="seed for simulation, folds and training (default 0)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train (default: CUDA if present)")
     parser.add_argument("--workers", type=int, default=2, help="simulation worker processes (default 2)")

@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="projection: full chain from proj_T/proj_D; volume: first-order chain on attn/df")
     parser.add_argument("--aluminium-weight", type=float, default=0.0,
                         help="mixing weight of the aluminium beam-hardening curve (0 = water only)")
+    parser.add_argument("--bone-correction", action="store_true",
+                        help="projection domain: two-pass bone beam-hardening correction (per-ray water/bone "
+                             "decomposition of a first reconstruction; see dfseg.transforms.beam_hardening)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     parser.add_argument("--workers", type=int, default=1,
                         help="scans processed in parallel threads (torch releases the GIL)")
@@ -252,11 +255,16 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(args.output, f"output must not be inside or contain the input cohort {cohort}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise OutputExistsError(args.output, "exists and is not empty; pass --overwrite to replace it")
+    if args.bone_correction and args.domain != "projection":
+        raise InputError("--bone-correction", "needs --domain projection (it reconstructs and re-projects the scan)")
+    if args.bone_correction and args.aluminium_weight:
+        raise InputError("--bone-correction", "give either --bone-correction or --aluminium-weight, not both")
     manifest = _validate(manifest_path, args.domain)
     cal = load_calibration(args.calibration)
     chains = {
         "calibration": cal, "calibration_path": args.calibration,
-        "projection": projection_chain(cal, aluminium_weight=args.aluminium_weight),
+        "projection": projection_chain(cal, aluminium_weight=args.aluminium_weight,
+                                       bone_correction=args.bone_correction),
         "volume": volume_chain(cal, aluminium_weight=args.aluminium_weight),
     }
     jobs = [(split, i, e) for split in SPLITS for i, e in enumerate(manifest.get(split) or [])]

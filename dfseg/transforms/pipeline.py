@@ -41,13 +41,16 @@ def _tail(calibration: dict, decompose: bool, modality: str | None, meta_key: st
 
 
 def projection_chain(calibration: Mapping | str | os.PathLike, *, aluminium_weight: float = 0.0,
-                     linearise: bool = False, drift_degree: int | None = None, decompose: bool = True,
+                     bone_correction: bool = False, linearise: bool = False, drift_degree: int | None = None, decompose: bool = True,
                      modality: str | None = None, filter_name: str = "ramp", meta_key: str = "meta") -> Compose:
     """Raw projections to corrected (decomposed) volumes.
 
     Args:
         calibration: calibration dictionary or path.
         aluminium_weight: mixing weight of the aluminium beam-hardening curve (0 = water).
+        bone_correction: two-pass bone beam-hardening correction instead of one mixing weight
+            (:class:`dfseg.transforms.BeamHardeningCorrectiond`; needs ``voxel_mm``, ``kvp`` and
+            ``visibility`` in the sidecar).
         linearise: water-linearise the attenuation before reconstruction.
         drift_degree: if given, fit the gain as a smooth polynomial over the angle index
             (:class:`DetectorDriftCorrection`) instead of dividing every projection by its own air
@@ -64,7 +67,7 @@ def projection_chain(calibration: Mapping | str | os.PathLike, *, aluminium_weig
         gain,
         NegativeLogd(("proj_T", "proj_D")),
         BeamHardeningCorrectiond("proj_D", cal, attn_key="proj_T", aluminium_weight=aluminium_weight,
-                                 linearise=linearise),
+                                 bone_correction=bone_correction, linearise=linearise, meta_key=meta_key),
         FBPReconstructiond(("proj_T", "proj_D"), ("attn", "df"), average_keys="proj_T", filter_name=filter_name,
                            meta_key=meta_key),
         *_tail(cal, decompose, modality, meta_key),

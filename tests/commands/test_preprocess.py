@@ -52,11 +52,14 @@ def cohort(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("domain", ["projection", "volume"])
+@pytest.mark.parametrize("domain", ["projection", "volume", "projection+bone"])
 def test_preprocess_writes_cohort(cohort, domain, tmp_path):
     out = tmp_path / f"pre_{domain}"
     args = ["preprocess", str(cohort / "cohort" / "manifest.json"), "-o", str(out),
-            "--calibration", str(cohort / "calibration.json"), "--domain", domain]
+            "--calibration", str(cohort / "calibration.json"), "--domain", domain.split("+")[0]]
+    if domain.endswith("+bone"):
+        args.append("--bone-correction")
+        domain = "projection"
     assert main(args) == 0
     new = json.loads((out / "manifest.json").read_text())
     old = json.loads((cohort / "cohort" / "manifest.json").read_text())
@@ -78,6 +81,9 @@ def test_preprocess_refusals(cohort, tmp_path, capsys):
     base = ["preprocess", str(cohort / "cohort" / "manifest.json"), "--calibration", str(cohort / "calibration.json")]
     assert main(base + ["-o", str(cohort / "cohort" / "out")]) == 1
     assert "input cohort" in capsys.readouterr().err
+    assert main(base + ["-o", str(tmp_path / "v"), "--domain", "volume", "--bone-correction"]) == 1
+    assert "--bone-correction: needs --domain projection" in capsys.readouterr().err
+    assert not (tmp_path / "v").exists()
     bad_cal = json.loads((cohort / "calibration.json").read_text())
     del bad_cal["energy_exponent"]["n"]
     (tmp_path / "bad.json").write_text(json.dumps(bad_cal))

@@ -190,7 +190,13 @@ def test_ray_effective_energy_matches_direct_computation():
 def subject_scan(tmp_path_factory):
     """A simulated mouse (anatomy of the cohort simulator) scanned with its lung scattering switched
     off, so that every dark-field signal in it is spurious; one grating orientation, with noise."""
-    from dfseg.physics import VisibilitySpectrum, mu, phase_stepping_measurement, polychromatic_signals, tube_spectrum
+    from dfseg.physics import (
+        VisibilitySpectrum,
+        mu,
+        phase_stepping_measurement,
+        polychromatic_signals,
+        tube_spectrum,
+    )
     from dfseg.simulate.anatomy import build_anatomy
     from dfseg.tomo import project, projection_angles
 
