@@ -3,7 +3,7 @@ checkpoints, run records and prediction writers. The bundle YAML only calls thes
 
 from __future__ import annotations
 
-from dfseg.training.checkpoint import BestModelSaver, ResumableCheckpoint, load_checkpoint
+from dfseg.training.checkpoint import BestModelSaver, CheckpointLoader, ResumableCheckpoint, load_checkpoint
 from dfseg.training.data import (
     EpochSampler,
     SeededCacheDataset,
@@ -35,6 +35,6 @@ __all__ = [
     "MODALITY_CHANNELS", "BestModelSaver", "EpochSampler", "MetricsWriter", "NullSummaryWriter", "PresenceScored",
     "ProbabilityWriter", "ResumableCheckpoint", "RunInfoWriter", "SeededCacheDataset", "datalist",
     "derive_seed", "eval_postprocessing", "eval_transforms", "in_channels", "is_preprocessed",
-    "load_checkpoint", "resolve", "run_info", "summary_writer", "train_transforms", "at_least_as_good",
+    "CheckpointLoader", "load_checkpoint", "resolve", "run_info", "summary_writer", "train_transforms", "at_least_as_good",
     "require_valid_manifest",
 ]

@@ -21,14 +21,16 @@ import random
 from pathlib import Path
 from typing import Any
 
+import monai.handlers
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from dfseg.errors import InputError
 from dfseg.io import atomic_path
 from dfseg.training.data import EpochSampler, torch_seed_for_iteration
 
-__all__ = ["BestModelSaver", "ResumableCheckpoint", "get_rng_state", "load_checkpoint", "set_rng_state"]
+__all__ = ["BestModelSaver", "CheckpointLoader", "ResumableCheckpoint", "get_rng_state", "load_checkpoint", "set_rng_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +68,34 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _unreadable(path: str | os.PathLike, err: BaseException) -> InputError:
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return InputError(path, f"not a readable weights-only checkpoint ({type(err).__name__}: {first[:160]}); "
+                            "dfseg never unpickles arbitrary objects")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never pickled objects."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never pickled objects.
+
+    Raises:
+        InputError: naming ``path``, when the file is missing, truncated, not a checkpoint, or holds
+            objects that a weights-only load refuses.
+    """
+    if not Path(path).is_file():
+        raise InputError(path, "checkpoint file not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - UnpicklingError, truncated zip, not a checkpoint: all one line
+        raise _unreadable(path, err) from None
+
+
+class CheckpointLoader(monai.handlers.CheckpointLoader):
+    """MONAI ``CheckpointLoader`` whose unreadable or refused checkpoint is a one-line ``InputError``
+    naming the file (MONAI raises the raw ``UnpicklingError`` with a multi-line explanation)."""
+
+    def __call__(self, engine: Any) -> None:
+        load_checkpoint(self.load_path, self.map_location)  # readable and weights-only, else one line
+        super().__call__(engine)
 
 
 def _state(obj: Any) -> Any:

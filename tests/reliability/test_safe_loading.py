@@ -111,13 +111,20 @@ def malicious(tmp_path) -> tuple[Path, Path]:
     return ckpt, marker
 
 
-def test_dfseg_checkpoint_loader_refuses_pickled_code(malicious):
+def test_dfseg_checkpoint_loader_refuses_pickled_code(malicious, tmp_path):
+    from dfseg.errors import InputError
     from dfseg.training.checkpoint import load_checkpoint
 
     ckpt, marker = malicious
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    with pytest.raises(InputError, match=r"model\.pt: not a readable weights-only checkpoint \(UnpicklingError: Weights only load failed") as err:
         load_checkpoint(ckpt)
+    assert "\n" not in str(err.value)
     assert not marker.exists()
+    (tmp_path / "cut.pt").write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(InputError, match=r"cut\.pt: not a readable weights-only checkpoint"):
+        load_checkpoint(tmp_path / "cut.pt")
+    with pytest.raises(InputError, match=r"none\.pt: checkpoint file not found"):
+        load_checkpoint(tmp_path / "none.pt")
 
 
 def test_monai_checkpoint_loader_used_by_bundles_refuses_pickled_code(malicious):
@@ -130,6 +137,22 @@ def test_monai_checkpoint_loader_used_by_bundles_refuses_pickled_code(malicious)
     with pytest.raises(pickle.UnpicklingError):
         loader(Engine(lambda e, b: None))
     assert not marker.exists()
+
+
+def test_bundle_checkpoint_loader_gives_one_line_error(malicious):
+    """The bundles' loader (dfseg.training.CheckpointLoader) names the file in one line, payload not run."""
+    from ignite.engine import Engine
+
+    from dfseg.errors import InputError
+    from dfseg.training import CheckpointLoader
+
+    ckpt, marker = malicious
+    loader = CheckpointLoader(load_path=str(ckpt), load_dict={"network": torch.nn.Linear(2, 1)}, map_location="cpu")
+    with pytest.raises(InputError, match="model.pt: not a readable weights-only checkpoint") as err:
+        loader(Engine(lambda e, b: None))
+    assert "\n" not in str(err.value) and not marker.exists()
+    for cfg in sorted((REPO / "bundles").rglob("*.yaml")):
+        assert "_target_: CheckpointLoader" not in cfg.read_text(), cfg
 
 
 def test_plain_weights_still_load(tmp_path):
