@@ -6,9 +6,11 @@ Learning where to look for the pancreas") whose gating signal ``g`` is the decod
 next coarser scale. Unlike MONAI's ``AttentionUnet``, the gate is evaluated at the coarse
 resolution (the skip ``x`` is brought there by a strided ``stride x stride`` convolution, as in the
 paper) and only the one-channel coefficient map ``alpha`` is interpolated back to the skip
-resolution; intermediate channels are half the skip channels. This keeps the gates cheap: on
-2 CPU cores a training step costs about a third of MONAI ``AttentionUnet``'s (see
-``bench/networks.py``).
+resolution; intermediate channels are half the skip channels. This keeps the gates cheap. With
+1x1 convolutions as einsum (:class:`Pointwise`) and the full-resolution decoder fused in 8 channels
+(:class:`_NarrowOutputLevel`), a training step (batch 2, 4 channels, 64^3, channels 16-32-64-128)
+takes 0.63 s on 2 CPU cores against 2.14 s for MONAI ``AttentionUnet`` (ratio 0.30) and 0.27 s for
+MONAI's residual ``UNet`` (``bench/networks.py``).
 
 ``forward`` is TorchScript-scriptable and returns
 
