@@ -13,6 +13,7 @@ from dfseg.transforms.beam_hardening import (
     BeamHardeningCorrection,
     BeamHardeningCorrectiond,
     WaterBoneDecomposition,
+    ray_darkfield_factor,
     ray_effective_energy,
     water_bone_mu,
 )
@@ -184,6 +185,13 @@ def test_ray_effective_energy_matches_direct_computation():
     assert got.shape == (1, 4)
     np.testing.assert_allclose(got[0].numpy(), want, rtol=2e-3)
     assert float(got[0, 0]) < float(got[0, 1]) < float(got[0, 2])  # harder behind more material
+    # dark-field factor: M_ref / M_ray, M = sum w T E^-n / sum w T (first order in DF)
+    w = spec.weights * VisibilitySpectrum(**VIS)(e)
+    m_ray = (trans * w) @ e**-2.5 / (trans * w).sum(-1)
+    m_ref = np.sum(w * np.exp(-3.0 * mu("water", e)) * e**-2.5) / np.sum(w * np.exp(-3.0 * mu("water", e)))
+    factor = ray_darkfield_factor(paths, 70.0, {"Al": 1.0}, VIS, 2.5, water_mm=3.0)
+    np.testing.assert_allclose(factor[0].numpy(), m_ref / m_ray, rtol=2e-3)
+    assert float(factor[0, 0]) < 1.0 < float(factor[0, 2])  # softer than 3 mm water: < 1; harder: > 1
 
 
 @pytest.fixture(scope="module")
@@ -248,6 +256,30 @@ def test_spine_spurious_darkfield_below_noise_on_simulated_subject(subject_scan)
     assert spine_eps["none"] > 3 * noise and spine_eps["water"] > noise
     assert abs(spine_eps["two-pass"]) < noise and abs(spine_eps["two-pass+energy"]) < noise
     assert abs(body_eps["two-pass+energy"]) < noise / 2
+
+
+def test_two_pass_dict_keeps_type_numpy_and_torch_agree(subject_scan):
+    s = subject_scan
+    t, d = s["clean"]
+    data = {"proj_T": -np.log(t).astype(np.float32), "proj_D": -np.log(d).astype(np.float32), "meta": s["meta"]}
+    op = BeamHardeningCorrectiond("proj_D", s["cal"], bone_correction=True)
+    out_np = op(data)["proj_D"]
+    out_t = op({**data, "proj_T": torch.as_tensor(data["proj_T"]), "proj_D": torch.as_tensor(data["proj_D"])})["proj_D"]
+    assert isinstance(out_np, np.ndarray) and isinstance(out_t, torch.Tensor) and out_t.dtype == torch.float32
+    np.testing.assert_allclose(out_t.numpy(), out_np, atol=1e-6)
+    assert out_np.shape == data["proj_D"].shape
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_two_pass_on_cuda_matches_cpu(subject_scan):
+    s = subject_scan
+    t, d = s["clean"]
+    data = {"proj_T": torch.as_tensor(-np.log(t)), "proj_D": torch.as_tensor(-np.log(d)), "meta": s["meta"]}
+    op = BeamHardeningCorrectiond("proj_D", s["cal"], bone_correction=True)
+    cpu = op(data)["proj_D"]
+    gpu = op({**data, "proj_T": data["proj_T"].cuda(), "proj_D": data["proj_D"].cuda()})["proj_D"]
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-5)
 
 
 def test_bone_correction_options_and_errors(cal, subject_scan):
