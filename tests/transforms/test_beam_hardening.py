@@ -21,6 +21,14 @@ from dfseg.transforms.beam_hardening import (
 VIS = {"v_max": 0.3, "design_energy_kev": 28.0, "width_kev": 8.0, "floor_fraction": 0.15}
 
 
+def _body_with_bone_rod(n: int, px: float, rod_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """A 16 mm soft-tissue disc (n^2 pixels of px mm) and a bone rod of radius rod_mm 4 mm off centre."""
+    x = (np.arange(n) - (n - 1) / 2) * px
+    xx, yy = np.meshgrid(x, x, indexing="ij")
+    rod = (xx**2 + (yy + 4) ** 2 < rod_mm**2).astype(float)
+    return (xx**2 + yy**2 < 8**2).astype(float) - rod, rod
+
+
 @pytest.fixture(scope="module")
 def cal(tmp_path_factory):
     root = tmp_path_factory.mktemp("ph")
@@ -87,10 +95,7 @@ def test_spine_spurious_darkfield_below_noise(cal):
     from dfseg.tomo import fbp, project, projection_angles
 
     n, px = 32, 0.6
-    x = (np.arange(n) - (n - 1) / 2) * px
-    xx, yy = np.meshgrid(x, x, indexing="ij")
-    spine = (xx**2 + (yy + 4) ** 2 < 1.5**2).astype(float)
-    soft = (xx**2 + yy**2 < 8**2).astype(float) - spine
+    soft, spine = _body_with_bone_rod(n, px, 1.5)
     ang = projection_angles(60)
     spec, vis = tube_spectrum(70.0), VisibilitySpectrum(**VIS)
     e = spec.energies_kev
@@ -145,10 +150,7 @@ def test_water_bone_decomposition_recovers_paths(cal):
     from dfseg.tomo import project, projection_angles
 
     n, px = 48, 0.4
-    x = (np.arange(n) - (n - 1) / 2) * px
-    xx, yy = np.meshgrid(x, x, indexing="ij")
-    rod = (xx**2 + (yy + 4) ** 2 < 1.6**2).astype(float)
-    soft = (xx**2 + yy**2 < 8**2).astype(float) - rod
+    soft, rod = _body_with_bone_rod(n, px, 1.6)
     ang = projection_angles(90)
     spec = tube_spectrum(70.0)
     e = spec.energies_kev
