@@ -41,6 +41,10 @@ def test_raw_cohort_requires_calibration(tmp_path):
     # channel-wise z-scored over the volume
     assert np.allclose(item["image"].mean(dim=(1, 2, 3)).numpy(), 0, atol=1e-4)
     assert np.allclose(item["image"].std(dim=(1, 2, 3)).numpy(), 1, atol=1e-2)
+    # one fibre direction everywhere: amp cos 2t and amp sin 2t both follow the amplitude
+    amp, cos2t, sin2t = (item["image"][c].flatten().numpy() for c in (2, 3, 4))
+    assert np.corrcoef(cos2t, sin2t)[0, 1] > 0.99
+    assert np.corrcoef(amp, sin2t)[0, 1] > 0.99
 
 
 @pytest.mark.slow

@@ -44,7 +44,8 @@ def make_cohort(root: Path, n_subjects: int = 8, *, seed: int = 0, num_folds: in
             amp = 0.2 * c0
             df = np.stack([c0, amp, amp / np.maximum(c0, 1e-6), amp * 0.6, amp * 0.8], -1)
         else:
-            df = np.stack([c0 * (1 + 0.1 * np.cos(2 * np.deg2rad(w))) for w in (0, 45, 90, 135)], -1)
+            # fibres at 30 deg, so both orientation channels (amp cos 2t, amp sin 2t) carry signal
+            df = np.stack([c0 * (1 + 0.1 * np.cos(2 * np.deg2rad(w - 30))) for w in (0, 45, 90, 135)], -1)
         save_nifti(folder / "attn.nii.gz", attn.astype(np.float32), VOXEL_MM)
         save_nifti(folder / "df.nii.gz", df.astype(np.float32), VOXEL_MM)
         save_nifti(folder / "label.nii.gz", label.astype(np.uint8), VOXEL_MM)
