@@ -66,6 +66,10 @@ def air_gain(img: NdarrayOrTensor, air_columns: int) -> torch.Tensor:
 
     Returns:
         gain ``(N, A)``, float tensor on the input's device.
+
+    Raises:
+        InputError: not a 4-D stack, ``air_columns`` out of range, or the air columns hold a
+            non-finite value or average to a non-positive transmission (nothing to divide by).
     """
     t = _as_float_tensor(img)
     _check_stack(t, "proj_T")
@@ -74,7 +78,12 @@ def air_gain(img: NdarrayOrTensor, air_columns: int) -> torch.Tensor:
         raise InputError("air_columns", f"must be in 1..{u // 2} for {u} detector columns, got {air_columns}")
     a = int(air_columns)
     air = torch.cat([t[:, :, :a], t[:, :, u - a:]], dim=2)
-    return air.mean(dim=(2, 3))
+    if not bool(torch.isfinite(air).all()):
+        raise InputError("proj_T", "the air columns hold NaN or infinite transmission")
+    gain = air.mean(dim=(2, 3))
+    if not bool((gain > 0).all()):
+        raise InputError("proj_T", "the air columns' mean transmission is not positive in some projection")
+    return gain
 
 
 class FluxNormalization(Transform):

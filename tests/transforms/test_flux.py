@@ -98,6 +98,21 @@ def test_dict_reads_air_columns_and_missing_meta_is_named():
     assert FluxNormalizationD(keys="x", allow_missing_keys=True)({"proj_T": t}) == {"proj_T": t}
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 0.0, -1.0])
+@pytest.mark.parametrize("make", [FluxNormalization, DetectorDriftCorrection])
+def test_bad_air_region_is_a_one_line_error(make, bad):
+    """NaN/inf in the air columns, or an air mean <= 0, is refused before any division or fit."""
+    t = np.ones((1, 5, 8, 2))
+    if bad in (0.0, -1.0):
+        t[0, 2, :2] = bad
+        t[0, 2, -2:] = bad
+    else:
+        t[0, 2, 0, 0] = bad
+    for x in (t, torch.as_tensor(t)):
+        with pytest.raises(InputError, match="proj_T.*air columns"):
+            make(2)(x)
+
+
 @pytest.mark.parametrize("as_torch", [False, True])
 def test_reference_normalization(as_torch):
     vol = np.full((2, 8, 8, 8), 3.0)
