@@ -183,6 +183,8 @@ class ReferenceNormalization(Transform):
         count = m.sum(dim=dims, keepdim=True)
         if bool((count == 0).any()):
             raise InputError("ReferenceNormalization", "reference region is empty")
+        if not bool(torch.isfinite(t[m]).all()):
+            raise InputError("ReferenceNormalization", "reference region holds NaN or infinite values")
         ref = torch.where(m, t, torch.zeros_like(t)).sum(dim=dims, keepdim=True) / count
         if bool((ref == 0).any()):
             raise InputError("ReferenceNormalization", "reference region mean is 0")

@@ -130,3 +130,10 @@ def test_reference_normalization(as_torch):
     np.testing.assert_allclose(np.asarray(d["df"])[:, 7, 7, 7], 0.5)
     with pytest.raises(InputError, match="empty"):
         ReferenceNormalization()(vol, np.zeros((8, 8, 8), bool))
+    bad = vol.copy()
+    bad[0, 1, 1, 1] = np.nan
+    with pytest.raises(InputError, match="NaN or infinite"):
+        ReferenceNormalization((slice(0, 2), slice(0, 2), slice(0, 2)))(torch.as_tensor(bad) if as_torch else bad)
+    bad[0, 1, 1, 1] = 3.0
+    bad[1, 5, 5, 5] = np.inf  # outside the reference region: normalised like any other voxel
+    assert np.isinf(np.asarray(ReferenceNormalization((slice(0, 2),) * 3)(bad))[1, 5, 5, 5])
