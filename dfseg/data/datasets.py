@@ -1,8 +1,10 @@
-"""Datalists for MONAI datasets: one fold's entries with absolute paths and flat metadata.
+"""Datalists for MONAI datasets: one fold's entries with absolute paths.
 
 Bundles build ``monai.data.CacheDataset(data=datalist_for_fold(...), transform=...)``; no custom
-Dataset class is needed. Nested metadata (``meta``, ``sha256``) is dropped and the sidecar fields
-the transforms need are lifted to top-level keys, so MONAI's default collation works for batches.
+Dataset class is needed. Each item names the scan's files, its ids and the manifest's copy of the
+sidecar (``meta``); the transform chain starts with :class:`dfseg.data.scan.LoadScand`, which reads
+the images and puts the acquisition metadata (``meta`` overridden by the sidecar file) in
+``d["meta"]``, and drops it before batching.
 """
 
 from __future__ import annotations
@@ -14,27 +16,16 @@ from typing import Any
 from dfseg.data.manifest import FILE_KEYS, load_manifest, split_fold
 from dfseg.errors import InputError
 
-#: Sidecar fields copied to top-level datalist keys (same name) when the sidecar has them.
-LIFTED_FIELDS: tuple[str, ...] = ("orientations_deg", "voxel_mm", "kvp", "geometry", "air_columns",
-                                  "n_angles", "phase_steps", "photons_per_pixel", "visibility")
-#: Entry fields kept as they are.
-KEPT_FIELDS: tuple[str, ...] = ("subject_id", "scan_id", "fold", "has_tumour", "variant")
+#: Entry fields kept as they are (``sha256`` is left out: the manifest validator checks hashes).
+KEPT_FIELDS: tuple[str, ...] = ("subject_id", "scan_id", "fold", "has_tumour", "variant", "meta")
 
 
 def flatten_entry(entry: Mapping[str, Any]) -> dict:
-    """One datalist item: file paths, ids, and :data:`LIFTED_FIELDS` from ``entry["meta"]``.
+    """One datalist item: the entry's file paths and :data:`KEPT_FIELDS`.
 
     Keys whose value is ``None`` are left out (MONAI's collate cannot batch ``None``).
     """
-    item: dict[str, Any] = {}
-    for key in (*FILE_KEYS, *KEPT_FIELDS):
-        if entry.get(key) is not None:
-            item[key] = entry[key]
-    meta = entry.get("meta") or {}
-    for key in LIFTED_FIELDS:
-        if meta.get(key) is not None:
-            item[key] = meta[key]
-    return item
+    return {key: entry[key] for key in (*FILE_KEYS, *KEPT_FIELDS) if entry.get(key) is not None}
 
 
 def datalist_for_fold(manifest_path: str | os.PathLike, fold: int | None, split: str = "train") -> list[dict]:
@@ -47,7 +38,7 @@ def datalist_for_fold(manifest_path: str | os.PathLike, fold: int | None, split:
         split: ``"train"``, ``"val"`` or ``"test"``.
 
     Returns:
-        A list of flat dicts (see :func:`flatten_entry`) with absolute file paths.
+        A list of items (see :func:`flatten_entry`) with absolute file paths.
     """
     manifest = load_manifest(manifest_path)
     if split == "test":

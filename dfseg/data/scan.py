@@ -36,7 +36,7 @@ __all__ = ["CHANNEL_KEYS", "IMAGE_KEYS", "META_FIELDS", "LoadScand", "as_floats"
 IMAGE_KEYS: tuple[str, ...] = ("attn", "df", "label", "lung_mask", "histology", "proj_T", "proj_D")
 #: Images stored channels-last on disk ``(..., N)`` (orientations or decomposed channels).
 CHANNEL_KEYS: tuple[str, ...] = ("df", "proj_T", "proj_D")
-#: Flat datalist fields that are acquisition metadata (see :data:`dfseg.data.datasets.LIFTED_FIELDS`).
+#: Flat fields of a hand-written datalist that are acquisition metadata (dfseg's own datalists carry ``meta``).
 META_FIELDS: tuple[str, ...] = ("orientations_deg", "voxel_mm", "kvp", "filtration", "geometry", "air_columns",
                                 "n_angles", "phase_steps", "photons_per_pixel", "visibility")
 

@@ -2,9 +2,10 @@
 
 Chain (keys ``attn``, ``df``, ``label``, ``lung_mask``)::
 
-    LoadImaged -> EnsureChannelFirstd (3D volumes get a channel; df keeps its N/5 channels first)
+    LoadScand (channel-first float32 MetaTensors with the file's affine; sidecar -> d["meta"])
       -> [raw reconstructions only] volume_chain(calibration): beam-hardening correction,
          spectrum-aware normalisation, directional decomposition (df: N orientations -> 5 channels)
+      -> drop d["meta"] (nested dicts that MONAI's collate cannot batch)
       -> [training only, 3D only, random] RandSyntheticTumourd on the whole volume (inside the lung mask)
       -> SelectModalityd(modality) -> "image" (attn 1, df 4, combined 5 channels)
       -> NormalizeIntensityd(image, channel-wise z-score over the volume)
@@ -32,10 +33,11 @@ import numpy as np
 import torch
 from monai.transforms import (
     Activationsd,
+    AsDiscreted,
     Compose,
-    EnsureChannelFirstd,
+    CopyItemsd,
+    DeleteItemsd,
     EnsureTyped,
-    LoadImaged,
     MapTransform,
     NormalizeIntensityd,
     RandCropByLabelClassesd,
@@ -46,11 +48,14 @@ from monai.transforms import (
 )
 
 from dfseg.channels import MODALITY_CHANNELS
+from dfseg.data.scan import LoadScand
 from dfseg.errors import InputError
+from dfseg.transforms.modality import SelectModalityd
+from dfseg.transforms.pipeline import volume_chain
+from dfseg.transforms.tumour import RandSyntheticTumourd
 
 __all__ = [
     "MODALITY_CHANNELS",
-    "LoadSidecard",
     "PresenceScored",
     "eval_postprocessing",
     "eval_transforms",
@@ -66,18 +71,6 @@ def in_channels(modality: str) -> int:
     if modality not in MODALITY_CHANNELS:
         raise InputError("modality", f"must be one of {', '.join(MODALITY_CHANNELS)}, got {modality!r}")
     return len(MODALITY_CHANNELS[modality])
-
-
-def _load(keys: Sequence[str]) -> list:
-    # 3D volumes (attn, label, lung_mask) get a channel axis; df is (X, Y, Z, N) on disk -> (N, X, Y, Z).
-    scalar = [k for k in keys if k != "df"]
-    out: list = [LoadImaged(keys=list(keys), image_only=True)]
-    if scalar:
-        out.append(EnsureChannelFirstd(keys=scalar, channel_dim="no_channel"))
-    if "df" in keys:
-        out.append(EnsureChannelFirstd(keys="df", channel_dim=-1))
-    out.append(EnsureTyped(keys=[k for k in keys if k in IMAGE_KEYS], dtype=torch.float32, track_meta=True))
-    return out
 
 
 class SamplingMapd(MapTransform):
@@ -99,43 +92,20 @@ class SamplingMapd(MapTransform):
         return d
 
 
-class LoadSidecard(MapTransform):
-    """Put the scan's sidecar (``d["sidecar"]``, a JSON path) under ``d["meta"]``.
+def _corrected_scan(keys: Sequence[str], preprocessed: bool, calibration: str | os.PathLike | None) -> list:
+    """Read the scan (:class:`LoadScand`), correct raw reconstructions, then drop ``d["meta"]``.
 
-    The correction transforms read kVp, filtration, visibility and grating orientations from
-    ``data["meta"]``; datalists carry only the sidecar's path and a few flattened fields (no
-    filtration), so the chain reads the file itself. Without a sidecar path the flattened fields
-    (``kvp``, ``visibility``, ``orientations_deg``, ``voxel_mm``, ...) are used.
+    The correction chain (:func:`dfseg.transforms.pipeline.volume_chain`) reads kVp, filtration,
+    visibility and orientations from ``d["meta"]``; afterwards it is dropped because MONAI's
+    collate cannot batch its nested dicts. Preprocessed scans are used as they are.
     """
-
-    def __init__(self, sidecar_key: str = "sidecar", meta_key: str = "meta") -> None:
-        super().__init__(keys=sidecar_key, allow_missing_keys=True)
-        self.sidecar_key, self.meta_key = sidecar_key, meta_key
-
-    def __call__(self, data: Any) -> Any:
-        from dfseg.io import read_json
-
-        d = dict(data)
-        path = d.get(self.sidecar_key)
-        d[self.meta_key] = dict(read_json(path)) if path else {k: v for k, v in d.items() if not hasattr(v, "shape")}
-        return d
-
-
-def _correction(preprocessed: bool, calibration: str | os.PathLike | None) -> list:
-    """The volume correction chain for raw reconstructions (nothing for preprocessed scans)."""
-    if preprocessed:
-        return []
-    if calibration in (None, "", "None"):
-        raise InputError("calibration", "the manifest's scans are raw reconstructions (not written by "
-                                        "dfseg preprocess): give --calibration calibration.json (dfseg calibrate)")
-    from monai.transforms import DeleteItemsd
-
-    from dfseg.calibration import load_calibration
-    from dfseg.transforms.pipeline import volume_chain
-
-    chain = volume_chain(load_calibration(calibration), meta_key="meta")
-    # "meta" (nested dicts of varying shape) is dropped again: MONAI's collate cannot batch it
-    return [LoadSidecard(meta_key="meta"), *chain.transforms, DeleteItemsd(keys="meta")]
+    correction: list = []
+    if not preprocessed:
+        if calibration in (None, "", "None"):
+            raise InputError("calibration", "the manifest's scans are raw reconstructions (not written by "
+                                            "dfseg preprocess): give --calibration calibration.json (dfseg calibrate)")
+        correction = list(volume_chain(calibration, meta_key="meta").transforms)
+    return [LoadScand(keys), *correction, DeleteItemsd(keys="meta")]
 
 
 def _check_dims(spatial_dims: int) -> int:
@@ -154,15 +124,11 @@ def _squeeze_z(keys: Sequence[str], spatial_dims: int) -> list:
 def _synthetic(prob: float, diameter_mm: Sequence[float]) -> list:
     if float(prob) <= 0:
         return []
-    from dfseg.transforms.tumour import RandSyntheticTumourd
-
     return [RandSyntheticTumourd(keys=("attn", "df", "label"), mask_key="lung_mask", prob=float(prob),
                                  diameter_range_mm=tuple(float(d) for d in diameter_mm))]
 
 
 def _select(modality: str) -> list:
-    from dfseg.transforms.modality import SelectModalityd
-
     in_channels(modality)
     return [
         SelectModalityd(keys=IMAGE_KEYS, modality=modality, output_key="image"),
@@ -183,7 +149,7 @@ def train_transforms(modality: str, patch_size: Sequence[int] | int, *, preproce
         patch_size: training patch in voxels (int or 3 ints); SwinUNETR needs multiples of 32.
         preprocessed: scans already corrected and decomposed by ``dfseg preprocess``.
         calibration: ``calibration.json`` for raw reconstructions.
-        num_samples: patches per volume and iteration (``RandCropByPosNegLabeld``).
+        num_samples: patches per volume and iteration (``RandCropByLabelClassesd``).
         class_ratios: relative frequency of patches centred outside the lung, in the lung
             parenchyma and on a tumour (:class:`SamplingMapd`); a class absent from a volume is skipped.
         synthetic_tumour_prob: probability of inserting a synthetic tumour (``RandSyntheticTumourd``).
@@ -200,8 +166,7 @@ def train_transforms(modality: str, patch_size: Sequence[int] | int, *, preproce
         raise InputError("patch_size", f"expected {dims} sizes for spatial_dims={dims}, got {list(patch)}")
     keys = ("attn", "df", "label", "lung_mask")
     return Compose([
-        *_load(keys),
-        *_correction(preprocessed, calibration),
+        *_corrected_scan(keys, preprocessed, calibration),
         *(_synthetic(synthetic_tumour_prob, synthetic_diameter_mm) if dims == 3 else []),
         *_select(modality),
         *_squeeze_z(("image", "label", "lung_mask"), dims),
@@ -230,8 +195,7 @@ def eval_transforms(modality: str, *, preprocessed: bool = False,
     """
     keys = ("attn", "df", "lung_mask") + (("label",) if with_label else ())
     return Compose([
-        *_load(keys),
-        *_correction(preprocessed, calibration),
+        *_corrected_scan(keys, preprocessed, calibration),
         *_select(modality),
         *_squeeze_z(("image", "lung_mask") + (("label",) if with_label else ()), spatial_dims),
     ])
@@ -267,8 +231,6 @@ class PresenceScored(MapTransform):
 
 def eval_postprocessing(threshold: float = 0.5) -> Compose:
     """Sigmoid on ``pred``, presence score, binary ``pred_bin`` for Dice."""
-    from monai.transforms import AsDiscreted, CopyItemsd
-
     return Compose([
         Activationsd(keys="pred", sigmoid=True),
         PresenceScored(),

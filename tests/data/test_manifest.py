@@ -7,6 +7,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from monai.data import DataLoader, Dataset
+from monai.transforms import Compose, DeleteItemsd
 
 from dfseg import __version__
 from dfseg.data.datasets import datalist_for_fold
@@ -20,6 +22,7 @@ from dfseg.data.manifest import (
     split_fold,
     write_manifest,
 )
+from dfseg.data.scan import LoadScand
 from dfseg.data.validate import validate_manifest
 from dfseg.errors import InputError
 from dfseg.io import sha256_file
@@ -81,8 +84,9 @@ def test_split_fold_and_datalist(cohort):
     items = datalist_for_fold(cohort, 0, "val")
     assert len(items) == len(split_fold(m, 0)[1])
     item = items[0]
-    assert item["orientations_deg"] == [0.0, 45.0, 90.0, 135.0] and item["voxel_mm"] == 0.1
-    assert Path(item["df"]).is_absolute() and "meta" not in item and "sha256" not in item
+    # the sidecar's fields stay in "meta" (LoadScand reads them there), none is copied to the top level
+    assert item["meta"]["orientations_deg"] == [0.0, 45.0, 90.0, 135.0] and item["meta"]["voxel_mm"] == 0.1
+    assert Path(item["df"]).is_absolute() and "orientations_deg" not in item and "sha256" not in item
     assert len(datalist_for_fold(cohort, None, "test")) == len(m["test"])
     assert datalist_for_fold(cohort, None, "val") == []
 
@@ -123,14 +127,9 @@ def test_example_datalist_is_valid():
 
 
 def test_datalist_batches_with_monai(cohort):
-    from monai.data import DataLoader, Dataset
-    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
-
     items = datalist_for_fold(cohort, 1, "train")
-    transform = Compose([LoadImaged(keys="attn", image_only=True),
-                         EnsureChannelFirstd(keys="attn", channel_dim="no_channel")])
+    transform = Compose([LoadScand(keys="attn"), DeleteItemsd(keys="meta")])
     batch = next(iter(DataLoader(Dataset(items, transform), batch_size=2, num_workers=0)))
-    # the flat items collate: images stack, lifted sidecar lists and ids batch element-wise
+    # once LoadScand has read the scan and "meta" is dropped, the items collate: images stack, ids batch
     assert tuple(batch["attn"].shape) == (2, 1, 8, 8, 8)
-    assert [float(v[0]) for v in batch["orientations_deg"]] == [0.0, 45.0, 90.0, 135.0]
     assert batch["scan_id"] == [items[0]["scan_id"], items[1]["scan_id"]]
