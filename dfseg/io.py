@@ -2,6 +2,8 @@
 
 Every file dfseg writes goes through :func:`atomic_write` (temporary name in the same directory,
 fsync, rename), so an interrupted run leaves the old file or the new one, never half of one.
+A directory that is written as a whole (a preprocessed cohort) goes through
+:func:`atomic_directory` the same way.
 """
 
 from __future__ import annotations
@@ -78,6 +80,38 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary directory beside ``path``; it replaces ``path`` only if the block succeeds.
+
+    The directory is hidden (``.<name>.<random>.tmp``) until the final rename, and removed with
+    everything in it when the block raises, so a failure leaves no partial output and keeps what
+    ``path`` held before.
+
+    Args:
+        path: the output directory.
+        overwrite: replace a ``path`` that already holds files (otherwise refused on entry).
+
+    Raises:
+        OutputExistsError: ``path`` exists and is not empty, without ``overwrite``.
+    """
+    refuse_non_empty(path, overwrite=overwrite)
+    out = Path(path).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        if out.is_dir():
+            shutil.rmtree(out)
+        elif out.exists():
+            out.unlink()
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(tmp)
+        raise
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
@@ -115,14 +149,15 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def save_nifti(path: str | os.PathLike, array: np.ndarray, voxel_mm: float | tuple[float, ...],
+def save_nifti(path: str | os.PathLike, array: np.ndarray, grid: float | tuple[float, ...] | np.ndarray,
                dtype: np.dtype | type | None = None) -> None:
-    """Write a 3D/4D array as NIfTI with ``diag(voxel_mm)`` affine (spacing in mm), atomically.
+    """Write a 3D/4D array as NIfTI, atomically and byte-reproducibly.
 
     Args:
         path: output ``.nii.gz`` path.
         array: (X, Y, Z) or (X, Y, Z, C) array; channels last on disk, as NIfTI expects.
-        voxel_mm: isotropic voxel size or per-axis sizes, in mm.
+        grid: the image's 4x4 affine (RAS, mm), or an isotropic voxel size or per-axis sizes in mm
+            (affine ``diag(voxel_mm, 1)``).
         dtype: on-disk dtype (default: float32 for floats, uint8 for bool).
     """
     import nibabel as nib
@@ -130,14 +165,21 @@ def save_nifti(path: str | os.PathLike, array: np.ndarray, voxel_mm: float | tup
     array = np.asarray(array)
     if dtype is None:
         dtype = np.uint8 if array.dtype == bool else (np.float32 if array.dtype.kind == "f" else array.dtype)
-    spacing = np.broadcast_to(np.asarray(voxel_mm, dtype=float), (3,)) if np.ndim(voxel_mm) == 0 else np.asarray(voxel_mm, float)[:3]
-    affine = np.diag([*spacing, 1.0])
-    img = nib.Nifti1Image(array.astype(dtype), affine)
+    img = nib.Nifti1Image(array.astype(dtype), _affine(grid))
     img.header.set_xyzt_units("mm")
     # gzip without a timestamp in the header, so the same array gives byte-identical files.
     with atomic_write(path, "wb") as fh:
         with gzip.GzipFile(fileobj=fh, mode="wb", mtime=0, compresslevel=6) as gz:
             gz.write(img.to_bytes())
+
+
+def _affine(grid: float | tuple[float, ...] | np.ndarray) -> np.ndarray:
+    """A 4x4 affine from an affine (passed through) or voxel size(s) in mm (diagonal)."""
+    values = np.asarray(grid, dtype=float)
+    if values.shape == (4, 4):
+        return values
+    spacing = np.broadcast_to(values, (3,)) if values.ndim == 0 else values[:3]
+    return np.diag([*spacing, 1.0])
 
 
 def load_nifti(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -240,6 +282,14 @@ def prepare_output_dir(path: str | os.PathLike, *, overwrite: bool = False, resu
         elif not resume:
             raise OutputExistsError(path, "directory is not empty; pass --overwrite to replace it or --resume to continue")
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def refuse_non_empty(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Refuse an output directory that already holds files (or is a file) unless ``overwrite``."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+        raise OutputExistsError(path, "exists and is not empty; pass --overwrite to replace it")
     return path
 
 

@@ -3,7 +3,8 @@
 :func:`validate_manifest` reports every problem it finds (it never stops at the first), each as a
 :class:`Problem` whose ``str`` is one line ``<file or manifest.json:training[3].fold>: <message>``.
 Image headers are read before any voxel data, so a corrupt file or one whose header declares a huge
-volume is reported without allocating it.
+volume is reported without allocating it. :func:`require_valid_manifest` is the gate a stage passes
+before it writes anything: it raises on the first problem and returns the loaded manifest.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from dfseg.channels import DF_CHANNELS
-from dfseg.data.manifest import FILE_KEYS, SPLITS, schema_errors
+from dfseg.data.manifest import FILE_KEYS, SPLITS, load_manifest, schema_errors
+from dfseg.data.scan import scan_meta
 from dfseg.errors import InputError
 from dfseg.io import MAX_VOXELS, load_nifti, read_json, sha256_file, voxel_size
 
@@ -80,13 +83,81 @@ def _fmt(values: Iterable[float]) -> str:
     return "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
+# Rules shared by every stage that checks a scan's images (the validator, dfseg evaluate, dfseg
+# register): each returns what is wrong as one message, or None, and the caller says where.
+
+
+def binary_problem(key: str, array: Any) -> str | None:
+    """Values other than 0 and 1 in an image that must be binary (``key`` names it in the message)."""
+    values = np.unique(np.asarray(array))
+    if np.isin(values, (0, 1)).all():
+        return None
+    shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if values.size > 6 else "")
+    return f"{key} must hold only 0 and 1, found values {shown}"
+
+
+def tumour_problem(label_voxels: int, has_tumour: Any) -> str | None:
+    """A label whose tumour voxel count contradicts the entry's ``has_tumour`` (``None``: agrees or unknown)."""
+    if has_tumour is True and label_voxels == 0:
+        return "label is empty but has_tumour is true"
+    if has_tumour is False and label_voxels > 0:
+        return f"label has {label_voxels} tumour voxels but has_tumour is false"
+    return None
+
+
+def grid_problem(shape: Sequence[int], affine: np.ndarray, ref_name: str, ref_shape: Sequence[int],
+                 ref_affine: np.ndarray) -> str | None:
+    """How an image's grid differs from a reference grid: spatial shape, else spacing, else affine.
+
+    Args:
+        shape: the image's spatial shape (three axes).
+        affine: its 4x4 affine (mm).
+        ref_name: how the message names the reference.
+        ref_shape: the reference's spatial shape.
+        ref_affine: the reference's affine; origin and direction must agree within :data:`AFFINE_ATOL_MM`.
+    """
+    if tuple(shape) != tuple(ref_shape):
+        return f"shape {_fmt(shape)} differs from {ref_name} {_fmt(ref_shape)}"
+    spacing, ref_spacing = voxel_size(affine), voxel_size(ref_affine)
+    if not np.allclose(spacing, ref_spacing, atol=AFFINE_ATOL_MM):
+        return f"voxel spacing {_fmt(spacing)} mm differs from {ref_name} {_fmt(ref_spacing)} mm"
+    if not np.allclose(affine, ref_affine, atol=AFFINE_ATOL_MM):
+        return f"affine (origin or direction) differs from {ref_name}'s"
+    return None
+
+
+def grid_problems(grids: Mapping[str, tuple[Sequence[int], np.ndarray]], *,
+                  reference: str | None = None) -> dict[str, str]:
+    """The images of ``grids`` that are not on the reference grid, ``{name: problem}``.
+
+    Args:
+        grids: ``{name: (spatial shape, 4x4 affine)}`` of images that must share one grid.
+        reference: the image the others are compared with. Default: the first image that agrees
+            with the most others, so of three images the one odd image is named, not its neighbours.
+    """
+    def agrees(a: str, b: str) -> bool:
+        return grid_problem(*grids[a], b, *grids[b]) is None
+
+    if reference is None:
+        reference = max(grids, key=lambda a: sum(agrees(a, b) for b in grids if b != a))
+    found = {name: grid_problem(*grids[name], reference, *grids[reference]) for name in grids if name != reference}
+    return {name: problem for name, problem in found.items() if problem is not None}
+
+
+def raise_first(problems: Sequence[Problem]) -> None:
+    """Raise the first problem as an :class:`InputError`, with the count of the others; nothing when empty."""
+    if problems:
+        more = f" (and {len(problems) - 1} more; run dfseg validate-manifest)" if len(problems) > 1 else ""
+        raise InputError(problems[0].where, problems[0].message + more)
+
+
 def validate_sidecar(sidecar: Any, where: str) -> list[Problem]:
     """Schema problems of a sidecar document; ``where`` prefixes each JSON path."""
     return [Problem(f"{where}:{p}" if p else where, m) for p, m in schema_errors(sidecar, "sidecar")]
 
 
 def validate_scan(entry: Mapping[str, Any], *, where: str = "entry", check_hashes: bool = True,
-                  check_images: bool = True) -> list[Problem]:
+                  check_images: bool = True, require_metadata: bool = True) -> list[Problem]:
     """Check the files of one manifest entry (paths absolute, or relative to the working directory).
 
     Checks: every named file exists; sha256 matches ``entry["sha256"]``; the sidecar (file and
@@ -101,6 +172,8 @@ def validate_scan(entry: Mapping[str, Any], *, where: str = "entry", check_hashe
         check_hashes: compare file hashes with ``entry["sha256"]``.
         check_images: open the files (presence, hashes, sidecar file, image headers then voxels);
             ``False`` checks the entry alone (its ``meta`` against the sidecar schema and its ids).
+        require_metadata: require acquisition metadata (a sidecar or ``meta``) that follows the
+            sidecar schema; ``False`` (a stage that reads no metadata) still checks the ids agree.
 
     Returns:
         Every problem found, in a stable order.
@@ -108,7 +181,7 @@ def validate_scan(entry: Mapping[str, Any], *, where: str = "entry", check_hashe
     problems: list[Problem] = []
     files: dict[str, Path] = {}
     if not check_images:
-        _check_metadata(entry, files, where, problems)
+        _check_metadata(entry, files, where, problems, require_metadata)
         return problems
     for key in FILE_KEYS:
         value = entry.get(key)
@@ -129,14 +202,15 @@ def validate_scan(entry: Mapping[str, Any], *, where: str = "entry", check_hashe
             if actual != expected:
                 problems.append(Problem(str(path), f"sha256 mismatch: manifest {where}.sha256.{key} has "
                                                    f"{str(expected)[:12]}..., file has {actual[:12]}..."))
-    meta = _check_metadata(entry, files, where, problems)
+    meta = _check_metadata(entry, files, where, problems, require_metadata)
     _check_images(entry, files, meta, problems)
     return problems
 
 
 def _check_metadata(entry: Mapping[str, Any], files: Mapping[str, Path], where: str,
-                    problems: list[Problem]) -> dict:
+                    problems: list[Problem], require_metadata: bool = True) -> dict:
     """Sidecar file and ``meta`` against the sidecar schema and the entry; returns the merged metadata."""
+    schema_problems: list[Problem] = problems if require_metadata else []
     meta: dict = {}
     if "sidecar" in files:
         try:
@@ -145,15 +219,15 @@ def _check_metadata(entry: Mapping[str, Any], files: Mapping[str, Path], where: 
             problems.append(Problem(str(files["sidecar"]), err.problem))
             sidecar = None
         if sidecar is not None:
-            problems.extend(validate_sidecar(sidecar, str(files["sidecar"])))
+            schema_problems.extend(validate_sidecar(sidecar, str(files["sidecar"])))
             if isinstance(sidecar, dict):
                 meta.update(sidecar)
     if isinstance(entry.get("meta"), Mapping):
         if "sidecar" not in files:
-            problems.extend(validate_sidecar(dict(entry["meta"]), f"{where}.meta"))
+            schema_problems.extend(validate_sidecar(dict(entry["meta"]), f"{where}.meta"))
         meta = {**entry["meta"], **meta}
     elif "sidecar" not in files and "sidecar" not in entry:
-        problems.append(Problem(where, "no sidecar file and no meta: acquisition metadata (orientations_deg, voxel_mm, ...) unknown"))
+        schema_problems.append(Problem(where, "no sidecar file and no meta: acquisition metadata (orientations_deg, voxel_mm, ...) unknown"))
     for key in ("subject_id", "scan_id", "has_tumour", "variant"):
         if key in meta and key in entry and entry[key] is not None and meta[key] != entry[key]:
             source = files.get("sidecar", f"{where}.meta")
@@ -180,20 +254,16 @@ def _check_images(entry: Mapping[str, Any], files: Mapping[str, Path], meta: Map
             problems.append(Problem(str(files[key]), err.problem))
             continue
         if key in BINARY_KEYS:
-            values = np.unique(array)
-            if not np.isin(values, (0, 1)).all():
-                shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if values.size > 6 else "")
-                problems.append(Problem(str(files[key]), f"{key} must hold only 0 and 1, found values {shown}"))
+            problem = binary_problem(key, array)
+            if problem is not None:
+                problems.append(Problem(str(files[key]), problem))
             elif key == "label":
                 label_voxels = int(np.count_nonzero(array))
         del array
     _check_grid(files, headers, meta, problems)
-    has_tumour = entry.get("has_tumour")
-    if label_voxels is not None and isinstance(has_tumour, bool):
-        if has_tumour and label_voxels == 0:
-            problems.append(Problem(str(files["label"]), "label is empty but has_tumour is true"))
-        elif not has_tumour and label_voxels > 0:
-            problems.append(Problem(str(files["label"]), f"label has {label_voxels} tumour voxels but has_tumour is false"))
+    problem = None if label_voxels is None else tumour_problem(label_voxels, entry.get("has_tumour"))
+    if problem is not None:
+        problems.append(Problem(str(files["label"]), problem))
 
 
 def _check_grid(files: Mapping[str, Path], headers: Mapping[str, tuple[tuple[int, ...], np.ndarray]],
@@ -202,19 +272,10 @@ def _check_grid(files: Mapping[str, Path], headers: Mapping[str, tuple[tuple[int
     reference = next((k for k in GRID_KEYS if k in headers), None)
     if reference is None:
         return
-    ref_shape, ref_affine = headers[reference]
-    ref_spacing = voxel_size(ref_affine)
-    for key in GRID_KEYS:
-        if key == reference or key not in headers:
-            continue
-        shape, affine = headers[key]
-        spacing = voxel_size(affine)
-        if tuple(shape[:3]) != tuple(ref_shape[:3]):
-            problems.append(Problem(str(files[key]), f"shape {_fmt(shape[:3])} differs from {reference} {_fmt(ref_shape[:3])}"))
-        elif not np.allclose(spacing, ref_spacing, atol=AFFINE_ATOL_MM):
-            problems.append(Problem(str(files[key]), f"voxel spacing {_fmt(spacing)} mm differs from {reference} {_fmt(ref_spacing)} mm"))
-        elif not np.allclose(affine, ref_affine, atol=AFFINE_ATOL_MM):
-            problems.append(Problem(str(files[key]), f"affine (origin or direction) differs from {reference}'s"))
+    grids = {key: (headers[key][0][:3], headers[key][1]) for key in GRID_KEYS if key in headers}
+    for key, problem in grid_problems(grids, reference=reference).items():
+        problems.append(Problem(str(files[key]), problem))
+    ref_spacing = voxel_size(headers[reference][1])
     for key in ("attn", "label", "lung_mask"):
         if key in headers and len(headers[key][0]) > 3 and int(np.prod(headers[key][0][3:])) != 1:
             problems.append(Problem(str(files[key]), f"expected a 3D volume, found shape {_fmt(headers[key][0])}"))
@@ -268,7 +329,7 @@ def check_no_leakage(train: Sequence[Mapping[str, Any]], val: Sequence[Mapping[s
 
 
 def validate_manifest(path: str | os.PathLike, *, check_hashes: bool = True,
-                      check_images: bool = True) -> list[Problem]:
+                      check_images: bool = True, require_metadata: bool = True) -> list[Problem]:
     """Every problem of a manifest and the files it names (an empty list when it is clean).
 
     Args:
@@ -276,6 +337,7 @@ def validate_manifest(path: str | os.PathLike, *, check_hashes: bool = True,
         check_hashes: compare each file's sha256 with the manifest.
         check_images: open the files the manifest names (presence, hashes, sidecars, shapes,
             spacing, affine, values); ``False`` checks the manifest document alone.
+        require_metadata: as in :func:`validate_scan`.
 
     Returns:
         Problems in the order: schema, cohort structure (ids, folds, leakage), then per entry.
@@ -302,8 +364,103 @@ def validate_manifest(path: str | os.PathLike, *, check_hashes: bool = True,
             if isinstance(entry.get(key), str):
                 resolved[key] = os.path.normpath(root / entry[key])
         problems.extend(validate_scan(resolved, where=f"{name}:{split}[{i}]", check_hashes=check_hashes,
-                                      check_images=check_images))
+                                      check_images=check_images, require_metadata=require_metadata))
     return problems
+
+
+#: Raw projection images: checked by :func:`check_projection_files` in :func:`require_valid_manifest`.
+PROJECTION_KEYS: tuple[str, ...] = ("proj_T", "proj_D")
+
+
+def check_projection_files(entry: Mapping[str, Any], where: str) -> list[Problem]:
+    """Cheap checks of an entry's projection files: presence, orientation count, sha256.
+
+    The orientation count comes from the header (no voxels). Only a file whose sha256 differs from
+    the manifest (or has none recorded) has its voxels read (corrupt, truncated, NaN/Inf), so a
+    changed file is reported by what is wrong with it, not only by its hash.
+
+    Args:
+        entry: one manifest entry with absolute paths.
+        where: how problems in the entry itself are located (``manifest.json:training[3]``).
+    """
+    problems: list[Problem] = []
+    recorded = entry.get("sha256") if isinstance(entry.get("sha256"), Mapping) else {}
+    try:
+        meta = scan_meta(entry)
+    except InputError:  # an unreadable sidecar is validate_scan's problem
+        meta = scan_meta({k: v for k, v in entry.items() if k != "sidecar"})
+    orientations = meta.get("orientations_deg")
+    n_expected = len(orientations) if isinstance(orientations, list) else None
+    for key in PROJECTION_KEYS:
+        if not isinstance(entry.get(key), str):
+            continue
+        path = Path(entry[key])
+        if not path.is_file():
+            problems.append(Problem(str(path), f"file not found (named by {where}.{key})"))
+            continue
+        try:
+            shape: tuple[int, ...] | None = _read_header(path)[0]
+        except Exception:  # noqa: BLE001 - an unreadable header is reported by the voxel read below
+            shape = None
+        if shape is not None and n_expected is not None:
+            n_found = int(shape[3]) if len(shape) > 3 else 1
+            if len(shape) > 4 or n_found != n_expected:
+                problems.append(Problem(str(path), f"expected {n_expected} orientation channels from sidecar "
+                                                   f"orientations_deg, found {n_found} (shape {shape})"))
+        expected = recorded.get(key)
+        if expected is None or (actual := sha256_file(path)) != expected:
+            problems.extend(p for p in validate_scan({key: str(path)}, where=where, check_hashes=False)
+                            if p.where == str(path))  # the file's own problems (not the bare entry's)
+            if expected is not None:
+                problems.append(Problem(str(path), f"sha256 mismatch: manifest {where}.sha256.{key} has "
+                                                   f"{str(expected)[:12]}..., file has {actual[:12]}..."))
+    return problems
+
+
+def _is_hash_problem(problem: Problem) -> bool:
+    return problem.message.startswith("sha256 mismatch")
+
+
+def require_valid_manifest(path: str | os.PathLike, *, check_projections: bool = True) -> dict:
+    """Refuse a cohort with any problem before a stage reads or writes anything; return the manifest.
+
+    The checks of :func:`validate_manifest`: first the document (schema, duplicate ids, folds,
+    subject leakage), then every entry's files (presence, sha256, sidecar schema, readable images
+    without NaN/Inf, one grid, orientation channels, binary labels that agree with
+    ``has_tumour``), entries in parallel threads (gzip inflation releases the GIL).
+
+    Raw projections (:data:`PROJECTION_KEYS`, many times the bytes of the volumes) get only the
+    checks of :func:`check_projection_files`: a stage that uses them reads them through
+    :func:`dfseg.io.load_nifti`, which refuses corrupt, truncated and NaN/Inf files with the same
+    one-line errors. Hash mismatches are reported after the other problems (what is wrong with a
+    file says more than that it changed).
+
+    Args:
+        path: the manifest JSON.
+        check_projections: check the projection files too (``False`` when the stage ignores them).
+
+    Returns:
+        The manifest with absolute paths (:func:`dfseg.data.manifest.load_manifest`).
+
+    Raises:
+        InputError: the first problem (in :func:`validate_manifest`'s order), with the count of the others.
+    """
+    problems = validate_manifest(path, check_images=False, check_hashes=False)
+    if not problems:
+        manifest = load_manifest(path)
+        entries = [(f"{path}:{split}[{i}]", entry)
+                   for split in SPLITS for i, entry in enumerate(manifest.get(split) or [])]
+
+        def check(item: tuple[str, dict]) -> list[Problem]:
+            where, entry = item
+            found = validate_scan({k: v for k, v in entry.items() if k not in PROJECTION_KEYS}, where=where)
+            return found + (check_projection_files(entry, where) if check_projections else [])
+
+        with ThreadPoolExecutor(max(1, min(len(entries), os.cpu_count() or 1))) as pool:
+            problems = list(dict.fromkeys(p for scan in pool.map(check, entries) for p in scan))  # in order
+        problems.sort(key=_is_hash_problem)
+    raise_first(problems)
+    return manifest
 
 
 def _check_structure(document: Mapping[str, Any], entries: list[tuple[str, int, dict]], name: str) -> list[Problem]:

@@ -28,7 +28,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from corpus import make_cohort, snapshot  # noqa: E402
 
 from dfseg.cli import main  # noqa: E402
-from dfseg.io import atomic_path, atomic_write, load_nifti, read_json, save_nifti, write_json  # noqa: E402
+from dfseg.errors import OutputExistsError  # noqa: E402
+from dfseg.io import (  # noqa: E402
+    atomic_directory,
+    atomic_path,
+    atomic_write,
+    load_nifti,
+    read_json,
+    save_nifti,
+    write_json,
+)
 
 
 class Crash(Exception):
@@ -68,6 +77,50 @@ def test_atomic_write_crash_without_old_file_leaves_nothing(tmp_path):
         raise Crash
     assert not target.exists()
     assert list(target.parent.iterdir()) == []
+
+
+def _old_directory(folder: Path) -> Path:
+    (folder / "scans").mkdir(parents=True)
+    (folder / "scans" / "old.txt").write_text("old\n")
+    return folder
+
+
+def test_atomic_directory_crash_leaves_nothing(tmp_path):
+    out = tmp_path / "cohort"
+    with pytest.raises(Crash), atomic_directory(out) as tmp:
+        _old_directory(tmp)
+        raise Crash
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_directory_crash_keeps_old_directory(tmp_path):
+    out = _old_directory(tmp_path / "cohort")
+    with pytest.raises(Crash), atomic_directory(out, overwrite=True) as tmp:
+        (tmp / "manifest.json").write_text("{")
+        raise Crash
+    assert _leftovers(tmp_path, {"cohort"}) == []
+    assert snapshot(out) == {"scans/old.txt": _sha(out / "scans" / "old.txt")}
+
+
+def test_atomic_directory_success_replaces(tmp_path):
+    out = _old_directory(tmp_path / "cohort")
+    with atomic_directory(out, overwrite=True) as tmp:
+        assert tmp.parent == out.parent.resolve() and _is_hidden_temp(tmp.name) and not any(tmp.iterdir())
+        (tmp / "manifest.json").write_text("{}\n")
+        assert (out / "scans" / "old.txt").is_file()  # the old directory stays until the block succeeds
+    assert _leftovers(tmp_path, {"cohort"}) == []
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]
+
+
+def test_atomic_directory_refuses_non_empty_without_overwrite(tmp_path):
+    out = _old_directory(tmp_path / "cohort")
+    with pytest.raises(OutputExistsError, match="--overwrite"), atomic_directory(out):
+        pytest.fail("the block must not run")
+    assert _leftovers(tmp_path, {"cohort"}) == [] and (out / "scans" / "old.txt").is_file()
+    (tmp_path / "empty").mkdir()
+    with atomic_directory(tmp_path / "empty") as tmp:  # an empty directory is no result to protect
+        (tmp / "new.txt").write_text("new\n")
+    assert (tmp_path / "empty" / "new.txt").is_file()
 
 
 def test_atomic_path_crash_keeps_old_file(tmp_path):
