@@ -9,8 +9,13 @@ run and a red build always reproduces. To explore new examples, as a fuzzing ses
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 from hypothesis import settings
+
+# shared test helpers (tests/testkit.py): tests/ has no __init__.py and pytest imports in importlib mode
+sys.path.insert(0, str(Path(__file__).parent))
 
 settings.register_profile("ci", derandomize=True)
 settings.register_profile("explore", derandomize=False)

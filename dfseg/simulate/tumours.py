@@ -109,31 +109,40 @@ def base_radius_mm(diameter_mm: float, shape: TumourShape) -> float:
     return diameter_mm / 2 / mean_r3 ** (1 / 3)
 
 
-def occupancy(shape_grid: tuple[int, int, int], voxel_mm: float, centre_mm, diameter_mm: float,
-              shape: TumourShape) -> tuple[tuple[slice, ...], np.ndarray]:
+def occupancy(shape_grid: tuple[int, int, int], voxel_mm: float | tuple[float, float, float], centre_mm,
+              diameter_mm: float, shape: TumourShape) -> tuple[tuple[slice, ...], np.ndarray]:
     """Fraction of each voxel inside the tumour, on the tumour's bounding box.
+
+    The one lesion-shape model of dfseg: the simulator's tumours (:func:`insert_tumour`) and the
+    synthetic-tumour augmentation (:class:`dfseg.transforms.SyntheticTumour`) both call it. Each
+    voxel is sampled at ``3 x 3 x 3`` sub-voxel points.
 
     Args:
         shape_grid: (X, Y, Z) grid shape.
-        voxel_mm: voxel size, mm.
-        centre_mm: (3,) centre in mm (grid coordinates, origin at the grid centre).
-        diameter_mm: equivalent diameter, mm.
+        voxel_mm: voxel size, mm (isotropic or per axis).
+        centre_mm: (3,) centre in mm (grid coordinates: voxel i of an axis of n voxels lies at
+            ``(i - (n - 1) / 2) * voxel_mm``).
+        diameter_mm: equivalent diameter (of the sphere of the same volume), mm.
         shape: shape parameters.
 
     Returns:
         ``(box, frac)``: the slices of the bounding box and the (bx, by, bz) float32 occupancy.
+
+    Raises:
+        InputError: the tumour misses the grid.
     """
+    vox = np.broadcast_to(np.asarray(voxel_mm, dtype=np.float64), (3,))
     r0 = base_radius_mm(diameter_mm, shape)
-    rmax = r0 * float(_relative_radius(_fibonacci_sphere(4000), shape).max()) * 1.1 + voxel_mm
+    rmax = r0 * float(_relative_radius(_fibonacci_sphere(4000), shape).max()) * 1.1 + float(vox.max())
     c = np.asarray(centre_mm, dtype=np.float64)
-    lo = [max(int(np.floor((c[i] - rmax) / voxel_mm + (n - 1) / 2)), 0) for i, n in enumerate(shape_grid)]
-    hi = [min(int(np.ceil((c[i] + rmax) / voxel_mm + (n - 1) / 2)) + 1, n) for i, n in enumerate(shape_grid)]
+    lo = [max(int(np.floor((c[i] - rmax) / vox[i] + (n - 1) / 2)), 0) for i, n in enumerate(shape_grid)]
+    hi = [min(int(np.ceil((c[i] + rmax) / vox[i] + (n - 1) / 2)) + 1, n) for i, n in enumerate(shape_grid)]
     if any(h <= lo_ for lo_, h in zip(lo, hi)):
         raise InputError("tumour centre", f"{list(c)} mm lies outside the grid")
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     s = _SUPERSAMPLE
     sub = (np.arange(s) + 0.5) / s - 0.5
-    axes = [((np.arange(a, b)[:, None] - (n - 1) / 2 + sub[None, :]) * voxel_mm - c[i]).ravel()
+    axes = [((np.arange(a, b)[:, None] - (n - 1) / 2 + sub[None, :]) * vox[i] - c[i]).ravel()
             for i, (a, b, n) in enumerate(zip(lo, hi, shape_grid))]
     px, py, pz = np.meshgrid(*axes, indexing="ij")
     p = np.stack([px, py, pz], axis=-1)

@@ -16,8 +16,8 @@ stands in for bone (effective atomic numbers 13 and ~13.8). ``w`` is either one 
 whole scan or, with the two-pass bone correction, a map per ray. Beyond the largest calibrated ``A``
 the curve is continued linearly with its end slope, so a polynomial never extrapolates wildly.
 
-Two-pass bone correction (``BeamHardeningCorrectiond(..., bone_correction=True)``, projection
-domain). Bone hardens the beam far more than soft tissue of the same attenuation, and it does two
+Two-pass bone correction (:class:`TwoPassBoneCorrection`, or
+``BeamHardeningCorrectiond(..., bone_correction=True)``; projection domain). Bone hardens the beam far more than soft tissue of the same attenuation, and it does two
 things to a ray's dark-field: it adds a spurious DF (larger than the water curve predicts), and it
 raises the effective energy, so the lung behind it scatters less (DF ~ E^-n). Both are corrected
 per ray:
@@ -35,14 +35,12 @@ per ray:
    calibrated exponent): to first order in DF, what the scan's reference beam would have measured.
    :class:`SpectrumAwareNormalization` then takes the whole scan to the reference energy.
 
-Measured (tests/transforms/test_beam_hardening.py and the issue-4 closing note): on a simulated
-mouse scanned with its lung scattering switched off, so that all its dark-field is spurious, the
-spine's mean eps is +0.029 /mm uncorrected, +0.016 with the water curve and +0.001 after the
-two-pass correction (per-voxel noise 0.007). With the lung scattering on, the spine also shows
-the lung dark-field that bone hardening removed from the rays through it (negative); step 2 alone
-then over-corrects to -0.014..-0.015 and step 3 brings it back to -0.003..-0.004 (noise
-0.006-0.008; four simulated mice), while the water curve alone lands near zero (+0.0003) only
-because the two errors cancel.
+Steps 2 and 3 are both needed where the lung scatters: bone hardening removes part of the lung
+dark-field from the rays through the spine (a negative error) while adding its own spurious DF (a
+positive one). Step 2 alone then over-corrects; the water curve alone can land near zero only
+because the two errors cancel. tests/transforms/test_beam_hardening.py checks, on simulated mice,
+that the spine's mean eps falls below the per-voxel noise after steps 1-3 (measured values:
+docs/benchmarks.md).
 
 Attenuation linearisation (water correction): ``A_lin = g(A) = sum_j b_j A^j`` maps polychromatic
 line integrals to the monochromatic-equivalent ``mu_eff * t`` of water (projection domain only).
@@ -57,16 +55,22 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_data_type, convert_to_dst_type
 
+from dfseg.calibration import load_calibration
+from dfseg.calibration.energy import visibility_from_params
+from dfseg.data.scan import scan_value
 from dfseg.errors import InputError
+from dfseg.physics import mu, tube_spectrum
+from dfseg.tomo import fbp, project, projection_angles
 
 __all__ = [
     "BeamHardeningCorrection", "BeamHardeningCorrectiond", "BeamHardeningCorrectionD",
-    "BeamHardeningCorrectionDict", "WaterBoneDecomposition", "ray_darkfield_factor", "ray_effective_energy",
-    "water_bone_mu",
+    "BeamHardeningCorrectionDict", "TwoPassBoneCorrection", "WaterBoneDecomposition", "ray_darkfield_factor",
+    "ray_effective_energy", "water_bone_mu",
 ]
 
 DOMAINS = ("projection", "volume")
@@ -90,12 +94,6 @@ def _curve(coefficients: list[float], a_max: float | None, a: torch.Tensor) -> t
     return inside + slope * torch.clamp(a - am, min=0.0)
 
 
-def _load(calibration: Mapping | str | os.PathLike) -> dict:
-    from dfseg.calibration import load_calibration
-
-    return load_calibration(calibration)
-
-
 def water_bone_mu(calibration: Mapping) -> tuple[float, float, float]:
     """Linear attenuation of water and cortical bone at the water linearisation's effective energy.
 
@@ -106,8 +104,6 @@ def water_bone_mu(calibration: Mapping) -> tuple[float, float, float]:
     Returns:
         ``(mu_water, mu_bone, e_eff_kev)``, mu in 1/mm.
     """
-    from dfseg.physics import mu
-
     mu_w = float(calibration["linearisation"]["water"]["mu_eff_per_mm"])
     e = np.linspace(8.0, 150.0, 2841)
     mw = mu("water", e)  # decreasing with energy over this range
@@ -152,17 +148,13 @@ class WaterBoneDecomposition(Transform):
     def __init__(self, calibration: Mapping | str | os.PathLike, pixel_mm: float = 1.0, *,
                  kvp: float | None = None, filtration_mm: Mapping[str, float] | None = None,
                  filter_name: str = "ramp") -> None:
-        from dfseg.physics import mu
-
-        self.calibration = _load(calibration)
+        self.calibration = load_calibration(calibration)
         self.mu_water, mu_b, self.e_eff_kev = water_bone_mu(self.calibration)
         mu_s = float(mu("soft_tissue", np.array([self.e_eff_kev]))[0])
         #: tabulated mu at E_eff: the attenuation shares behind :meth:`aluminium_weight`
         self.mu_bone_tabulated = mu_b
         self.spectrum = None
         if kvp is not None:
-            from dfseg.physics import tube_spectrum
-
             self.spectrum = tube_spectrum(float(kvp), None if filtration_mm is None else dict(filtration_mm))
             mu_s = self._linearised_increment(0.0, "soft_tissue", self.SOFT_REFERENCE_MM)
         self.mu_soft = mu_s
@@ -175,8 +167,6 @@ class WaterBoneDecomposition(Transform):
 
     def _linearised_increment(self, soft_mm: float, material: str, t_mm: float) -> float:
         """Water-linearised attenuation per mm of ``t_mm`` of ``material`` behind ``soft_mm`` of soft tissue."""
-        from dfseg.physics import mu
-
         e = self.spectrum.energies_kev
         s = self.spectrum.weights / self.spectrum.weights.sum()
         base = mu("soft_tissue", e) * soft_mm
@@ -216,8 +206,6 @@ class WaterBoneDecomposition(Transform):
         Returns:
             ``(2, A, U, Z)``: water-equivalent and bone path lengths in mm, same type and device.
         """
-        from dfseg.tomo import fbp, project, projection_angles
-
         a = convert_data_type(attn, torch.Tensor)[0]
         a = a if a.is_floating_point() else a.float()
         if a.ndim != 4:
@@ -229,9 +217,9 @@ class WaterBoneDecomposition(Transform):
                                             f"({self.mu_soft:.4g} /mm) in this spectrum")
         angles = projection_angles(a.shape[1])
         sino = a_lin.permute(0, 3, 1, 2)  # (1, Z, A, U)
-        mu = fbp(sino, angles, a.shape[2], pixel_mm=self.pixel_mm, filter_name=self.filter_name)  # (1, Z, X, Y)
-        frac = torch.clamp((mu - self.mu_soft) / (mu_b - self.mu_soft), 0.0, 1.0)
-        p = project(torch.cat([frac, torch.clamp(mu, min=0.0)]), angles, pixel_mm=self.pixel_mm)  # (2, Z, A, U)
+        recon = fbp(sino, angles, a.shape[2], pixel_mm=self.pixel_mm, filter_name=self.filter_name)  # (1, Z, X, Y)
+        frac = torch.clamp((recon - self.mu_soft) / (mu_b - self.mu_soft), 0.0, 1.0)
+        p = project(torch.cat([frac, torch.clamp(recon, min=0.0)]), angles, pixel_mm=self.pixel_mm)  # (2, Z, A, U)
         t_bone = torch.clamp(p[0], min=0.0)
         t_water = torch.clamp((p[1] - mu_b * t_bone) / self.mu_water, min=0.0)
         paths = torch.stack([t_water, t_bone]).permute(0, 2, 3, 1).contiguous()  # (2, A, U, Z)
@@ -241,11 +229,6 @@ class WaterBoneDecomposition(Transform):
 def _ray_spectral_mean(paths: torch.Tensor, kvp: float, filtration_mm: Mapping[str, float] | None, visibility: Any,
                        quantity, grid: tuple[int, int]) -> torch.Tensor:
     """``sum w T q(E) / sum w T`` behind each ray's paths (``w = S' V0``), via a bilinear lookup table."""
-    import torch.nn.functional as F
-
-    from dfseg.calibration.energy import visibility_from_params
-    from dfseg.physics import mu, tube_spectrum
-
     spec = tube_spectrum(float(kvp), None if filtration_mm is None else dict(filtration_mm))
     e = spec.energies_kev
     w = spec.weights * visibility_from_params(visibility)(e)
@@ -289,9 +272,9 @@ def ray_darkfield_factor(paths: torch.Tensor, kvp: float, filtration_mm: Mapping
     To first order in DF, a scatterer with ``DF(E) ~ E^-n`` measured behind transmission ``T(E)``
     reads ``DF_ref * M(T) / M_ref`` with ``M(T) = sum w T E^-n / sum w T``. The factor is
     ``M(behind water_mm of water) / M(behind the ray's water and bone paths)``: >= 1 where the ray
-    is harder than the reference. (Using the power of the mean energy, ``(E_ray / E_scan)^n``,
-    instead under-corrects: by Jensen's inequality filtering lowers the mean of E^-n faster; on a
-    simulated mouse it left -0.0066 /mm in the spine against -0.0022 /mm with this form.)
+    is harder than the reference. The mean of ``E^-n`` is taken, not the power of the mean energy
+    ``(E_ray / E_scan)^n``: by Jensen's inequality filtering lowers the mean of E^-n faster than
+    the power of the mean, so the latter would under-correct.
 
     Args:
         paths: ``(2, ...)`` water and bone paths in mm (tensor).
@@ -326,7 +309,7 @@ class BeamHardeningCorrection(Transform):
             raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
         if not 0.0 <= aluminium_weight <= 1.0:
             raise ValueError(f"aluminium_weight must be in [0, 1], got {aluminium_weight}")
-        self.calibration = _load(calibration)
+        self.calibration = load_calibration(calibration)
         self.domain = domain
         self.aluminium_weight = float(aluminium_weight)
 
@@ -394,6 +377,64 @@ class BeamHardeningCorrection(Transform):
         return convert_to_dst_type(_curve(entry["coefficients"], entry.get("a_max"), a), attn, dtype=a.dtype)[0]
 
 
+class TwoPassBoneCorrection(Transform):
+    """Two-pass bone beam-hardening correction of dark-field projections (module docstring, steps 1-3).
+
+    Step 1 (:class:`WaterBoneDecomposition`) gives each ray's water and bone path; step 2 subtracts
+    the spurious dark-field of the curves mixed per ray (:meth:`WaterBoneDecomposition.aluminium_weight`);
+    step 3 (``ray_energy``) multiplies what is left by :func:`ray_darkfield_factor`.
+
+    Args:
+        calibration: calibration dictionary or path (beam-hardening curves, water linearisation and,
+            for step 3, the energy exponent and reference).
+        ray_energy: apply step 3 (needs the scan's ``kvp`` and ``visibility`` at call time).
+        filter_name: FBP filter of the first-pass reconstruction.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, calibration: Mapping | str | os.PathLike, *, ray_energy: bool = True,
+                 filter_name: str = "ramp") -> None:
+        self.correction = BeamHardeningCorrection(calibration, domain="projection")
+        self.calibration = self.correction.calibration
+        self.ray_energy = ray_energy
+        self.filter_name = filter_name
+
+    def __call__(self, df: NdarrayOrTensor, attn: NdarrayOrTensor, *, pixel_mm: float, kvp: float | None = None,
+                 filtration_mm: Mapping[str, float] | None = None, visibility: Any = None,
+                 where: str = "attn") -> NdarrayOrTensor:
+        """Args:
+            df: ``DF = -ln D`` projections ``(N, A, U, Z)``.
+            attn: ``A = -ln T`` projections ``(N, A, U, Z)`` (flux-normalised, not linearised).
+            pixel_mm: detector pixel = voxel size, mm.
+            kvp, filtration_mm: the scan's tube voltage and added filtration (sidecar fields); without
+                ``kvp`` the first pass uses tabulated attenuation (:class:`WaterBoneDecomposition`).
+            visibility: the scan's visibility-spectrum parameters (sidecar ``visibility``).
+            where: name of ``attn`` in error messages about it.
+
+        Returns:
+            corrected ``df``, same shape, type and device.
+        """
+        if self.ray_energy:
+            for name, value in (("kvp", kvp), ("visibility", visibility)):
+                if value is None:
+                    raise InputError(name, "needed for the per-ray energy correction (ray_energy=True)")
+        decomposition = WaterBoneDecomposition(self.calibration, pixel_mm, kvp=kvp, filtration_mm=filtration_mm,
+                                               filter_name=self.filter_name)
+        try:
+            paths = convert_data_type(decomposition(attn), torch.Tensor)[0]
+        except InputError as err:
+            raise InputError(where, err.problem) from None
+        out = self.correction(df, attn, decomposition.aluminium_weight(paths))
+        if not self.ray_energy:
+            return out
+        cal = self.calibration
+        factor = ray_darkfield_factor(paths, float(kvp), filtration_mm, visibility, float(cal["energy_exponent"]["n"]),
+                                      water_mm=float(cal["reference"].get("e_eff_water_mm", 0.0)))
+        t = convert_data_type(out, torch.Tensor)[0]
+        return convert_to_dst_type(t * factor.to(device=t.device, dtype=t.dtype), out, dtype=t.dtype)[0]
+
+
 class BeamHardeningCorrectiond(MapTransform):
     """Dictionary :class:`BeamHardeningCorrection`.
 
@@ -403,12 +444,12 @@ class BeamHardeningCorrectiond(MapTransform):
         attn_key: key of the matching attenuation (``proj_T`` holding A, or ``attn``).
         domain: ``"projection"`` or ``"volume"``.
         aluminium_weight: mixing weight of the aluminium curve.
-        bone_correction: projection domain only: the two-pass bone correction of the module
-            docstring (:class:`WaterBoneDecomposition` with pixel size ``pixel_mm`` or
-            ``meta["voxel_mm"]``; the curves mixed per ray instead of one ``aluminium_weight``).
+        bone_correction: projection domain only: :class:`TwoPassBoneCorrection` (the curves mixed
+            per ray instead of one ``aluminium_weight``), with pixel size ``pixel_mm`` or
+            ``meta["voxel_mm"]`` and the scan's ``kvp``, ``filtration_mm`` and ``visibility`` from
+            the metadata.
         ray_energy: with ``bone_correction``, also scale each ray's remaining dark-field to the
-            scan's effective energy (step 3; needs ``kvp``, ``visibility`` and optionally
-            ``filtration_mm`` in the sidecar, and the calibration's energy exponent).
+            scan's effective energy (step 3; needs ``kvp`` and ``visibility`` in the metadata).
         linearise: also replace ``attn_key`` by its water-linearised line integrals (projection
             domain; done after the dark-field correction, which uses the measured A).
         pixel_mm: voxel size for the bone correction's reconstruction (default from the sidecar).
@@ -431,10 +472,9 @@ class BeamHardeningCorrectiond(MapTransform):
             raise ValueError("bone_correction=True needs domain='projection' (it forward-projects a reconstruction)")
         if bone_correction and aluminium_weight != 0.0:
             raise ValueError("give either bone_correction=True or an aluminium_weight, not both")
+        self.two_pass = TwoPassBoneCorrection(self.op.calibration, ray_energy=ray_energy) if bone_correction else None
         self.attn_key = attn_key
         self.linearise = linearise
-        self.bone_correction = bone_correction
-        self.ray_energy = ray_energy
         self.pixel_mm = pixel_mm
         self.meta_key = meta_key
 
@@ -445,43 +485,26 @@ class BeamHardeningCorrectiond(MapTransform):
             return d
         if self.attn_key not in d:
             raise InputError(self.attn_key, "attenuation needed for the beam-hardening correction is missing")
-        if not self.bone_correction:
+        attn = d[self.attn_key]
+        if self.two_pass is None:
             for key in keys:
-                d[key] = self.op(d[key], d[self.attn_key])
+                d[key] = self.op(d[key], attn)
         else:
-            self._two_pass(d, keys)
+            scan = self._scan_args(d)
+            for key in keys:
+                d[key] = self.two_pass(d[key], attn, **scan, where=self.attn_key)
         if self.linearise:
-            d[self.attn_key] = self.op.linearise(d[self.attn_key])
+            d[self.attn_key] = self.op.linearise(attn)
         return d
 
-    def _two_pass(self, d: dict, keys: list) -> None:
-        """Steps 1-3 of the module docstring, in place on ``d``."""
-        from dfseg.transforms.flux import meta_value
-
-        pixel = float(meta_value(d, "voxel_mm", self.pixel_mm, meta_key=self.meta_key))
-        meta = d.get(self.meta_key) if isinstance(d.get(self.meta_key), Mapping) else {}
-        filtration = meta.get("filtration_mm")
-        kvp = meta.get("kvp")
-        decomposition = WaterBoneDecomposition(self.op.calibration, pixel, kvp=kvp, filtration_mm=filtration)
-        attn = d[self.attn_key]
-        try:
-            paths = convert_data_type(decomposition(attn), torch.Tensor)[0]
-        except InputError as err:
-            raise InputError(self.attn_key, err.problem) from None
-        weight = decomposition.aluminium_weight(paths)
-        factor = None
-        if self.ray_energy:
-            kvp = meta_value(d, "kvp", None, meta_key=self.meta_key)
-            visibility = meta_value(d, "visibility", None, meta_key=self.meta_key)
-            cal = self.op.calibration
-            factor = ray_darkfield_factor(paths, float(kvp), filtration, visibility, float(cal["energy_exponent"]["n"]),
-                                          water_mm=float(cal["reference"].get("e_eff_water_mm", 0.0)))
-        for key in keys:
-            out = self.op(d[key], attn, weight)
-            if factor is not None:
-                t = convert_data_type(out, torch.Tensor)[0]
-                out = convert_to_dst_type(t * factor.to(device=t.device, dtype=t.dtype), out, dtype=t.dtype)[0]
-            d[key] = out
+    def _scan_args(self, d: Mapping[Hashable, Any]) -> dict[str, Any]:
+        """The scan parameters :class:`TwoPassBoneCorrection` takes, from the arguments or the metadata."""
+        m = self.meta_key
+        needed = {} if self.two_pass.ray_energy else {"default": None}  # no default: missing is an error
+        return {"pixel_mm": float(scan_value(d, "voxel_mm", self.pixel_mm, meta_key=m)),
+                "kvp": scan_value(d, "kvp", meta_key=m, **needed),
+                "filtration_mm": scan_value(d, "filtration_mm", meta_key=m, default=None),
+                "visibility": scan_value(d, "visibility", meta_key=m, **needed)}
 
 
 BeamHardeningCorrectionD = BeamHardeningCorrectionDict = BeamHardeningCorrectiond

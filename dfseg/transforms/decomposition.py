@@ -23,6 +23,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type
 
 from dfseg.channels import DF_CHANNELS
+from dfseg.data.scan import as_floats, scan_value
 from dfseg.errors import InputError
 
 #: Two angles closer than this (deg, mod 180) count as the same orientation.
@@ -223,35 +224,18 @@ class DirectionalDecomposition(Transform):
         return out
 
 
-def _lookup_angles(data: Mapping[Hashable, Any], key: Hashable, angles_key: str) -> list[float] | None:
-    """Find the orientations of ``data[key]``: in the dict, its meta dict, a sidecar dict, or MetaTensor meta."""
-    candidates: list[Any] = [data.get(angles_key)]
-    for meta_name in (f"{key}_meta_dict", "sidecar", "meta"):
-        meta = data.get(meta_name)
-        if isinstance(meta, Mapping):
-            candidates.append(meta.get(angles_key))
-    meta = getattr(data.get(key), "meta", None)
-    if isinstance(meta, Mapping):
-        candidates.append(meta.get(angles_key))
-    for value in candidates:
-        if value is not None:
-            if isinstance(value, torch.Tensor):
-                value = value.detach().cpu().numpy()
-            return [float(a) for a in np.ravel(value)]
-    return None
-
-
 class DirectionalDecompositiond(MapTransform):
     """Dictionary version of :class:`DirectionalDecomposition`.
 
     Args:
         keys: keys of (N, X, Y, Z) orientation-channel images to decompose (e.g. ``"df"``).
-        angles_key: where to read the orientations (deg) when ``angles_deg`` is not given: the
-            data dict itself, ``<key>_meta_dict``, ``sidecar``/``meta`` dicts, or a MetaTensor's meta.
+        angles_key: the metadata field (in ``data[meta_key]``) holding the orientations in degrees
+            when ``angles_deg`` is not given.
         angles_deg: fixed orientations in degrees; overrides ``angles_key``.
         eps: ``|c0| <= eps`` gives ``aniso = 0``.
         weights: optional (N,) per-orientation weights.
         output_key: write the result here instead of replacing ``key`` (single key only).
+        meta_key: where the scan's metadata lives in the data dictionary.
         allow_missing_keys: skip keys that are absent.
     """
 
@@ -260,9 +244,10 @@ class DirectionalDecompositiond(MapTransform):
     def __init__(self, keys: KeysCollection, angles_key: str = "orientations_deg", *,
                  angles_deg: Sequence[float] | None = None, eps: float = 1e-6,
                  weights: Sequence[float] | None = None, output_key: str | None = None,
-                 allow_missing_keys: bool = False) -> None:
+                 meta_key: str = "meta", allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.angles_key = angles_key
+        self.meta_key = meta_key
         self.output_key = output_key
         if output_key is not None and len(self.keys) != 1:
             raise ValueError("output_key needs exactly one key")
@@ -271,12 +256,7 @@ class DirectionalDecompositiond(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            angles = self.decompose.angles_deg
-            if angles is None:
-                angles = _lookup_angles(d, key, self.angles_key)
-                if angles is None:
-                    raise InputError(str(key), f"no grating orientations: '{self.angles_key}' not in the data, "
-                                               "its meta dict or sidecar, and no angles_deg given")
+            angles = as_floats(scan_value(d, self.angles_key, self.decompose.angles_deg, meta_key=self.meta_key))
             d[self.output_key or key] = self.decompose(d[key], angles, where=str(key))
         return d
 

@@ -16,7 +16,9 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type
+from scipy import ndimage
 
+from dfseg.data.scan import scan_value
 from dfseg.errors import InputError
 
 __all__ = [
@@ -34,7 +36,6 @@ __all__ = [
     "LocalTextured",
     "box_mean",
     "radius_voxels",
-    "voxel_size_of",
 ]
 
 
@@ -50,34 +51,9 @@ def radius_voxels(radius_mm: float, voxel_mm: float | Sequence[float], ndim: int
     return tuple(int(max(0, round(radius_mm / v))) for v in vox)
 
 
-def voxel_size_of(data: Mapping[Hashable, Any], key: Hashable, default: float | None = None) -> Any:
-    """Voxel size (mm) of ``data[key]``: a MetaTensor's affine, ``<key>_meta_dict``, or a sidecar.
-
-    Returns ``default`` when nothing says; raises :class:`InputError` if that is ``None`` too.
-    """
-    img = data.get(key)
-    affine = getattr(img, "affine", None)
-    if isinstance(affine, torch.Tensor) and affine.shape[-1] == 4 and not torch.allclose(affine, torch.eye(4, dtype=affine.dtype)):
-        aff = affine.detach().cpu().numpy()
-        return tuple(float(v) for v in np.sqrt((aff[:3, :3] ** 2).sum(axis=0)))
-    for meta_name in (f"{key}_meta_dict", "sidecar", "meta"):
-        meta = data.get(meta_name)
-        if isinstance(meta, Mapping):
-            if meta.get("voxel_mm") is not None:
-                return meta["voxel_mm"]
-            if meta.get("affine") is not None:
-                aff = np.asarray(meta["affine"], dtype=float)
-                return tuple(float(v) for v in np.sqrt((aff[:3, :3] ** 2).sum(axis=0)))
-    if default is None:
-        raise InputError(str(key), "voxel size unknown: give voxel_mm or a sidecar with 'voxel_mm'")
-    return default
-
-
 def _box_sum(x: torch.Tensor, radius: Sequence[int]) -> torch.Tensor:
     """Sum over a (2r+1) box along the last ``len(radius)`` axes, zero outside the volume."""
     if x.device.type == "cpu":
-        from scipy import ndimage
-
         # scipy's running-sum filter is several times faster than torch cumsum on CPU
         size = (1,) * (x.ndim - len(radius)) + tuple(2 * r + 1 for r in radius)
         out = ndimage.uniform_filter(x.numpy(), size=size, mode="constant", cval=0.0)
@@ -244,16 +220,17 @@ class _FeatureD(MapTransform):
 
 
 class _WindowFeatureD(_FeatureD):
-    """Shared dictionary logic of the window features: voxel size from meta, optional mask key."""
+    """Shared dictionary logic of the window features: voxel size from the metadata, optional mask key."""
 
     op: Any
     mask_key: str | None
     voxel_mm: float | Sequence[float] | None
+    meta_key: str
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            vox = self.voxel_mm if self.voxel_mm is not None else voxel_size_of(d, key)
+            vox = scan_value(d, "voxel_mm", self.voxel_mm, key=key, meta_key=self.meta_key)
             mask = None if self.mask_key is None else d[self.mask_key]
             d[self.output_key or key] = self.op(d[key], mask, voxel_mm=vox, where=str(key))
         return d
@@ -266,17 +243,18 @@ class DifferentialDarkFieldd(_WindowFeatureD):
         keys: dark-field keys (e.g. ``"df"``, decomposed).
         mask_key: lung mask key (``None``: whole volume).
         radius_mm, channel: as in :class:`DifferentialDarkField`.
-        voxel_mm: voxel size in mm; ``None`` reads it from the image meta or sidecar.
+        voxel_mm: voxel size in mm; ``None`` reads it from the metadata (else the image's affine).
         output_key: write only the feature there; ``None`` appends it to ``key``.
+        meta_key: where the scan's metadata lives in the data dictionary.
     """
 
     backend = DifferentialDarkField.backend
 
     def __init__(self, keys: KeysCollection = "df", mask_key: str | None = "lung_mask", *,
                  radius_mm: float = 2.0, voxel_mm: float | Sequence[float] | None = None, channel: int = 0,
-                 output_key: str | None = None, allow_missing_keys: bool = False) -> None:
+                 output_key: str | None = None, meta_key: str = "meta", allow_missing_keys: bool = False) -> None:
         super().__init__(keys, output_key, allow_missing_keys)
-        self.mask_key, self.voxel_mm = mask_key, voxel_mm
+        self.mask_key, self.voxel_mm, self.meta_key = mask_key, voxel_mm, meta_key
         self.op = DifferentialDarkField(radius_mm, 1.0, channel=channel, append=output_key is None)
 
 
@@ -313,17 +291,18 @@ class LocalTextured(_WindowFeatureD):
         keys: image keys.
         mask_key: optional mask key restricting the statistics.
         radius_mm, channels: as in :class:`LocalTexture`.
-        voxel_mm: voxel size in mm; ``None`` reads it from the image meta or sidecar.
+        voxel_mm: voxel size in mm; ``None`` reads it from the metadata (else the image's affine).
         output_key: write only the texture there; ``None`` appends it to ``key``.
+        meta_key: where the scan's metadata lives in the data dictionary.
     """
 
     backend = LocalTexture.backend
 
     def __init__(self, keys: KeysCollection = "df", mask_key: str | None = None, *, radius_mm: float = 1.0,
                  voxel_mm: float | Sequence[float] | None = None, channels: Sequence[int] | None = None,
-                 output_key: str | None = None, allow_missing_keys: bool = False) -> None:
+                 output_key: str | None = None, meta_key: str = "meta", allow_missing_keys: bool = False) -> None:
         super().__init__(keys, output_key, allow_missing_keys)
-        self.mask_key, self.voxel_mm = mask_key, voxel_mm
+        self.mask_key, self.voxel_mm, self.meta_key = mask_key, voxel_mm, meta_key
         self.op = LocalTexture(radius_mm, 1.0, channels=channels, append=output_key is None)
 
 

@@ -21,6 +21,7 @@ from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_data_type, convert_to_dst_type
 
+from dfseg.data.scan import scan_value
 from dfseg.errors import InputError
 
 __all__ = [
@@ -28,23 +29,7 @@ __all__ = [
     "DetectorDriftCorrection", "DetectorDriftCorrectiond", "DetectorDriftCorrectionD",
     "DetectorDriftCorrectionDict",
     "ReferenceNormalization", "ReferenceNormalizationd", "ReferenceNormalizationD", "ReferenceNormalizationDict",
-    "meta_value",
 ]
-
-
-def meta_value(data: Mapping | None, name: str, given: Any = None, *, meta_key: str = "meta",
-               where: str = "meta") -> Any:
-    """A parameter given explicitly, else read from the data dictionary's sidecar ``meta`` entry.
-
-    Raises:
-        InputError: neither given nor present in ``data[meta_key]``.
-    """
-    if given is not None:
-        return given
-    meta = None if data is None else data.get(meta_key)
-    if isinstance(meta, Mapping) and meta.get(name) is not None:
-        return meta[name]
-    raise InputError(f"{where}.{name}", "missing; give it to the transform or put it in the scan's sidecar")
 
 
 def _as_float_tensor(img: NdarrayOrTensor) -> torch.Tensor:
@@ -209,7 +194,7 @@ class _AirDict(MapTransform):
         keys = list(self.key_iterator(d))
         if not keys:
             return d
-        air = meta_value(d, "air_columns", self.air_columns, meta_key=self.meta_key)
+        air = scan_value(d, "air_columns", self.air_columns, meta_key=self.meta_key)
         op = self._array_cls(int(air), **self.kwargs)
         for key in keys:
             d[key] = op(d[key])

@@ -9,7 +9,9 @@
   first-order beam-hardening correction -> spectrum normalization -> decomposition.
 
 Scan parameters (``air_columns``, ``voxel_mm``, ``kvp``, ``filtration_mm``, ``visibility``,
-``orientations_deg``) come from the data dictionary's ``meta`` entry (the sidecar).
+``orientations_deg``) come from the data dictionary's ``meta`` entry, which
+:class:`dfseg.data.LoadScand` fills from the sidecar; each transform reads them with
+:func:`dfseg.data.scan_value`.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from collections.abc import Mapping
 
 from monai.transforms import Compose
 
+from dfseg.calibration import load_calibration
 from dfseg.transforms.beam_hardening import BeamHardeningCorrectiond
+from dfseg.transforms.decomposition import DirectionalDecompositiond
 from dfseg.transforms.flux import DetectorDriftCorrectiond, FluxNormalizationd
+from dfseg.transforms.modality import SelectModalityd
 from dfseg.transforms.reconstruction import FBPReconstructiond, NegativeLogd
 from dfseg.transforms.spectrum import SpectrumAwareNormalizationd
 
@@ -30,12 +35,8 @@ __all__ = ["projection_chain", "volume_chain"]
 def _tail(calibration: dict, decompose: bool, modality: str | None, meta_key: str) -> list:
     out: list = [SpectrumAwareNormalizationd("df", calibration, meta_key=meta_key)]
     if decompose:
-        from dfseg.transforms.decomposition import DirectionalDecompositiond
-
-        out.append(DirectionalDecompositiond("df"))
+        out.append(DirectionalDecompositiond("df", meta_key=meta_key))
     if modality is not None:
-        from dfseg.transforms.modality import SelectModalityd
-
         out.append(SelectModalityd(("attn", "df"), modality))
     return out
 
@@ -58,8 +59,6 @@ def projection_chain(calibration: Mapping | str | os.PathLike, *, aluminium_weig
         decompose: end with the directional decomposition (needs >= 3 orientations).
         modality: if given, also build the network input ``image`` (``attn`` | ``df`` | ``combined``).
     """
-    from dfseg.calibration import load_calibration
-
     cal = load_calibration(calibration)
     gain = (FluxNormalizationd("proj_T", meta_key=meta_key) if drift_degree is None
             else DetectorDriftCorrectiond("proj_T", meta_key=meta_key, degree=drift_degree))
@@ -77,8 +76,6 @@ def projection_chain(calibration: Mapping | str | os.PathLike, *, aluminium_weig
 def volume_chain(calibration: Mapping | str | os.PathLike, *, aluminium_weight: float = 0.0,
                  decompose: bool = True, modality: str | None = None, meta_key: str = "meta") -> Compose:
     """Reconstructed volumes to corrected (decomposed) volumes, first-order beam hardening."""
-    from dfseg.calibration import load_calibration
-
     cal = load_calibration(calibration)
     return Compose([
         BeamHardeningCorrectiond("df", cal, attn_key="attn", domain="volume", aluminium_weight=aluminium_weight),

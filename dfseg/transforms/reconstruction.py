@@ -15,8 +15,9 @@ from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_data_type, convert_to_dst_type
 
+from dfseg.data.scan import scan_value
 from dfseg.errors import InputError
-from dfseg.transforms.flux import meta_value
+from dfseg.tomo import fbp, projection_angles
 
 __all__ = [
     "NegativeLog", "NegativeLogd", "NegativeLogD", "NegativeLogDict",
@@ -70,8 +71,6 @@ class FBPReconstruction(Transform):
         Returns:
             ``(N, X, Y, Z)`` (or ``(1, X, Y, Z)`` when averaging) in 1/mm, X = Y = U.
         """
-        from dfseg.tomo import fbp, projection_angles
-
         t = convert_data_type(img, torch.Tensor)[0]
         t = t if t.is_floating_point() else t.float()
         if t.ndim != 4:
@@ -141,9 +140,9 @@ class FBPReconstructiond(MapTransform):
         keys = list(self.key_iterator(d))
         if not keys:
             return d
-        pixel = float(meta_value(d, "voxel_mm", self.pixel_mm, meta_key=self.meta_key))
-        meta = d.get(self.meta_key) if isinstance(d.get(self.meta_key), Mapping) else {}
-        n_or = len(meta["orientations_deg"]) if self.check_orientations and meta.get("orientations_deg") else None
+        pixel = float(scan_value(d, "voxel_mm", self.pixel_mm, meta_key=self.meta_key))
+        orientations = scan_value(d, "orientations_deg", meta_key=self.meta_key, default=None)
+        n_or = len(orientations) if self.check_orientations and orientations else None
         for key in keys:
             op = FBPReconstruction(pixel, filter_name=self.filter_name, average_channels=key in self.average_keys,
                                    n_orientations=n_or)

@@ -22,7 +22,9 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import TransformBackends, convert_to_dst_type
+from scipy import ndimage
 
+from dfseg.data.scan import scan_value
 from dfseg.errors import InputError
 
 __all__ = [
@@ -177,15 +179,11 @@ def register_histology(fixed_image: Any, moving_label: Any, *, spacing: float | 
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
-
     return mask & ~ndimage.binary_erosion(mask)
 
 
 def mean_surface_distance(a: np.ndarray, b: np.ndarray, spacing: float | Sequence[float] = 1.0) -> float:
     """Symmetric mean surface distance between two binary volumes (mm; voxels with ``spacing=1``)."""
-    from scipy import ndimage
-
     a, b = np.asarray(a) > 0, np.asarray(b) > 0
     if not a.any() or not b.any():
         return float("inf")
@@ -202,9 +200,11 @@ class RegisterHistologyd(MapTransform):
     Args:
         keys: moving histology label keys, (1, X', Y', Z') or (X', Y', Z').
         fixed_key: the image (or label) to register to, (1, X, Y, Z) or (X, Y, Z).
-        spacing: fixed voxel size in mm; ``None`` reads it from the meta/sidecar (default 1).
+        spacing: fixed voxel size in mm; ``None`` reads ``voxel_mm`` from the metadata, else the
+            fixed image's affine, else 1.
         rigid, bspline, fixed_is_label, mesh_mm: as in :func:`register_histology`.
         transform_key: if given, the SimpleITK transform of the last key is stored there.
+        meta_key: where the scan's metadata lives in the data dictionary.
         allow_missing_keys: skip absent keys.
 
     CPU only (SimpleITK): torch inputs come back as tensors on their original device.
@@ -215,17 +215,16 @@ class RegisterHistologyd(MapTransform):
     def __init__(self, keys: KeysCollection = "histology", fixed_key: str = "label", *,
                  spacing: float | Sequence[float] | None = None, rigid: bool = True, bspline: bool = True,
                  fixed_is_label: bool | None = None, mesh_mm: float | None = None,
-                 transform_key: str | None = None, allow_missing_keys: bool = False) -> None:
+                 transform_key: str | None = None, meta_key: str = "meta", allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.fixed_key, self.spacing, self.transform_key = fixed_key, spacing, transform_key
+        self.meta_key = meta_key
         self.kwargs = {"rigid": rigid, "bspline": bspline, "fixed_is_label": fixed_is_label, "mesh_mm": mesh_mm}
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        from dfseg.transforms.features import voxel_size_of
-
         d = dict(data)
         fixed = d[self.fixed_key]
-        spacing = self.spacing if self.spacing is not None else voxel_size_of(d, self.fixed_key, default=1.0)
+        spacing = scan_value(d, "voxel_mm", self.spacing, key=self.fixed_key, meta_key=self.meta_key, default=1.0)
         fixed3 = fixed[0] if fixed.ndim == 4 else fixed
         for key in self.key_iterator(d):
             moving = d[key]

@@ -21,19 +21,15 @@ from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_data_type, convert_to_dst_type
 
+from dfseg.calibration import load_calibration
 from dfseg.calibration.energy import scan_effective_energy, visibility_from_params
+from dfseg.data.scan import scan_value
 from dfseg.errors import InputError
 
 __all__ = [
     "SpectrumAwareNormalization", "SpectrumAwareNormalizationd", "SpectrumAwareNormalizationD",
     "SpectrumAwareNormalizationDict", "visibility_from_params", "scan_effective_energy",
 ]
-
-
-def _load(calibration: Mapping | str | os.PathLike) -> dict:
-    from dfseg.calibration import load_calibration
-
-    return load_calibration(calibration)
 
 
 class SpectrumAwareNormalization(Transform):
@@ -52,7 +48,7 @@ class SpectrumAwareNormalization(Transform):
     def __init__(self, calibration: Mapping | str | os.PathLike, *, e_eff_kev: float | None = None,
                  kvp: float | None = None, filtration_mm: Mapping[str, float] | None = None,
                  visibility: Any = None) -> None:
-        self.calibration = _load(calibration)
+        self.calibration = load_calibration(calibration)
         if e_eff_kev is None:
             if kvp is None or visibility is None:
                 raise InputError("SpectrumAwareNormalization", "give e_eff_kev, or kvp and visibility")
@@ -85,18 +81,18 @@ class SpectrumAwareNormalizationd(MapTransform):
                  filtration_mm: Mapping[str, float] | None = None, visibility: Any = None,
                  meta_key: str = "meta", allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.calibration = _load(calibration)
+        self.calibration = load_calibration(calibration)
         self.given = {"e_eff_kev": e_eff_kev, "kvp": kvp, "filtration_mm": filtration_mm, "visibility": visibility}
         self.meta_key = meta_key
         self._cache: dict[str, SpectrumAwareNormalization] = {}
 
     def _op(self, d: Mapping) -> SpectrumAwareNormalization:
-        meta = d.get(self.meta_key) if isinstance(d.get(self.meta_key), Mapping) else {}
-        args = {k: (v if v is not None else meta.get(k)) for k, v in self.given.items()}
-        if args["e_eff_kev"] is None:
-            for k in ("kvp", "visibility"):
-                if args[k] is None:
-                    raise InputError(f"{self.meta_key}.{k}", "missing; give it to the transform or put it in the scan's sidecar")
+        m, given = self.meta_key, self.given
+        e_eff = scan_value(d, "e_eff_kev", given["e_eff_kev"], meta_key=m, default=None)
+        needed = {} if e_eff is None else {"default": None}  # no default: missing is an error
+        args = {"e_eff_kev": e_eff, "kvp": scan_value(d, "kvp", given["kvp"], meta_key=m, **needed),
+                "filtration_mm": scan_value(d, "filtration_mm", given["filtration_mm"], meta_key=m, default=None),
+                "visibility": scan_value(d, "visibility", given["visibility"], meta_key=m, **needed)}
         key = repr(sorted(args.items(), key=lambda kv: kv[0]))
         if key not in self._cache:  # spectra are the same for every scan of a cohort
             self._cache[key] = SpectrumAwareNormalization(self.calibration, **args)

@@ -6,11 +6,14 @@ Physics (PHYSICS.md section 2): a nodule replaces aerated alveoli by solid tissu
 - the dark-field, which comes from the alveolar air-tissue interfaces, falls towards a residual
   fraction of the local value (default 0), isotropic and anisotropic parts alike, and the
   anisotropy amplitude (orientation of airways) vanishes;
-- ``occ`` in [0, 1] is the partial-volume occupancy of each voxel, from an irregular
-  (noise-perturbed radial function) lesion surface, restricted to the lung mask.
+- ``occ`` in [0, 1] is the partial-volume occupancy of each voxel, restricted to the lung mask.
 
-:class:`SyntheticTumour` is deterministic given its parameters; :class:`RandSyntheticTumourd` only
-samples them (TorchIO style) and calls it, so every augmentation can be logged and replayed.
+The lesion's shape is the simulator's tumour model (:mod:`dfseg.simulate.tumours`: a
+:class:`~dfseg.simulate.tumours.TumourShape` drawn from a shape model and a seed, its
+:func:`~dfseg.simulate.tumours.occupancy` at an equivalent diameter), so augmented lesions look
+like the simulated ones. :class:`SyntheticTumour` is deterministic given its parameters;
+:class:`RandSyntheticTumourd` only samples them (TorchIO style) and calls it, so every
+augmentation can be logged and replayed.
 """
 
 from __future__ import annotations
@@ -24,80 +27,40 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type
 
+from dfseg.channels import DF_CHANNELS
+from dfseg.data.scan import scan_value
 from dfseg.errors import InputError
-from dfseg.transforms.decomposition import DF_CHANNELS
-from dfseg.transforms.features import voxel_size_of
+from dfseg.simulate.tumours import SHAPE_MODELS, TumourShape, occupancy, sample_shape
 
 __all__ = [
     "RandSyntheticTumourD",
     "RandSyntheticTumourDict",
     "RandSyntheticTumourd",
     "SyntheticTumour",
+    "LESION_MODELS",
     "estimate_tissue_mu",
-    "lesion_occupancy",
+    "lesion_shape",
 ]
 
-#: number of random cosine modes that perturb the lesion radius
-_N_MODES = 6
+#: shape models a synthetic lesion may take: the simulator's, and a plain sphere
+LESION_MODELS: tuple[str, ...] = ("sphere", *SHAPE_MODELS)
 
 
 def _as_torch(x: Any) -> torch.Tensor:
     return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
 
-def lesion_occupancy(shape: Sequence[int], centre_vox: Sequence[float], diameter_mm: float,
-                     voxel_mm: float | Sequence[float], *, shape_seed: int = 0, roughness: float = 0.25,
-                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, tuple[slice, ...]]:
-    """Partial-volume occupancy of an irregular lesion on a voxel grid.
+def lesion_shape(model: str, seed: int) -> TumourShape:
+    """The simulator's tumour shape for ``model`` (:data:`LESION_MODELS`) drawn with ``seed``.
 
-    The surface is ``r(u) = R (1 + roughness * f(u))`` for unit directions u, R = diameter/2 and
-    ``f(u) = sum_j a_j cos(k_j pi (u . d_j) + phi_j)`` (``sum |a_j| = 1``, so ``|f| <= 1``) with
-    directions, frequencies and phases drawn from ``numpy.random.default_rng(shape_seed)``.
-    Occupancy ramps linearly across one voxel at the surface.
-
-    Args:
-        shape: spatial shape (X, Y, Z) of the volume.
-        centre_vox: lesion centre in voxel coordinates.
-        diameter_mm: nominal diameter in mm.
-        voxel_mm: voxel size in mm (isotropic or per axis).
-        shape_seed: seed of the surface perturbation.
-        roughness: relative radius perturbation, in [0, 0.9].
-        device: torch device of the result.
-
-    Returns:
-        ``(occ, box)``: occupancy (float64 tensor, values in [0, 1]) over the bounding box
-        ``box`` (a tuple of slices into ``shape``); empty box if the lesion misses the volume.
+    Raises:
+        InputError: unknown model.
     """
-    if not 0.0 <= roughness <= 0.9:
-        raise ValueError(f"roughness must be in [0, 0.9], got {roughness}")
-    if diameter_mm <= 0:
-        raise ValueError(f"diameter_mm must be > 0, got {diameter_mm}")
-    vox = np.broadcast_to(np.asarray(voxel_mm, dtype=float), (3,))
-    centre = np.asarray(centre_vox, dtype=float)
-    radius = diameter_mm / 2.0
-    reach = radius * (1 + roughness) + vox.max()
-    lo = np.maximum(np.floor(centre - reach / vox).astype(int), 0)
-    hi = np.minimum(np.ceil(centre + reach / vox).astype(int) + 1, np.asarray(shape))
-    box = tuple(slice(int(a), int(max(a, b))) for a, b in zip(lo, hi))
-    axes = [(torch.arange(s.start, s.stop, dtype=torch.float64, device=device) - c) * v
-            for s, c, v in zip(box, centre, vox)]
-    gx, gy, gz = torch.meshgrid(*axes, indexing="ij")
-    dist = torch.sqrt(gx**2 + gy**2 + gz**2)
-    rng = np.random.default_rng(shape_seed)
-    dirs = rng.normal(size=(_N_MODES, 3))
-    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    freq = rng.uniform(1.0, 3.0, _N_MODES)
-    phase = rng.uniform(0, 2 * np.pi, _N_MODES)
-    amp = rng.uniform(0.2, 1.0, _N_MODES)
-    amp /= amp.sum()
-    safe = dist.clamp_min(1e-12)
-    f = torch.zeros_like(dist)
-    for d, k, p, a in zip(dirs, freq, phase, amp):
-        cos_angle = (gx * d[0] + gy * d[1] + gz * d[2]) / safe
-        f = f + a * torch.cos(k * np.pi * cos_angle + p)
-    surface = radius * (1 + roughness * f)
-    occ = (0.5 + (surface - dist) / float(vox.min())).clamp(0.0, 1.0)
-    return occ, box
+    if model == "sphere":
+        return TumourShape.sphere()
+    if model not in SHAPE_MODELS:
+        raise InputError("shape_model", f"unknown lesion shape model {model!r}; known: {', '.join(LESION_MODELS)}")
+    return sample_shape(np.random.default_rng(seed), model)
 
 
 def estimate_tissue_mu(attn: Any, lung_mask: Any) -> float:
@@ -127,11 +90,12 @@ class SyntheticTumour(Transform):
     """Insert one lesion with given parameters (deterministic).
 
     Args:
-        centre_vox: lesion centre (x, y, z) in voxel coordinates.
-        diameter_mm: nominal diameter in mm.
+        centre_vox: lesion centre (x, y, z) in voxel coordinates (voxel indices, fractions allowed).
+        diameter_mm: equivalent diameter (of the sphere of the same volume) in mm.
         voxel_mm: voxel size in mm (isotropic or per axis).
-        shape_seed: seed of the irregular surface (see :func:`lesion_occupancy`).
-        roughness: relative radius perturbation in [0, 0.9].
+        shape_model: one of :data:`LESION_MODELS` (``smooth``, ``lobulated``, ``spiculated``: the
+            simulator's tumour models; ``sphere``).
+        shape_seed: seed the shape is drawn with (:func:`lesion_shape`).
         tissue_mu: solid-tissue attenuation in 1/mm; ``None`` estimates it from the scan
             (:func:`estimate_tissue_mu`, needs the lung mask).
         residual_df: dark-field inside the lesion as a fraction of the local lung value (0 = none).
@@ -142,22 +106,25 @@ class SyntheticTumour(Transform):
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
     def __init__(self, centre_vox: Sequence[float], diameter_mm: float, voxel_mm: float | Sequence[float] = 1.0,
-                 *, shape_seed: int = 0, roughness: float = 0.25, tissue_mu: float | None = None,
+                 *, shape_model: str = "smooth", shape_seed: int = 0, tissue_mu: float | None = None,
                  residual_df: float = 0.0, df_layout: str = "auto") -> None:
         if df_layout not in ("auto", "decomposed", "orientations"):
             raise ValueError(f"df_layout must be auto, decomposed or orientations, got {df_layout!r}")
         if not 0.0 <= residual_df <= 1.0:
             raise ValueError(f"residual_df must be in [0, 1], got {residual_df}")
+        if not diameter_mm > 0:
+            raise ValueError(f"diameter_mm must be > 0, got {diameter_mm}")
         self.centre_vox = tuple(float(c) for c in centre_vox)
         self.diameter_mm, self.voxel_mm = float(diameter_mm), voxel_mm
-        self.shape_seed, self.roughness = int(shape_seed), float(roughness)
+        self.shape_model, self.shape_seed = shape_model, int(shape_seed)
+        self.shape = lesion_shape(shape_model, self.shape_seed)
         self.tissue_mu, self.residual_df, self.df_layout = tissue_mu, float(residual_df), df_layout
 
     def params(self) -> dict[str, Any]:
         """The parameters, as plain JSON-able values (for logging and replay)."""
         return {"centre_vox": list(self.centre_vox), "diameter_mm": self.diameter_mm,
                 "voxel_mm": self.voxel_mm if np.ndim(self.voxel_mm) == 0 else list(self.voxel_mm),
-                "shape_seed": self.shape_seed, "roughness": self.roughness, "tissue_mu": self.tissue_mu,
+                "shape_model": self.shape_model, "shape_seed": self.shape_seed, "tissue_mu": self.tissue_mu,
                 "residual_df": self.residual_df}
 
     def __call__(self, attn: Any = None, df: Any = None, label: Any = None, lung_mask: Any = None) -> tuple[Any, Any, Any]:
@@ -184,8 +151,8 @@ class SyntheticTumour(Transform):
             if x is not None and tuple(x.shape[-3:]) != spatial:
                 raise InputError(name, f"spatial shape {tuple(x.shape[-3:])} differs from {ref_name} {spatial}")
         device = _as_torch(ref).device
-        occ, box = lesion_occupancy(spatial, self.centre_vox, self.diameter_mm, self.voxel_mm,
-                                    shape_seed=self.shape_seed, roughness=self.roughness, device=device)
+        box, frac = occupancy(spatial, self.voxel_mm, self._centre_mm(spatial), self.diameter_mm, self.shape)
+        occ = torch.as_tensor(frac, dtype=torch.float64, device=device)
         if lung_mask is not None:
             lung = _as_torch(lung_mask).to(device)
             lung = lung.reshape(lung.shape[-3:]) if lung.ndim == 4 else lung
@@ -194,6 +161,11 @@ class SyntheticTumour(Transform):
             occ = occ * (lung[box] > 0).to(occ.dtype)
         box4 = (slice(None), *box)
         return (self._attn(attn, lung_mask, occ, box4), self._df(df, occ, box4), self._label(label, occ, box4))
+
+    def _centre_mm(self, spatial: tuple[int, ...]) -> np.ndarray:
+        """The centre in the grid coordinates of :func:`dfseg.simulate.tumours.occupancy`."""
+        vox = np.broadcast_to(np.asarray(self.voxel_mm, dtype=np.float64), (3,))
+        return (np.asarray(self.centre_vox) - (np.asarray(spatial) - 1) / 2) * vox
 
     def _attn(self, attn: Any, lung_mask: Any, occ: torch.Tensor, box4: tuple[slice, ...]) -> Any:
         if attn is None:
@@ -249,11 +221,12 @@ class RandSyntheticTumourd(RandomizableTransform, MapTransform):
         keys: ``(attn_key, df_key, label_key)``; any may be missing with ``allow_missing_keys``.
         mask_key: lung mask key (the lesion centre is drawn from it; the lesion stays inside it).
         prob: probability of inserting a lesion.
-        diameter_range_mm: (min, max) diameter in mm, drawn uniformly.
-        roughness_range: (min, max) relative radius perturbation.
-        voxel_mm: voxel size in mm; ``None`` reads it from the image meta/sidecar.
+        diameter_range_mm: (min, max) equivalent diameter in mm, drawn uniformly.
+        shape_models: the shape models to draw from (uniformly), names of :data:`LESION_MODELS`.
+        voxel_mm: voxel size in mm; ``None`` reads it from the metadata, else the image's affine.
         tissue_mu: solid-tissue mu in 1/mm; ``None`` estimates it from the scan.
         residual_df: lesion dark-field as a fraction of the local lung value.
+        meta_key: where the scan's metadata lives in the data dictionary.
         allow_missing_keys: skip absent keys.
 
     After each call ``self.last_params`` holds the parameters used (``None`` when nothing was
@@ -264,8 +237,8 @@ class RandSyntheticTumourd(RandomizableTransform, MapTransform):
 
     def __init__(self, keys: KeysCollection = ("attn", "df", "label"), mask_key: str = "lung_mask",
                  prob: float = 0.5, diameter_range_mm: tuple[float, float] = (0.5, 3.0), *,
-                 roughness_range: tuple[float, float] = (0.1, 0.35), voxel_mm: float | Sequence[float] | None = None,
-                 tissue_mu: float | None = None, residual_df: float = 0.0,
+                 shape_models: Sequence[str] = ("smooth",), voxel_mm: float | Sequence[float] | None = None,
+                 tissue_mu: float | None = None, residual_df: float = 0.0, meta_key: str = "meta",
                  allow_missing_keys: bool = False) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
@@ -273,12 +246,16 @@ class RandSyntheticTumourd(RandomizableTransform, MapTransform):
             raise ValueError(f"keys must be (attn_key, df_key, label_key), got {self.keys}")
         if not 0 < diameter_range_mm[0] <= diameter_range_mm[1]:
             raise ValueError(f"diameter_range_mm must be 0 < min <= max, got {diameter_range_mm}")
-        self.mask_key, self.diameter_range_mm, self.roughness_range = mask_key, diameter_range_mm, roughness_range
+        unknown = [m for m in shape_models if m not in LESION_MODELS]
+        if not shape_models or unknown:
+            raise ValueError(f"shape_models must name some of {', '.join(LESION_MODELS)}, got {list(shape_models)}")
+        self.mask_key, self.diameter_range_mm, self.shape_models = mask_key, diameter_range_mm, tuple(shape_models)
         self.voxel_mm, self.tissue_mu, self.residual_df = voxel_mm, tissue_mu, residual_df
+        self.meta_key = meta_key
         self.last_params: dict[str, Any] | None = None
 
     def randomize(self, data: Any = None) -> None:
-        """Decide whether to insert; if so, draw centre, diameter, roughness and shape seed."""
+        """Decide whether to insert; if so, draw centre, diameter, shape model and shape seed."""
         super().randomize(None)
         self.last_params = None
         if not self._do_transform:
@@ -292,7 +269,7 @@ class RandSyntheticTumourd(RandomizableTransform, MapTransform):
         self.last_params = {
             "centre_vox": centre.tolist(),
             "diameter_mm": float(self.R.uniform(*self.diameter_range_mm)),
-            "roughness": float(self.R.uniform(*self.roughness_range)),
+            "shape_model": self.shape_models[int(self.R.randint(len(self.shape_models)))],
             "shape_seed": int(self.R.randint(2**31 - 1)),
         }
 
@@ -305,10 +282,7 @@ class RandSyntheticTumourd(RandomizableTransform, MapTransform):
             return d
         attn_key, df_key, label_key = self.keys
         present = {k: d[k] for k in self.key_iterator(d)}
-        vox = self.voxel_mm
-        if vox is None:
-            first = next(iter(present), self.mask_key)
-            vox = voxel_size_of(d, first)
+        vox = scan_value(d, "voxel_mm", self.voxel_mm, key=next(iter(present), self.mask_key), meta_key=self.meta_key)
         self.last_params.update(voxel_mm=vox if np.ndim(vox) == 0 else list(vox),
                                 tissue_mu=self.tissue_mu, residual_df=self.residual_df)
         tumour = SyntheticTumour(**self.last_params)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from testkit import KINDS, as_kind
 
 from dfseg.physics import (
     DEFAULT_SETUP_RATIO,
@@ -84,11 +84,9 @@ def test_effective_energy():
     assert e_eff.shape == (2,) and e_eff[0] == pytest.approx(e_empty) and e_eff[1] > e_empty + 1.0
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
-def test_scale_to_reference_round_trip(backend):
-    df = np.array([0.1, 0.5, 2.0])
-    if backend == "torch":
-        df = torch.tensor(df, dtype=torch.float64)
+@pytest.mark.parametrize("kind", KINDS)
+def test_scale_to_reference_round_trip(kind):
+    df = as_kind(kind, np.array([0.1, 0.5, 2.0]))
     there = scale_to_reference(df, 33.0, 30.0, 3.7)
     back = scale_to_reference(there, 30.0, 33.0, 3.7)
     assert type(there) is type(df)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from testkit import KINDS, as_kind
 
 from dfseg.calibration.fit import fit_calibration
 from dfseg.errors import InputError
@@ -36,12 +37,12 @@ def cal(tmp_path_factory):
     return fit_calibration(root)
 
 
-@pytest.mark.parametrize("as_torch", [False, True])
-def test_projection_domain_removes_wedge_curve(cal, as_torch):
+@pytest.mark.parametrize("kind", KINDS)
+def test_projection_domain_removes_wedge_curve(cal, kind):
     st = cal["beam_hardening"]["water"]["steps"]
     a = np.asarray(st["A"], np.float32)[None, None, :, None]
     df = np.asarray(st["DF"], np.float32)[None, None, :, None]
-    inp = (torch.as_tensor(df), torch.as_tensor(a)) if as_torch else (df, a)
+    inp = (as_kind(kind, df), as_kind(kind, a))
     out = BeamHardeningCorrection(cal)(*inp)
     assert type(out) is type(inp[0]) and out.shape == df.shape and out.dtype == inp[0].dtype
     out = np.asarray(out)
@@ -52,13 +53,13 @@ def test_projection_domain_removes_wedge_curve(cal, as_torch):
     assert torch.isfinite(far).all() and abs(float(far[0])) < 1.0 and float(slope1) == pytest.approx(float(far[1] - far[0]))
 
 
-@pytest.mark.parametrize("as_torch", [False, True])
-def test_volume_domain_first_order(cal, as_torch):
+@pytest.mark.parametrize("kind", KINDS)
+def test_volume_domain_first_order(cal, kind):
     mu = np.zeros((1, 4, 4, 4))
     mu[0, 1:3, 1:3, 1:3] = 0.05
     c1 = cal["beam_hardening"]["water"]["first_order_c1"]
     eps = np.repeat(0.01 + c1 * mu, 3, axis=0)
-    inp = (torch.as_tensor(eps), torch.as_tensor(mu)) if as_torch else (eps, mu)
+    inp = (as_kind(kind, eps), as_kind(kind, mu))
     out = BeamHardeningCorrection(cal, domain="volume")(*inp)
     assert type(out) is type(inp[0])
     np.testing.assert_allclose(np.asarray(out), 0.01, atol=1e-12)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from testkit import DEVICES, KINDS, as_kind
 
 from dfseg.errors import InputError
 from dfseg.transforms.decomposition import (
@@ -15,19 +16,13 @@ from dfseg.transforms.decomposition import (
     fit_orientation,
 )
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
 
 def _model(angles_deg, c0, c2, theta_deg):
     w = np.deg2rad(np.asarray(angles_deg, float))
     return c0 + c2 * np.cos(2 * (w - np.deg2rad(theta_deg)))
 
 
-def _as(kind, x, device="cpu"):
-    return torch.as_tensor(x, device=device) if kind == "torch" else np.asarray(x)
-
-
-@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("angles", [[0, 45, 90, 135], [0, 60, 120], [10, 35, 80, 100, 170], [0, 30, 60, 90, 120, 150, 180]])
 def test_exact_recovery_any_angle_set(kind, angles):
     rng = np.random.default_rng(0)
@@ -36,8 +31,8 @@ def test_exact_recovery_any_angle_set(kind, angles):
     c2 = rng.uniform(0.0, 0.4, shape)
     theta = rng.uniform(-89, 89, shape)
     y = np.stack([c0 + c2 * np.cos(2 * np.deg2rad(a - theta)) for a in angles])
-    out = DirectionalDecomposition(angles)(_as(kind, y))
-    assert type(out) is type(_as(kind, y))
+    out = DirectionalDecomposition(angles)(as_kind(kind, y))
+    assert type(out) is type(as_kind(kind, y))
     out = np.asarray(out)
     assert out.shape == (5, *shape)
     np.testing.assert_allclose(out[0], c0, atol=1e-10)
@@ -45,7 +40,7 @@ def test_exact_recovery_any_angle_set(kind, angles):
     np.testing.assert_allclose(out[2], c2 / c0, atol=1e-10)
     np.testing.assert_allclose(out[3], c2 * np.cos(2 * np.deg2rad(theta)), atol=1e-10)
     np.testing.assert_allclose(out[4], c2 * np.sin(2 * np.deg2rad(theta)), atol=1e-10)
-    th = np.asarray(fit_orientation(_as(kind, y), angles))
+    th = np.asarray(fit_orientation(as_kind(kind, y), angles))
     dt = (th - theta + 90) % 180 - 90
     np.testing.assert_allclose(dt[c2 > 1e-3], 0, atol=1e-6)
 
@@ -100,10 +95,10 @@ def test_channel_count_mismatch_names_counts():
         DirectionalDecomposition([0, 45, 90, 135])(np.zeros((3, 4, 4, 4)))
 
 
-@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_zero_c0_gives_zero_anisotropy(kind):
     y = np.zeros((4, 3, 3, 3), np.float32)
-    out = DirectionalDecomposition([0, 45, 90, 135])(_as(kind, y))
+    out = DirectionalDecomposition([0, 45, 90, 135])(as_kind(kind, y))
     assert np.all(np.isfinite(np.asarray(out)))
     assert np.all(np.asarray(out)[2] == 0)
 
@@ -126,26 +121,29 @@ def test_torch_keeps_device_and_dtype(device, dtype):
     np.testing.assert_allclose(out.cpu().numpy(), ref, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["numpy", "torch"])
-@pytest.mark.parametrize("where", ["top", "meta", "sidecar"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("where", ["meta", "other_meta_key", "given"])
 def test_dict_reads_angles_from_data(kind, where):
     angles = [0, 60, 120]
-    y = _as(kind, np.stack([_model(angles, 1.0, 0.3, 45.0)[i] * np.ones((4, 4, 4)) for i in range(3)]))
+    y = as_kind(kind, np.stack([_model(angles, 1.0, 0.3, 45.0)[i] * np.ones((4, 4, 4)) for i in range(3)]))
     data = {"df": y, "attn": np.ones((1, 4, 4, 4))}
-    if where == "top":
-        data["orientations_deg"] = angles
-    elif where == "meta":
-        data["df_meta_dict"] = {"orientations_deg": angles}
-    else:
-        data["sidecar"] = {"orientations_deg": angles}
-    out = DirectionalDecompositiond("df")(data)
+    if where == "meta":
+        data["meta"] = {"orientations_deg": angles}
+        op = DirectionalDecompositiond("df")
+    elif where == "other_meta_key":
+        data["scan"] = {"orientations_deg": angles}
+        op = DirectionalDecompositiond("df", meta_key="scan")
+    else:  # an explicit value wins over the metadata
+        data["meta"] = {"orientations_deg": [0, 45, 90, 135]}
+        op = DirectionalDecompositiond("df", angles_deg=angles)
+    out = op(data)
     assert type(out["df"]) is type(y) and out["df"].shape[0] == len(DF_CHANNELS)
     assert np.allclose(np.asarray(out["df"])[4], 0.3)  # sin 90deg
     assert out["attn"] is data["attn"]
 
 
 def test_dict_missing_angles_and_missing_key():
-    with pytest.raises(InputError, match="orientations_deg"):
+    with pytest.raises(InputError, match="meta.orientations_deg: missing"):
         DirectionalDecompositiond("df")({"df": np.zeros((4, 2, 2, 2))})
     out = DirectionalDecompositiond("df", angles_deg=[0, 45, 90, 135], allow_missing_keys=True)({"x": 1})
     assert out == {"x": 1}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from monai.data import MetaTensor
+from testkit import DEVICES, KINDS, as_kind
 
 from dfseg.errors import InputError
 from dfseg.transforms.features import (
@@ -16,13 +18,6 @@ from dfseg.transforms.features import (
     LocalTextured,
     radius_voxels,
 )
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-KINDS = ["numpy", "torch"]
-
-
-def _as(kind, x, device="cpu"):
-    return torch.as_tensor(x, device=device) if kind == "torch" else np.asarray(x)
 
 
 def _step(n=32):
@@ -39,8 +34,8 @@ def test_radius_voxels():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_constant_gives_zero(kind):
-    img = _as(kind, np.full((5, 12, 12, 12), 0.37, np.float32))
-    mask = _as(kind, np.ones((1, 12, 12, 12), np.uint8))
+    img = as_kind(kind, np.full((5, 12, 12, 12), 0.37, np.float32))
+    mask = as_kind(kind, np.ones((1, 12, 12, 12), np.uint8))
     ddf = DifferentialDarkField(2.0, 0.5)(img, mask)
     tex = LocalTexture(1.0, 0.5)(img)
     assert type(ddf) is type(img) and ddf.shape == (6, 12, 12, 12) and tex.shape == (10, 12, 12, 12)
@@ -51,7 +46,7 @@ def test_constant_gives_zero(kind):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("r", [1, 3])
 def test_step_known_answers(kind, r):
-    img = _as(kind, _step())
+    img = as_kind(kind, _step())
     ddf = np.asarray(DifferentialDarkField(float(r), 1.0, append=False)(img))
     tex = np.asarray(LocalTexture(float(r), 1.0, append=False)(img))
     assert ddf.shape == (1, 32, 8, 8)
@@ -79,8 +74,8 @@ def test_ratio_safe_division(kind):
     df = np.stack([np.full((4, 4, 4), 0.2), np.zeros((4, 4, 4))]).astype(np.float32)
     attn = np.full((1, 4, 4, 4), 0.04, np.float32)
     attn[0, 0] = 0.0
-    out = DarkFieldAttenuationRatio()(_as(kind, df), _as(kind, attn))
-    assert type(out) is type(_as(kind, df)) and out.shape == (1, 4, 4, 4)
+    out = DarkFieldAttenuationRatio()(as_kind(kind, df), as_kind(kind, attn))
+    assert type(out) is type(as_kind(kind, df)) and out.shape == (1, 4, 4, 4)
     out = np.asarray(out)
     assert np.all(out[0, 0] == 0) and np.allclose(out[0, 1:], 5.0)
 
@@ -92,9 +87,9 @@ def test_ratio_shape_mismatch():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_dict_versions(kind):
-    df = _as(kind, np.concatenate([_step(), np.zeros((4, 32, 8, 8), np.float32)]))
-    data = {"df": df, "attn": _as(kind, np.full((1, 32, 8, 8), 0.5, np.float32)),
-            "lung_mask": np.ones((1, 32, 8, 8)), "sidecar": {"voxel_mm": 0.5}}
+    df = as_kind(kind, np.concatenate([_step(), np.zeros((4, 32, 8, 8), np.float32)]))
+    data = {"df": df, "attn": as_kind(kind, np.full((1, 32, 8, 8), 0.5, np.float32)),
+            "lung_mask": np.ones((1, 32, 8, 8)), "meta": {"voxel_mm": 0.5}}
     out = DifferentialDarkFieldd("df", radius_mm=1.0)(data)  # 2 voxels at 0.5 mm
     assert out["df"].shape == (6, 32, 8, 8)
     assert float(np.asarray(out["df"])[5, 16, 4, 4]) == pytest.approx(2 / 5, abs=1e-6)
@@ -102,6 +97,20 @@ def test_dict_versions(kind):
     assert np.allclose(np.asarray(out["df_attn_ratio"])[0, 20], 4.0)
     out = LocalTextured("df", channels=[0], output_key="tex")(data)
     assert out["tex"].shape == (1, 32, 8, 8) and out["df"] is df
+
+
+def test_dict_voxel_size_given_or_from_meta_or_affine():
+    """An explicit voxel_mm wins, else the metadata, else the image's affine (dfseg.data.scan_value)."""
+    img = _step()
+    want = np.asarray(DifferentialDarkField(1.0, 0.5, append=False)(img))
+    affine = torch.diag(torch.tensor([0.5, 0.5, 0.5, 1.0], dtype=torch.float64))
+    for data, given in (({"df": img, "meta": {"voxel_mm": 2.0}}, 0.5),
+                        ({"df": img, "meta": {"voxel_mm": 0.5}}, None),
+                        ({"df": MetaTensor(torch.as_tensor(img), affine=affine)}, None)):
+        out = DifferentialDarkFieldd("df", mask_key=None, radius_mm=1.0, voxel_mm=given, output_key="ddf")(data)
+        np.testing.assert_allclose(np.asarray(out["ddf"]), want, atol=1e-6)
+    with pytest.raises(InputError, match="meta.voxel_mm: missing"):
+        DifferentialDarkFieldd("df", mask_key=None)({"df": img})
 
 
 @pytest.mark.parametrize("device", DEVICES)

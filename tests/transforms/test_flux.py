@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from testkit import KINDS, as_kind
 
 from dfseg.errors import InputError
 from dfseg.transforms.flux import (
@@ -36,10 +37,10 @@ def drifted_stack(rng, noise=True):
     return t_true, t_hat
 
 
-@pytest.mark.parametrize("as_torch", [False, True])
-def test_flux_normalization_removes_5_percent_drift(as_torch):
+@pytest.mark.parametrize("kind", KINDS)
+def test_flux_normalization_removes_5_percent_drift(kind):
     t_true, t_meas = drifted_stack(np.random.default_rng(0))
-    inp = torch.as_tensor(t_meas, dtype=torch.float32) if as_torch else t_meas.astype(np.float32)
+    inp = as_kind(kind, t_meas.astype(np.float32))
     out = FluxNormalization(AIR)(inp)
     assert type(out) is type(inp) and out.shape == inp.shape
     out = np.asarray(out)
@@ -54,17 +55,17 @@ def test_flux_normalization_removes_5_percent_drift(as_torch):
     assert np.max(np.abs(np.polyfit(np.arange(per_angle.size), per_angle, 1)[0] * per_angle.size)) < 2e-3
 
 
-@pytest.mark.parametrize("as_torch", [False, True])
-def test_drift_correction_smooth_gain(as_torch):
+@pytest.mark.parametrize("kind", KINDS)
+def test_drift_correction_smooth_gain(kind):
     rng = np.random.default_rng(1)
     t_true, t_meas = drifted_stack(rng, noise=False)
     # no flux jitter: a pure slow drift is fitted exactly by a cubic over the angle index
     n, a = t_meas.shape[:2]
     drift = 1.0 + 0.05 * np.sin(np.linspace(0, 1.5, a))
     t_meas = t_true * drift[None, :, None, None]
-    inp = torch.as_tensor(t_meas) if as_torch else t_meas
+    inp = as_kind(kind, t_meas)
     out = DetectorDriftCorrection(AIR, degree=3)(inp)
-    assert type(out) is type(inp) and out.dtype == (torch.float64 if as_torch else np.float64)
+    assert type(out) is type(inp) and out.dtype == (torch.float64 if kind == "torch" else np.float64)
     err = np.abs(np.asarray(out) - t_true).max()
     assert err < 1e-4
 
@@ -113,12 +114,12 @@ def test_bad_air_region_is_a_one_line_error(make, bad):
             make(2)(x)
 
 
-@pytest.mark.parametrize("as_torch", [False, True])
-def test_reference_normalization(as_torch):
+@pytest.mark.parametrize("kind", KINDS)
+def test_reference_normalization(kind):
     vol = np.full((2, 8, 8, 8), 3.0)
     vol[1] = 5.0
     vol[:, 2:4, 2:4, 2:4] *= 2.0
-    inp = torch.as_tensor(vol) if as_torch else vol
+    inp = as_kind(kind, vol)
     out = ReferenceNormalization((slice(0, 2), slice(0, 2), slice(0, 2)))(inp)
     assert type(out) is type(inp)
     out = np.asarray(out)
@@ -133,7 +134,7 @@ def test_reference_normalization(as_torch):
     bad = vol.copy()
     bad[0, 1, 1, 1] = np.nan
     with pytest.raises(InputError, match="NaN or infinite"):
-        ReferenceNormalization((slice(0, 2), slice(0, 2), slice(0, 2)))(torch.as_tensor(bad) if as_torch else bad)
+        ReferenceNormalization((slice(0, 2), slice(0, 2), slice(0, 2)))(as_kind(kind, bad))
     bad[0, 1, 1, 1] = 3.0
     bad[1, 5, 5, 5] = np.inf  # outside the reference region: normalised like any other voxel
     assert np.isinf(np.asarray(ReferenceNormalization((slice(0, 2),) * 3)(bad))[1, 5, 5, 5])

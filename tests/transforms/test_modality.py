@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from testkit import DEVICES, KINDS, as_kind
 
 from dfseg.errors import InputError
 from dfseg.transforms.modality import SelectModality, SelectModalityd, modality_channels
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def _inputs(kind, device="cpu"):
     attn = np.full((1, 4, 5, 6), 10.0, np.float32)
     df = np.stack([np.full((4, 5, 6), float(i), np.float32) for i in range(5)])  # channel i holds i
-    if kind == "torch":
-        return torch.as_tensor(attn, device=device), torch.as_tensor(df, device=device)
-    return attn, df
+    return as_kind(kind, attn, device), as_kind(kind, df, device)
 
 
-@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("modality, values", [("attn", [10]), ("df", [0, 1, 3, 4]), ("combined", [10, 0, 1, 3, 4])])
 def test_channel_table(kind, modality, values):
     attn, df = _inputs(kind)
@@ -52,7 +48,7 @@ def test_wrong_df_channels_and_missing_input():
     assert SelectModality("attn")(attn).shape == (1, 4, 5, 6)
 
 
-@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_dict_with_extra_keys(kind):
     attn, df = _inputs(kind)
     data = {"attn": attn, "df": df, "tex": np.full((1, 4, 5, 6), 7.0, np.float32)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from testkit import KINDS, as_kind
 
 from dfseg.calibration.fit import fit_calibration
 from dfseg.simulate.phantoms import write_phantom_scans
@@ -37,14 +38,13 @@ def scan(cal):
     return img, {"proj_T": t.astype(np.float32), "proj_D": d.astype(np.float32), "meta": meta}
 
 
-@pytest.mark.parametrize("as_torch", [False, True])
-def test_projection_chain(cal, as_torch):
+@pytest.mark.parametrize("kind", KINDS)
+def test_projection_chain(cal, kind):
     img, data = scan(cal)
-    if as_torch:
-        data = {**data, "proj_T": torch.as_tensor(data["proj_T"]), "proj_D": torch.as_tensor(data["proj_D"])}
+    data = {**data, "proj_T": as_kind(kind, data["proj_T"]), "proj_D": as_kind(kind, data["proj_D"])}
     out = projection_chain(cal)(data)
     assert tuple(out["attn"].shape) == (1, 32, 32, 2) and tuple(out["df"].shape) == (5, 32, 32, 2)
-    assert isinstance(out["attn"], torch.Tensor) == as_torch
+    assert isinstance(out["attn"], torch.Tensor) == (kind == "torch")
     attn = np.asarray(out["attn"])[0, ..., 0]
     assert abs(attn[14:18, 14:18].mean() - 0.03) < 0.002  # drift removed, mu recovered
     assert "proj_T" not in out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from testkit import KINDS, as_kind
 
 from dfseg.errors import InputError
 from dfseg.tomo import project, projection_angles
@@ -20,10 +21,10 @@ def disc_stack(n=32, px=0.5, mu=0.04, z=3, channels=2):
     return img, stack
 
 
-@pytest.mark.parametrize("as_torch", [False, True])
-def test_fbp_recovers_mu(as_torch):
+@pytest.mark.parametrize("kind", KINDS)
+def test_fbp_recovers_mu(kind):
     img, stack = disc_stack()
-    inp = torch.as_tensor(stack, dtype=torch.float32) if as_torch else stack.astype(np.float32)
+    inp = as_kind(kind, stack.astype(np.float32))
     vol = FBPReconstruction(0.5)(inp)
     assert type(vol) is type(inp) and tuple(vol.shape) == (2, 32, 32, 3)
     v = np.asarray(vol)

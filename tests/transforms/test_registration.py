@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
+from testkit import KINDS, as_kind
 
 from dfseg.errors import InputError
 from dfseg.transforms.registration import (
@@ -63,11 +63,10 @@ def test_rigid_then_bspline_recovers_deformation(pair):
     assert set(result.metric) == {"rigid", "bspline"}
 
 
-@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_dict_transform_keeps_type(pair, kind):
     fixed, moving = pair
-    conv = (lambda x: torch.as_tensor(x)) if kind == "torch" else np.asarray
-    data = {"label": conv(fixed[None]), "histology": conv(moving[None]), "sidecar": {"voxel_mm": 1.0}}
+    data = {"label": as_kind(kind, fixed[None]), "histology": as_kind(kind, moving[None]), "meta": {"voxel_mm": 1.0}}
     out = RegisterHistologyd("histology", "label", bspline=False, transform_key="histology_transform")(data)
     assert type(out["histology"]) is type(data["histology"]) and out["histology"].shape == (1, N, N, N)
     assert mean_surface_distance(fixed, np.asarray(out["histology"])[0]) < 1.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from testkit import KINDS, as_kind
 
 from dfseg.calibration.fit import fit_calibration, phantom_measurements
 from dfseg.errors import InputError
@@ -40,12 +40,12 @@ def test_reference_phantom_agrees_within_3_percent(scans):
     assert abs(after) < 0.03
 
 
-@pytest.mark.parametrize("as_torch", [False, True])
-def test_types_factor_and_dict(scans, as_torch):
+@pytest.mark.parametrize("kind", KINDS)
+def test_types_factor_and_dict(scans, kind):
     cal, _ = scans
     ref = cal["reference"]
     img = np.full((4, 3, 3, 3), 0.2, np.float32)
-    inp = torch.as_tensor(img) if as_torch else img
+    inp = as_kind(kind, img)
     same = SpectrumAwareNormalization(cal, kvp=ref["kvp"], filtration_mm=ref["filtration_mm"], visibility=ref["visibility"])
     out = same(inp)
     assert type(out) is type(inp) and out.dtype == inp.dtype

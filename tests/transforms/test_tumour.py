@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from testkit import DEVICES, KINDS, as_kind
 
 from dfseg.errors import InputError
+from dfseg.simulate.tumours import occupancy, sample_shape
 from dfseg.transforms.decomposition import DirectionalDecomposition
 from dfseg.transforms.tumour import (
+    LESION_MODELS,
     RandSyntheticTumourd,
     SyntheticTumour,
     estimate_tissue_mu,
-    lesion_occupancy,
+    lesion_shape,
 )
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-KINDS = ["numpy", "torch"]
 MU_T, MU_LUNG, VOX = 0.02, 0.006, 0.25
 ANGLES = [0, 45, 90, 135]
 
@@ -35,9 +35,7 @@ def _phantom(kind="numpy", device="cpu"):
     label = np.zeros((1, 32, 32, 32), np.uint8)
     label[0, 8, 8, 8] = 1  # an existing lesion voxel that must survive
     out = {"attn": attn, "df": df, "orient": orient, "label": label, "lung_mask": lung}
-    if kind == "torch":
-        out = {k: torch.as_tensor(v, device=device) for k, v in out.items()}
-    return out
+    return {k: as_kind(kind, v, device) for k, v in out.items()}
 
 
 def test_estimate_tissue_mu_from_body():
@@ -45,26 +43,52 @@ def test_estimate_tissue_mu_from_body():
     assert estimate_tissue_mu(p["attn"], p["lung_mask"]) == pytest.approx(MU_T, rel=1e-6)
 
 
-def test_sphere_volume_and_partial_volume():
-    occ, box = lesion_occupancy((32, 32, 32), (16, 16, 16), 3.0, VOX, roughness=0.0)
-    volume_vox = float(occ.sum())
-    expected = 4 / 3 * np.pi * (1.5 / VOX) ** 3
-    assert abs(volume_vox / expected - 1) < 0.03
-    assert float(occ.min()) == 0.0 and float(occ.max()) == 1.0
+def _lesion_label(model, seed, diameter=3.0):
+    """The label of one lesion inserted at the grid centre of an all-lung 32^3 volume."""
+    label = np.zeros((1, 32, 32, 32), np.uint8)
+    tumour = SyntheticTumour((16, 16, 16), diameter, VOX, shape_model=model, shape_seed=seed, tissue_mu=MU_T)
+    return tumour(None, None, label, np.ones_like(label))[2][0]
 
 
-def test_irregular_shape_depends_on_seed_and_roughness():
-    a, _ = lesion_occupancy((32, 32, 32), (16, 16, 16), 3.0, VOX, shape_seed=1, roughness=0.3)
-    b, _ = lesion_occupancy((32, 32, 32), (16, 16, 16), 3.0, VOX, shape_seed=2, roughness=0.3)
-    c, _ = lesion_occupancy((32, 32, 32), (16, 16, 16), 3.0, VOX, shape_seed=1, roughness=0.3)
-    assert torch.equal(a, c)
-    assert float(((a >= 0.5) ^ (b >= 0.5)).sum()) > 50
+@pytest.mark.parametrize("model", LESION_MODELS)
+def test_equivalent_diameter_and_partial_volume(model):
+    label = _lesion_label(model, 7)
+    d = (6 * label.sum() * VOX**3 / np.pi) ** (1 / 3)
+    assert abs(d / 3.0 - 1) < 0.15
+    attn = np.full((1, 32, 32, 32), MU_LUNG, np.float32)
+    attn, _, _ = SyntheticTumour((16, 16, 16), 3.0, VOX, shape_model=model, shape_seed=7, tissue_mu=MU_T)(
+        attn, None, None, np.ones((1, 32, 32, 32), np.uint8))
+    partial = (attn > MU_LUNG + 1e-6) & (attn < MU_T - 1e-6)
+    assert partial.sum() > 20 and attn.max() == pytest.approx(MU_T)
+
+
+def test_same_shape_model_as_the_simulator():
+    """The lesion is the simulator's tumour: SyntheticTumour's occupancy is simulate.tumours.occupancy."""
+    shape = sample_shape(np.random.default_rng(5), "lobulated")
+    box, frac = occupancy((32, 32, 32), VOX, ((16 - 15.5) * VOX,) * 3, 2.5, shape)
+    attn = np.full((1, 32, 32, 32), MU_LUNG)
+    attn, _, _ = SyntheticTumour((16, 16, 16), 2.5, VOX, shape_model="lobulated", shape_seed=5, tissue_mu=MU_T)(
+        attn, None, None, np.ones((1, 32, 32, 32), np.uint8))
+    occ = np.zeros((32, 32, 32))
+    occ[box] = frac
+    np.testing.assert_allclose((attn[0] - MU_LUNG) / (MU_T - MU_LUNG), occ, atol=1e-6)
+
+
+def test_shape_depends_on_seed_and_model():
+    a, b, c = _lesion_label("smooth", 1), _lesion_label("smooth", 2), _lesion_label("smooth", 1)
+    assert np.array_equal(a, c)
+    assert ((a > 0) ^ (b > 0)).sum() > 50
+    assert ((a > 0) ^ (_lesion_label("spiculated", 1) > 0)).sum() > 50
+    with pytest.raises(InputError, match="unknown lesion shape model 'blob'"):
+        lesion_shape("blob", 0)
+    with pytest.raises(ValueError, match="shape_models"):
+        RandSyntheticTumourd(shape_models=("blob",))
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_lesion_physics_decomposed(kind):
     p = _phantom(kind)
-    attn, df, label = SyntheticTumour((16, 16, 16), 3.0, VOX, shape_seed=3, roughness=0.2)(
+    attn, df, label = SyntheticTumour((16, 16, 16), 3.0, VOX, shape_seed=3)(
         p["attn"], p["df"], p["label"], p["lung_mask"])
     for new, old in ((attn, p["attn"]), (df, p["df"]), (label, p["label"])):
         assert type(new) is type(old) and new.dtype == old.dtype and new.shape == old.shape
@@ -136,9 +160,9 @@ def test_rand_prob_zero_is_identity():
     assert t.last_params is None and out["attn"] is p["attn"]
 
 
-def test_rand_reads_voxel_size_from_sidecar():
+def test_rand_reads_voxel_size_from_meta():
     p = _phantom()
-    p["sidecar"] = {"voxel_mm": 0.5}
+    p["meta"] = {"voxel_mm": 0.5}
     t = RandSyntheticTumourd(prob=1.0)
     t.set_random_state(0)
     t(p)
