@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dfseg.errors import InputError
+from dfseg.reporting.evaluation import evaluate_predictions
+
 HELP = "detection, segmentation and calibration metrics with bootstrap CIs, report"
 
 
@@ -25,9 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dfseg.errors import InputError
-    from dfseg.evaluation.evaluate import evaluate_predictions
-
     if args.bootstrap < 0:
         raise InputError("--bootstrap", f"must be >= 0, got {args.bootstrap}")
     if args.patch_size < 1:

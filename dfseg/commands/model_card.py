@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from dfseg.reporting.model_card import write_model_card
+
 HELP = "write the model card (JSON + Markdown) of a training run"
 
 
@@ -19,19 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from dfseg.io import atomic_write, refuse_existing
-    from dfseg.reporting.model_card import build_model_card, render_bundle_readme, write_model_card
-
-    out = Path(args.out if args.out is not None else args.run_dir)
-    for name in ("model_card.json", "model_card.md"):
-        refuse_existing(out / name, overwrite=args.overwrite)
-    if args.bundle_readme:
-        refuse_existing(args.bundle_readme, overwrite=args.overwrite)
-    json_path, md_path = write_model_card(args.run_dir, out, metrics=args.metrics)
-    if args.bundle_readme:
-        with atomic_write(args.bundle_readme, "w") as fh:
-            fh.write(render_bundle_readme(build_model_card(args.run_dir, metrics=args.metrics)))
+    json_path, md_path = write_model_card(args.run_dir, args.out, metrics=args.metrics,
+                                          bundle_readme=args.bundle_readme, overwrite=args.overwrite)
     print(f"wrote {json_path} and {md_path}")
     return 0

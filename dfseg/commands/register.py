@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
+from dfseg.data.scan import load_scan_image
+from dfseg.data.validate import binary_problem
 from dfseg.errors import InputError
+from dfseg.io import atomic_path, refuse_existing, save_nifti, voxel_size
+from dfseg.transforms.registration import register_histology
 
 HELP = "register a histology label volume to an image (rigid then B-spline)"
 
@@ -25,42 +31,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
-def _volume(path: Path, array: np.ndarray) -> np.ndarray:
-    if array.ndim == 4 and array.shape[3] == 1:
-        array = array[..., 0]
-    if array.ndim != 3:
-        raise InputError(path, f"expected a 3D volume (X, Y, Z), found shape {array.shape}")
-    return array
+def register_files(fixed: str | os.PathLike, moving: str | os.PathLike, output: str | os.PathLike, *,
+                   transform: str | os.PathLike | None = None, bspline: bool = True,
+                   fixed_is_label: bool | None = None, mesh_mm: float | None = None,
+                   overwrite: bool = False) -> dict:
+    """Register the histology label file ``moving`` to the image file ``fixed``; write it on the fixed grid.
+
+    Both files are read as 3-D scan images (:func:`dfseg.data.scan.load_scan_image`); the moving
+    label must be binary (:func:`dfseg.data.validate.binary_problem`) and not empty. Outputs are
+    refused before anything is read if they exist (unless ``overwrite``) or would replace an input.
+
+    Returns:
+        What the command prints: the output path, its tumour voxels and the final metric of each stage.
+    """
+    fixed, moving, output = Path(fixed), Path(moving), Path(output)
+    for src in (fixed, moving):
+        if src.exists() and output.exists() and src.resolve() == output.resolve():
+            raise InputError(output, "output would overwrite an input")
+    refuse_existing(output, overwrite=overwrite)
+    if transform:
+        refuse_existing(transform, overwrite=overwrite)
+    fixed_image = load_scan_image(fixed, "fixed")
+    label = load_scan_image(moving, "histology")
+    problem = binary_problem("histology label", label)
+    if problem is not None:
+        raise InputError(moving, problem)
+    if not label.any():
+        raise InputError(moving, "histology label is empty")
+    fixed_affine = fixed_image.affine.numpy()
+    result = register_histology(fixed_image[0].numpy(), label[0].numpy().astype(np.uint8),
+                                spacing=voxel_size(fixed_affine), moving_spacing=voxel_size(label.affine.numpy()),
+                                bspline=bspline, fixed_is_label=fixed_is_label, mesh_mm=mesh_mm)
+    save_nifti(output, result.label, fixed_affine, dtype=np.uint8)
+    if transform:
+        with atomic_path(transform) as tmp:
+            sitk.WriteTransform(result.transform, str(tmp))
+    return {"output": str(output), "voxels": int(result.label.sum()), "metric": result.metric}
 
 
 def run(args: argparse.Namespace) -> int:
-    from dfseg.io import atomic_path, load_nifti, refuse_existing, save_nifti, voxel_size
-    from dfseg.transforms.registration import is_label, register_histology
-
-    fixed_path, moving_path, out_path = Path(args.fixed), Path(args.moving), Path(args.output)
-    for src in (fixed_path, moving_path):
-        if src.exists() and out_path.exists() and src.resolve() == out_path.resolve():
-            raise InputError(out_path, "output would overwrite an input")
-    refuse_existing(out_path, overwrite=args.overwrite)
-    if args.transform:
-        refuse_existing(args.transform, overwrite=args.overwrite)
-    fixed, fixed_affine = load_nifti(fixed_path)
-    moving, moving_affine = load_nifti(moving_path)
-    fixed, moving = _volume(fixed_path, fixed), _volume(moving_path, moving)
-    if not is_label(moving):
-        raise InputError(moving_path, "histology label must hold only 0 and 1")
-    if not moving.any():
-        raise InputError(moving_path, "histology label is empty")
-    spacing = voxel_size(fixed_affine)
-    fixed_is_label = {"auto": None, "yes": True, "no": False}[args.fixed_is_label]
-    result = register_histology(fixed.astype(np.float32), moving.astype(np.uint8), spacing=spacing,
-                                moving_spacing=voxel_size(moving_affine), bspline=not args.no_bspline,
-                                fixed_is_label=fixed_is_label, mesh_mm=args.mesh_mm)
-    save_nifti(out_path, result.label, tuple(spacing), dtype=np.uint8)
-    if args.transform:
-        import SimpleITK as sitk
-
-        with atomic_path(args.transform) as tmp:
-            sitk.WriteTransform(result.transform, str(tmp))
-    print(json.dumps({"output": str(out_path), "voxels": int(result.label.sum()), "metric": result.metric}))
+    summary = register_files(args.fixed, args.moving, args.output, transform=args.transform,
+                             bspline=not args.no_bspline, mesh_mm=args.mesh_mm, overwrite=args.overwrite,
+                             fixed_is_label={"auto": None, "yes": True, "no": False}[args.fixed_is_label])
+    print(json.dumps(summary))
     return 0

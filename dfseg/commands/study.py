@@ -56,9 +56,9 @@ def _cohort_geometry(manifest: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from dfseg.evaluation.compare import compare_models, load_records
-    from dfseg.evaluation.evaluate import evaluate_predictions
     from dfseg.evaluation.plots import plot_roc_multi
     from dfseg.reporting.comparison import render_comparison_table
+    from dfseg.reporting.evaluation import evaluate_predictions
     from dfseg.resources import bundle_dir, run_bundle
 
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]

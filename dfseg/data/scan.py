@@ -57,14 +57,15 @@ def scan_meta(entry: Mapping[Hashable, Any], sidecar_key: str = "sidecar", meta_
     return meta
 
 
-def load_scan_image(path: str | os.PathLike, key: str) -> MetaTensor:
+def load_scan_image(path: str | os.PathLike, key: str, *, allow_nonfinite: bool = False) -> MetaTensor:
     """Read one image of a scan as a channel-first float32 ``MetaTensor`` with the file's affine.
 
     ``df``/``proj_T``/``proj_D`` are ``(..., N)`` on disk and become ``(N, ...)`` (a 3-D one gets
     one channel); every other key gets a leading channel (a trailing singleton channel is dropped
-    first). Errors name the file (:func:`dfseg.io.load_nifti`).
+    first). Errors name the file (:func:`dfseg.io.load_nifti`); NaN/Inf voxels are one of them
+    unless ``allow_nonfinite`` (an image only displayed, never computed on).
     """
-    array, affine = load_nifti(path)
+    array, affine = load_nifti(path, allow_nonfinite=allow_nonfinite)
     if key in CHANNEL_KEYS:
         if array.ndim == 3:
             array = array[..., None]

@@ -1,6 +1,6 @@
 """Compare models (e.g. one per input modality) scored on the same scans: CIs and paired differences.
 
-``dfseg study`` evaluates one model per modality with :func:`dfseg.evaluation.evaluate.evaluate_predictions`
+``dfseg study`` evaluates one model per modality with :func:`dfseg.reporting.evaluation.evaluate_predictions`
 (which saves ``records.json``), then calls :func:`compare_models` on the loaded records and renders
 the result with :func:`dfseg.reporting.comparison.render_comparison_table` and
 :func:`dfseg.evaluation.plots.plot_roc_multi`.
@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from dfseg.errors import InputError
+from dfseg.evaluation import metrics as m
 from dfseg.evaluation import records as rec
 from dfseg.evaluation.bootstrap import bootstrap_ci, paired_bootstrap
 from dfseg.io import read_json
@@ -61,8 +62,6 @@ def compare_models(records_by_model: Mapping[str, Sequence[dict]], *, metrics: S
         [{"a", "b", "metric", "difference", "ci_low", "ci_high", "p_value", ...}], "roc": {model:
         {"fpr", "tpr"}}, "n_scans", "n_subjects", "n_bootstrap", "seed"}``.
     """
-    from dfseg.evaluation import metrics as m
-
     aligned, groups = _align(records_by_model)
     table = rec.metric_table(threshold)
     names = list(metrics) if metrics is not None else [k for k, _ in rec.DEY_COLUMNS]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import ndimage
 
 #: LUNA16 FROC operating points, false positives per scan.
 LUNA16_FP_RATES: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -45,8 +46,6 @@ def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     Returns:
         ``(labels, n)``: int32 array of the same shape (0 = background, 1..n = components) and n.
     """
-    from scipy import ndimage
-
     mask = np.asarray(mask, dtype=bool)
     labels, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
     return labels.astype(np.int32, copy=False), int(n)
@@ -76,8 +75,6 @@ def _overlap_pairs(ref_labels: np.ndarray, pred_labels: np.ndarray) -> np.ndarra
 
 
 def _component_max(prob: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
-    from scipy import ndimage
-
     if n == 0:
         return np.zeros(0)
     return np.asarray(ndimage.maximum(prob, labels, index=np.arange(1, n + 1)), dtype=float)
@@ -99,8 +96,6 @@ def match_lesions(prob: np.ndarray, reference: np.ndarray, threshold: float,
         overlapping components), ``max_prob`` (inside the lesion). Each component: ``n_voxels``,
         ``score`` (max probability), ``tp``.
     """
-    from scipy import ndimage
-
     prob = np.asarray(prob, dtype=np.float64)
     ref_labels, n_ref = connected_components(reference)
     pred_mask = prob >= threshold

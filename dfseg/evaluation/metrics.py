@@ -8,7 +8,13 @@ exception, so bootstrap resamples that lose a class are simply skipped by :mod:`
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import torch
+from monai.metrics import compute_roc_auc, compute_surface_dice
+from monai.metrics.calibration import calibration_binning
+from scipy.stats import rankdata
 
 #: Default number of equal-width probability bins for ECE and the reliability curve.
 N_CALIBRATION_BINS = 10
@@ -36,8 +42,6 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     Returns:
         AUROC in [0, 1], or ``nan`` when only one class is present.
     """
-    from scipy.stats import rankdata
-
     s, y = _flat(scores, labels)
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
@@ -49,9 +53,6 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def auroc_monai(scores: np.ndarray, labels: np.ndarray) -> float:
     """AUROC from MONAI's ``compute_roc_auc`` (reference implementation, used to cross-check :func:`auroc`)."""
-    import torch
-    from monai.metrics import compute_roc_auc
-
     s, y = _flat(scores, labels)
     if y.all() or not y.any():
         return float("nan")
@@ -151,9 +152,6 @@ def calibration_bins(prob: np.ndarray, target: np.ndarray, n_bins: int = N_CALIB
     Returns:
         ``(count, sum_prob, sum_target)``, each (n_bins,) float64.
     """
-    import torch
-    from monai.metrics.calibration import calibration_binning
-
     p, y = _flat(prob, target)
     if p.size == 0:
         z = np.zeros(n_bins)
@@ -205,11 +203,6 @@ def surface_dice(predicted: np.ndarray, reference: np.ndarray, voxel_mm: float |
     Returns:
         NSD in [0, 1]; ``nan`` when both masks are empty, 0 when exactly one is.
     """
-    import warnings
-
-    import torch
-    from monai.metrics import compute_surface_dice
-
     a = np.asarray(predicted, dtype=bool)
     b = np.asarray(reference, dtype=bool)
     if not a.any() and not b.any():

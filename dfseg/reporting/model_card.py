@@ -33,8 +33,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import monai
+import numpy as np
+import torch
+
+from dfseg import __version__
 from dfseg.errors import InputError
-from dfseg.io import atomic_write, read_json, write_json
+from dfseg.io import atomic_write, read_json, refuse_existing, write_json
+from dfseg.networks import build, count_parameters
 from dfseg.reporting.report import SECTIONS, fmt_ci
 
 REQUIRED_KEYS = ("bundle", "modality", "network")
@@ -76,8 +82,6 @@ def _parameter_count(info: Mapping[str, Any]) -> tuple[int | None, str]:
     if isinstance(network.get("parameter_count"), int):
         return network["parameter_count"], "run_info.json"
     try:
-        from dfseg.networks import build, count_parameters
-
         name = network.pop("name")
         network.pop("parameter_count", None)
         in_channels = int(info.get("in_channels") or len(info.get("input_channels") or []) or 1)
@@ -88,14 +92,8 @@ def _parameter_count(info: Mapping[str, Any]) -> tuple[int | None, str]:
 
 
 def _current_versions() -> dict[str, str]:
-    import monai
-    import numpy
-    import torch
-
-    import dfseg
-
     return {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
-            "dfseg": dfseg.__version__, "numpy": numpy.__version__}
+            "dfseg": __version__, "numpy": np.__version__}
 
 
 def build_model_card(run_dir: str | os.PathLike, *, metrics: str | os.PathLike | None = None) -> dict:
@@ -220,21 +218,29 @@ def render_bundle_readme(card: Mapping[str, Any]) -> str:
 
 
 def write_model_card(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
-                     metrics: str | os.PathLike | None = None) -> tuple[Path, Path]:
-    """Write ``model_card.json`` and ``model_card.md`` of a run.
+                     metrics: str | os.PathLike | None = None, bundle_readme: str | os.PathLike | None = None,
+                     overwrite: bool = True) -> tuple[Path, Path]:
+    """Write ``model_card.json`` and ``model_card.md`` of a run (and optionally a bundle README).
 
     Args:
         run_dir: training run directory holding ``run_info.json``.
         out: output folder (default: ``run_dir``).
         metrics: ``metrics.json`` of ``dfseg evaluate`` (default: looked up in ``run_dir``).
+        bundle_readme: also write :func:`render_bundle_readme` of the card to this path.
+        overwrite: replace existing files; ``False`` refuses them before anything is read or written.
 
     Returns:
         Paths of the JSON and Markdown files.
     """
-    card = build_model_card(run_dir, metrics=metrics)
     out_dir = Path(run_dir if out is None else out)
     json_path, md_path = out_dir / "model_card.json", out_dir / "model_card.md"
+    for path in (json_path, md_path, *([bundle_readme] if bundle_readme else [])):
+        refuse_existing(path, overwrite=overwrite)
+    card = build_model_card(run_dir, metrics=metrics)
     write_json(json_path, card)
     with atomic_write(md_path, "w") as fh:
         fh.write(render_model_card(card))
+    if bundle_readme:
+        with atomic_write(bundle_readme, "w") as fh:
+            fh.write(render_bundle_readme(card))
     return json_path, md_path

@@ -1,7 +1,7 @@
 """``report.md`` of an evaluation: metric tables with CIs, the rules used, figure links, data hash.
 
-:func:`render_report` turns the ``metrics.json`` document written by
-:func:`dfseg.evaluation.evaluate.evaluate_predictions` into Markdown; :func:`write_report` writes it
+:func:`render_report` turns the ``metrics.json`` document of an evaluation
+(:func:`dfseg.reporting.evaluation.write_evaluation`) into Markdown; :func:`write_report` writes it
 atomically. Figure links are relative to the report's folder.
 """
 

@@ -15,11 +15,17 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from dfseg.cli import main
-from dfseg.io import save_nifti
+from dfseg.errors import InputError
+from dfseg.evaluation.evaluate import load_scan
+from dfseg.io import load_nifti, save_nifti
 
 SHAPE = (16, 16, 16)
+#: an oblique grid as a scanner may write it (ITK's LPS terms): shifted origin, rotated axes, anisotropic voxels
+ORIGIN, SPACING = (2.5, -1.0, 4.0), (0.1, 0.1, 0.2)
+DIRECTION = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # 90 degrees about z
 
 
 def make_cohort(root: Path) -> tuple[Path, Path, dict]:
@@ -139,3 +145,59 @@ def test_shape_mismatch_is_one_line_error(tmp_path, capsys):
     assert rc == 1 and len(err.splitlines()) == 1
     assert "s1_prob.nii.gz" in err and "(16, 16, 8)" in err
     assert not (tmp_path / "o").exists()
+
+
+def save_mha(path: Path, array: np.ndarray, origin=ORIGIN, direction=DIRECTION) -> Path:
+    """Write ``array`` (X, Y, Z) as MHA on the oblique grid (or one with another origin or direction)."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array, (2, 1, 0))))  # ITK arrays are (Z, Y, X)
+    image.SetOrigin(origin)
+    image.SetSpacing(SPACING)
+    image.SetDirection(direction)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_mha_images_on_one_oblique_grid_and_a_prediction_off_it(tmp_path):
+    label, lung = np.zeros(SHAPE, np.uint8), np.zeros(SHAPE, np.uint8)
+    label[4:8, 4:8, 4:8], lung[2:14, 2:14, 2:14] = 1, 1
+    prob = np.where(label > 0, 0.9, 0.05).astype(np.float32)
+    entry = {"scan_id": "s0", "has_tumour": True, "label": str(save_mha(tmp_path / "label.mha", label)),
+             "lung_mask": str(save_mha(tmp_path / "lung_mask.mha", lung))}
+    p, y, m, voxel_mm = load_scan(entry, save_mha(tmp_path / "s0_prob.mha", prob))
+    assert np.array_equal(p, prob) and np.array_equal(y, label > 0) and np.array_equal(m, lung > 0)
+    assert np.allclose(voxel_mm, SPACING)
+    shifted = save_mha(tmp_path / "shifted_prob.mha", prob, origin=(2.8, -1.0, 4.0))
+    with pytest.raises(InputError, match=r"shifted_prob\.mha: affine \(origin or direction\) differs from label"):
+        load_scan(entry, shifted)
+    rotated = save_mha(tmp_path / "rotated_prob.mha", prob, direction=(1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    with pytest.raises(InputError, match=r"rotated_prob\.mha: affine"):
+        load_scan(entry, rotated)
+
+
+def test_evaluate_cohort_stored_as_mha(tmp_path, capsys):
+    """Labels and lung masks as MHA on an oblique grid, predictions NIfTI with the same (RAS) affine."""
+    pred_dir, manifest, arrays = make_cohort(tmp_path)
+    doc = json.loads(manifest.read_text())
+    for entry in doc["test"]:
+        for key in ("attn", "label", "lung_mask"):
+            nifti = tmp_path / entry[key]
+            array, _ = load_nifti(nifti)
+            entry[key] = str(save_mha(nifti.with_name(f"{key}.mha"), array).relative_to(tmp_path))
+            nifti.unlink()
+        _, affine = load_nifti(tmp_path / entry["label"])
+        save_nifti(pred_dir / f"{entry['scan_id']}_prob.nii.gz", arrays[entry["scan_id"]][0], affine)
+    manifest.write_text(json.dumps(doc))
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--predictions", str(pred_dir), "--manifest", str(manifest), "-o", str(out), "--bootstrap", "5"]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_scans"] == 4 and metrics["metrics"]["dice"]["estimate"] == pytest.approx(0.5)
+    assert metrics["confusion"]["voxel"]["tp"] == 64
+    # the same predictions shifted by 0.3 mm are refused, naming the prediction
+    _, affine = load_nifti(tmp_path / doc["test"][2]["label"])
+    affine[0, 3] += 0.3
+    save_nifti(pred_dir / "s2_prob.nii.gz", arrays["s2"][0], affine)
+    capsys.readouterr()
+    assert main([*argv, "--overwrite"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "s2_prob.nii.gz: affine (origin or direction) differs from label" in err
