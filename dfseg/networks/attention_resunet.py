@@ -6,11 +6,11 @@ Learning where to look for the pancreas") whose gating signal ``g`` is the decod
 next coarser scale. Unlike MONAI's ``AttentionUnet``, the gate is evaluated at the coarse
 resolution (the skip ``x`` is brought there by a strided ``stride x stride`` convolution, as in the
 paper) and only the one-channel coefficient map ``alpha`` is interpolated back to the skip
-resolution; intermediate channels are half the skip channels. This keeps the gates cheap. With
-1x1 convolutions as einsum (:class:`Pointwise`) and the full-resolution decoder fused in 8 channels
-(:class:`_NarrowOutputLevel`), a training step (batch 2, 4 channels, 64^3, channels 16-32-64-128)
-takes 0.63 s on 2 CPU cores against 2.14 s for MONAI ``AttentionUnet`` (ratio 0.30) and 0.27 s for
-MONAI's residual ``UNet`` (``bench/networks.py``).
+resolution; intermediate channels are half the skip channels. This keeps the gates cheap. 1x1
+convolutions run as einsum (:class:`Pointwise`), kernel = stride transposed convolutions as a 1x1
+convolution plus pixel shuffle (:class:`SubpixelUp`), and the full-resolution decoder is fused in a
+few channels (:class:`_NarrowOutputLevel`), so a training step costs a fraction of MONAI's
+``AttentionUnet`` on CPU (``bench/networks.py`` measures it; docs/benchmarks.md has the numbers).
 
 ``forward`` is TorchScript-scriptable and returns
 
@@ -56,8 +56,7 @@ class Pointwise(nn.Module):
     The same function and initialisation as ``Conv{2,3}d(in_channels, out_channels, kernel_size=1)``
     (weight ``(out, in)`` instead of ``(out, in, 1, 1[, 1])``), for any number of spatial
     dimensions. On CPU oneDNN runs 1x1 3D convolutions through a layout conversion; the einsum is a
-    batched matrix product: a 16 -> 1 projection of 2 x 64^3 voxels takes 42 ms forward + backward
-    instead of 133 ms on 2 cores.
+    batched matrix product, which avoids it (several times faster forward + backward).
 
     Args:
         in_channels: input channels.
@@ -143,8 +142,8 @@ class SubpixelUp(nn.Module):
     """Transposed convolution with kernel == stride, computed as a 1x1 convolution plus pixel shuffle.
 
     Mathematically identical to ``ConvTranspose{2,3}d(c_in, c_out, kernel_size=stride, stride=stride)``
-    (each coarse voxel writes a ``stride``-sized block of fine voxels), but about 2x faster on CPU,
-    where PyTorch's transposed 3D convolution falls back to a slow unfold/copy path.
+    (each coarse voxel writes a ``stride``-sized block of fine voxels), but faster on CPU, where
+    PyTorch's transposed 3D convolution falls back to a slow unfold/copy path.
 
     Args:
         spatial_dims: 2 or 3.
@@ -206,9 +205,8 @@ class _NarrowOutputLevel(nn.Module):
     1x1 ``proj`` from ``channels[0]`` to ``fuse_channels`` channels (``alpha`` is one value per voxel,
     so ``proj(alpha * skip) = alpha * proj(skip)``) and the upsampler writing ``fuse_channels``
     directly. Every full-resolution decoder tensor is then ``fuse_channels`` wide instead of
-    ``channels[0]``: at 64^3 the training step drops from about 1.0 s to 0.68 s on 2 CPU cores with 8
-    of 16 channels. With ``proj`` the identity and ``fuse_channels = channels[0]`` this is exactly
-    the classic decoder level.
+    ``channels[0]``, and the full-resolution tensors dominate a training step's cost. With ``proj``
+    the identity and ``fuse_channels = channels[0]`` this is exactly the classic decoder level.
     """
 
     def __init__(
@@ -254,13 +252,12 @@ class AttentionResUNet(nn.Module):
             gate) and the position-specific kernel = stride upsampler. ``"pointwise"``: the sum in
             ``channels[0]`` channels, a residual unit of one 1x1 convolution, the head. ``"conv"``:
             the same with a ``kernel_size`` convolution, the single most expensive layer of the
-            network (7 of ~16 forward GFLOP at 64^3; about 1.5x the step time) for sharper
-            boundaries. (A purely linear finest scale, the head folded into the upsampler, was
-            tried: 0.6 s per step but demo Dice 0.46 against 0.73.)
+            network, for sharper boundaries. The finest scale keeps its activation: without it (the
+            head folded into the upsampler) the segmentation is markedly worse.
         fuse_channels: width of the ``"narrow"`` full-resolution fusion.
         norm: MONAI norm name/tuple (``"instance"``, ``"batch"``, ``("group", {"num_groups": 8})``).
         act: MONAI activation name/tuple. Default LeakyReLU(0.01) (as nnU-Net): ``"PRELU"`` works too
-            but its backward pass costs about 0.2 s per full-resolution layer at 2 x 16 x 64^3 on 2 cores.
+            but its backward pass is slow on full-resolution layers.
         dropout: dropout probability inside the residual units.
         deep_supervision: in training mode also return logits from coarser decoder scales.
         deep_supervision_levels: how many coarser scales to supervise (default: all but the bottleneck).

@@ -209,7 +209,7 @@ def scale_to_reference(df, e_eff_kev, e_ref_kev: float, exponent: float):
     """
     factor = (np.asarray(e_eff_kev, dtype=np.float64) / float(e_ref_kev)) ** float(exponent)
     if type(df).__module__.startswith("torch"):
-        import torch
+        import torch  # only for tensor input: dfseg.physics itself needs numpy only
 
         return df * torch.as_tensor(factor, dtype=df.dtype, device=df.device)
     df = np.asarray(df)

@@ -129,7 +129,7 @@ def polychromatic_signals(
             d_out[sl] = np.where(t > 0, vis / np.where(t > 0, t, 1.0), 0.0)
     t_out, d_out = t_out.reshape(shape), d_out.reshape(shape)
     if like is not None:
-        import torch
+        import torch  # only for tensor input: dfseg.physics itself needs numpy only
 
         return torch.from_numpy(t_out).to(like.device), torch.from_numpy(d_out).to(like.device)
     return t_out, d_out
@@ -157,7 +157,7 @@ def polychromatic_signals_oriented(spectrum, visibility, lines: np.ndarray, mu_e
     Returns:
         ``(T, D)``: T (1, *R) and D (N, *R), float32 numpy.
     """
-    import torch
+    import torch  # on use: dfseg.physics itself needs numpy only
 
     s, w = _spectral_weights(spectrum, visibility)
     dev = torch.device(device or "cpu")
@@ -296,7 +296,7 @@ def phase_stepping_measurement(
         t_hat[sl], d_hat[sl] = th, dh
     t_hat, d_hat = t_hat.reshape(shape), d_hat.reshape(shape)
     if like is not None:
-        import torch
+        import torch  # only for tensor input: dfseg.physics itself needs numpy only
 
         return torch.from_numpy(t_hat).to(like.device), torch.from_numpy(d_hat).to(like.device)
     return t_hat, d_hat

@@ -110,7 +110,8 @@ def base_radius_mm(diameter_mm: float, shape: TumourShape) -> float:
 
 
 def occupancy(shape_grid: tuple[int, int, int], voxel_mm: float | tuple[float, float, float], centre_mm,
-              diameter_mm: float, shape: TumourShape) -> tuple[tuple[slice, ...], np.ndarray]:
+              diameter_mm: float, shape: TumourShape, *, missing_ok: bool = False
+              ) -> tuple[tuple[slice, ...], np.ndarray]:
     """Fraction of each voxel inside the tumour, on the tumour's bounding box.
 
     The one lesion-shape model of dfseg: the simulator's tumours (:func:`insert_tumour`) and the
@@ -124,12 +125,13 @@ def occupancy(shape_grid: tuple[int, int, int], voxel_mm: float | tuple[float, f
             ``(i - (n - 1) / 2) * voxel_mm``).
         diameter_mm: equivalent diameter (of the sphere of the same volume), mm.
         shape: shape parameters.
+        missing_ok: a tumour that misses the grid gives an empty box instead of an error.
 
     Returns:
         ``(box, frac)``: the slices of the bounding box and the (bx, by, bz) float32 occupancy.
 
     Raises:
-        InputError: the tumour misses the grid.
+        InputError: the tumour misses the grid (unless ``missing_ok``).
     """
     vox = np.broadcast_to(np.asarray(voxel_mm, dtype=np.float64), (3,))
     r0 = base_radius_mm(diameter_mm, shape)
@@ -138,6 +140,9 @@ def occupancy(shape_grid: tuple[int, int, int], voxel_mm: float | tuple[float, f
     lo = [max(int(np.floor((c[i] - rmax) / vox[i] + (n - 1) / 2)), 0) for i, n in enumerate(shape_grid)]
     hi = [min(int(np.ceil((c[i] + rmax) / vox[i] + (n - 1) / 2)) + 1, n) for i, n in enumerate(shape_grid)]
     if any(h <= lo_ for lo_, h in zip(lo, hi)):
+        if missing_ok:
+            return (tuple(slice(a, max(a, b)) for a, b in zip(lo, hi)),
+                    np.zeros(tuple(max(0, b - a) for a, b in zip(lo, hi)), np.float32))
         raise InputError("tumour centre", f"{list(c)} mm lies outside the grid")
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     s = _SUPERSAMPLE

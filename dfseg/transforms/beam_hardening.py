@@ -17,10 +17,10 @@ whole scan or, with the two-pass bone correction, a map per ray. Beyond the larg
 the curve is continued linearly with its end slope, so a polynomial never extrapolates wildly.
 
 Two-pass bone correction (:class:`TwoPassBoneCorrection`, or
-``BeamHardeningCorrectiond(..., bone_correction=True)``; projection domain). Bone hardens the beam far more than soft tissue of the same attenuation, and it does two
-things to a ray's dark-field: it adds a spurious DF (larger than the water curve predicts), and it
-raises the effective energy, so the lung behind it scatters less (DF ~ E^-n). Both are corrected
-per ray:
+``BeamHardeningCorrectiond(..., bone_correction=True)``; projection domain). Bone hardens the beam
+far more than soft tissue of the same attenuation, and it does two things to a ray's dark-field:
+it adds a spurious DF (larger than the water curve predicts), and it raises the effective energy,
+so the lung behind it scatters less (DF ~ E^-n). Both are corrected per ray:
 
 1. :class:`WaterBoneDecomposition` reconstructs the attenuation (first pass), splits each voxel into
    water and bone and forward-projects both parts: ``t_water``, ``t_bone`` per ray (Joseph and

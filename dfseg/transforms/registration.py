@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 import torch
-from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type
 from scipy import ndimage
 
@@ -28,6 +28,7 @@ from dfseg.data.scan import scan_value
 from dfseg.errors import InputError
 
 __all__ = [
+    "RegisterHistology",
     "RegisterHistologyD",
     "RegisterHistologyDict",
     "RegisterHistologyd",
@@ -194,8 +195,44 @@ def mean_surface_distance(a: np.ndarray, b: np.ndarray, spacing: float | Sequenc
     return float((da.sum() + db.sum()) / (da.size + db.size))
 
 
+class RegisterHistology(Transform):
+    """Register a histology label to a fixed image (:func:`register_histology`), keeping the label's layout.
+
+    Args:
+        spacing: fixed voxel size in mm (isotropic or per axis); may instead be given per call.
+        rigid, bspline, fixed_is_label, mesh_mm: as in :func:`register_histology`.
+
+    CPU only (SimpleITK): torch inputs come back as tensors on their original device.
+    """
+
+    backend = [TransformBackends.NUMPY, TransformBackends.TORCH]
+
+    def __init__(self, spacing: float | Sequence[float] = 1.0, *, rigid: bool = True, bspline: bool = True,
+                 fixed_is_label: bool | None = None, mesh_mm: float | None = None) -> None:
+        self.spacing = spacing
+        self.kwargs = {"rigid": rigid, "bspline": bspline, "fixed_is_label": fixed_is_label, "mesh_mm": mesh_mm}
+
+    def __call__(self, moving: NdarrayOrTensor, fixed: NdarrayOrTensor, *,
+                 spacing: float | Sequence[float] | None = None) -> tuple[NdarrayOrTensor, sitk.Transform]:
+        """Args:
+            moving: histology label, (1, X', Y', Z') or (X', Y', Z').
+            fixed: the image (or label) to register to, (1, X, Y, Z) or (X, Y, Z).
+            spacing: overrides the constructor's fixed voxel size for this call.
+
+        Returns:
+            ``(label, transform)``: the label resampled onto the fixed grid, in the type, dtype and
+            layout of ``moving``, and the SimpleITK transform (fixed points to moving points).
+        """
+        fixed3 = fixed[0] if fixed.ndim == 4 else fixed
+        channel = moving.ndim == 4
+        result = register_histology(fixed3, moving[0] if channel else moving,
+                                    spacing=self.spacing if spacing is None else spacing, **self.kwargs)
+        out = result.label[None] if channel else result.label
+        return convert_to_dst_type(out, moving, dtype=moving.dtype)[0], result.transform
+
+
 class RegisterHistologyd(MapTransform):
-    """Register ``data[key]`` (histology labels) to ``data[fixed_key]``, in place.
+    """Dictionary :class:`RegisterHistology`: register ``data[key]`` (histology labels) to ``data[fixed_key]``.
 
     Args:
         keys: moving histology label keys, (1, X', Y', Z') or (X', Y', Z').
@@ -206,11 +243,9 @@ class RegisterHistologyd(MapTransform):
         transform_key: if given, the SimpleITK transform of the last key is stored there.
         meta_key: where the scan's metadata lives in the data dictionary.
         allow_missing_keys: skip absent keys.
-
-    CPU only (SimpleITK): torch inputs come back as tensors on their original device.
     """
 
-    backend = [TransformBackends.NUMPY, TransformBackends.TORCH]
+    backend = RegisterHistology.backend
 
     def __init__(self, keys: KeysCollection = "histology", fixed_key: str = "label", *,
                  spacing: float | Sequence[float] | None = None, rigid: bool = True, bspline: bool = True,
@@ -219,21 +254,15 @@ class RegisterHistologyd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.fixed_key, self.spacing, self.transform_key = fixed_key, spacing, transform_key
         self.meta_key = meta_key
-        self.kwargs = {"rigid": rigid, "bspline": bspline, "fixed_is_label": fixed_is_label, "mesh_mm": mesh_mm}
+        self.register = RegisterHistology(rigid=rigid, bspline=bspline, fixed_is_label=fixed_is_label, mesh_mm=mesh_mm)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        fixed = d[self.fixed_key]
         spacing = scan_value(d, "voxel_mm", self.spacing, key=self.fixed_key, meta_key=self.meta_key, default=1.0)
-        fixed3 = fixed[0] if fixed.ndim == 4 else fixed
         for key in self.key_iterator(d):
-            moving = d[key]
-            channel = moving.ndim == 4
-            result = register_histology(fixed3, moving[0] if channel else moving, spacing=spacing, **self.kwargs)
-            out = result.label[None] if channel else result.label
-            d[key] = convert_to_dst_type(out, moving, dtype=moving.dtype)[0]
+            d[key], transform = self.register(d[key], d[self.fixed_key], spacing=spacing)
             if self.transform_key:
-                d[self.transform_key] = result.transform
+                d[self.transform_key] = transform
         return d
 
 

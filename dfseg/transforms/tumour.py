@@ -151,7 +151,8 @@ class SyntheticTumour(Transform):
             if x is not None and tuple(x.shape[-3:]) != spatial:
                 raise InputError(name, f"spatial shape {tuple(x.shape[-3:])} differs from {ref_name} {spatial}")
         device = _as_torch(ref).device
-        box, frac = occupancy(spatial, self.voxel_mm, self._centre_mm(spatial), self.diameter_mm, self.shape)
+        box, frac = occupancy(spatial, self.voxel_mm, self._centre_mm(spatial), self.diameter_mm, self.shape,
+                              missing_ok=True)
         occ = torch.as_tensor(frac, dtype=torch.float64, device=device)
         if lung_mask is not None:
             lung = _as_torch(lung_mask).to(device)

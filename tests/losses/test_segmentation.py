@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -89,7 +91,6 @@ def test_presence_term_matches_bce_by_hand():
     presence = torch.tensor([[2.0], [-1.0]])
     seg_only = SegmentationLoss()(logits, label)
     with_presence = SegmentationLoss(presence_weight=0.3)([logits, presence], label)
-    import math
     bce = (math.log1p(math.exp(2.0)) + math.log1p(math.exp(1.0))) / 2  # -log(1-s(2)), -log(s(-1))
     assert float(with_presence - seg_only) == pytest.approx(0.3 * bce, rel=1e-5)
 

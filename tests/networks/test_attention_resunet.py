@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 import torch
 
+from dfseg.losses import SegmentationLoss
 from dfseg.networks import AttentionResUNet
 from dfseg.networks.attention_resunet import Pointwise, SubpixelUp, _NarrowOutputLevel
 
@@ -174,8 +176,6 @@ def test_bad_configuration_refused():
 
 def test_overfits_one_blob_patch():
     """Network + SegmentationLoss drive Dice above 0.9 on one fixed 2D 64^2 patch within 150 Adam steps."""
-    from dfseg.losses import SegmentationLoss
-
     torch.manual_seed(0)
     yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
     label = (((xx - 40) ** 2 + (yy - 22) ** 2) < 7.0**2).float()[None, None]
@@ -205,8 +205,6 @@ def test_overfits_one_blob_patch():
 
 def test_monai_bundle_ckpt_export(tmp_path):
     """``monai.bundle ckpt_export`` (torch.jit.script) exports the network; the export reproduces it."""
-    import json
-
     from monai.bundle import ckpt_export
 
     net_def = {"_target_": "dfseg.networks.AttentionResUNet", "spatial_dims": 3, "in_channels": 2,

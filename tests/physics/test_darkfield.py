@@ -13,6 +13,7 @@ from dfseg.physics import (
     effective_energy,
     energy_log_slope,
     linear_diffusion_coefficient,
+    mu,
     scale_to_reference,
     sphere_correlation,
     tube_spectrum,
@@ -77,7 +78,6 @@ def test_effective_energy():
     v = VisibilitySpectrum(0.3, 30.0, 8.0)
     e_empty = effective_energy(s, v)
     assert e_empty < s.mean_energy_kev
-    from dfseg.physics import mu
 
     trans = np.exp(-mu("water", s.energies_kev) * np.array([[0.0], [20.0]]))
     e_eff = effective_energy(s, v, trans)

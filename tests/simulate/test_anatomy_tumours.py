@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dfseg.errors import InputError
 from dfseg.physics import linear_diffusion_coefficient
 from dfseg.simulate.anatomy import build_anatomy, scattering_basis, tensor_shape
 from dfseg.simulate.tumours import (
@@ -12,6 +13,7 @@ from dfseg.simulate.tumours import (
     TumourShape,
     equivalent_diameter_mm,
     insert_tumour,
+    occupancy,
     sample_shape,
     sample_tumours,
 )
@@ -101,3 +103,16 @@ def test_sample_tumours_lie_in_lung():
     assert np.mean(a.lung_mask[lab]) > 0.9
     for t in a.tumours:
         assert 0.8 <= t["diameter_mm"] <= 1.6
+
+
+def test_occupancy_per_axis_voxels_and_outside_grid():
+    shape = sample_shape(np.random.default_rng(2), "lobulated")
+    box, frac = occupancy((24, 24, 24), 0.2, (0.1, -0.3, 0.2), 2.0, shape)
+    box3, frac3 = occupancy((24, 24, 24), (0.2, 0.2, 0.2), (0.1, -0.3, 0.2), 2.0, shape)
+    assert box3 == box and np.array_equal(frac3, frac)  # an isotropic tuple is the scalar, bit for bit
+    box_z, frac_z = occupancy((24, 24, 48), (0.2, 0.2, 0.1), (0.1, -0.3, 0.2), 2.0, shape)
+    assert frac_z.shape[2] > frac.shape[2] and abs(frac_z.sum() * 0.5 / frac.sum() - 1) < 0.02  # same volume
+    with pytest.raises(InputError, match="outside the grid"):
+        occupancy((24, 24, 24), 0.2, (50.0, 0.0, 0.0), 2.0, shape)
+    box, frac = occupancy((24, 24, 24), 0.2, (50.0, 0.0, 0.0), 2.0, shape, missing_ok=True)
+    assert frac.size == 0 and np.zeros((24, 24, 24))[box].shape == frac.shape

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from testkit import KINDS, as_kind
 
 from dfseg.calibration.fit import fit_calibration
 from dfseg.errors import InputError
+from dfseg.physics import (
+    VisibilitySpectrum,
+    effective_energy,
+    mu,
+    phase_stepping_measurement,
+    polychromatic_signals,
+    tube_spectrum,
+)
+from dfseg.simulate.acquisition import AcquisitionConfig, acquire_ct
+from dfseg.simulate.anatomy import build_anatomy
 from dfseg.simulate.phantoms import write_phantom_scans
+from dfseg.tomo import fbp, project, projection_angles
 from dfseg.transforms.beam_hardening import (
     BeamHardeningCorrection,
     BeamHardeningCorrectiond,
@@ -18,6 +32,8 @@ from dfseg.transforms.beam_hardening import (
     ray_effective_energy,
     water_bone_mu,
 )
+from dfseg.transforms.flux import FluxNormalizationd
+from dfseg.transforms.reconstruction import FBPReconstructiond, NegativeLogd
 
 VIS = {"v_max": 0.3, "design_energy_kev": 28.0, "width_kev": 8.0, "floor_fraction": 0.15}
 
@@ -86,15 +102,6 @@ def test_linearisation_and_dict(cal):
 
 def test_spine_spurious_darkfield_below_noise(cal):
     """A water-equivalent body with a bone 'spine': spurious eps in the spine before/after correction."""
-    from dfseg.physics import (
-        VisibilitySpectrum,
-        mu,
-        phase_stepping_measurement,
-        polychromatic_signals,
-        tube_spectrum,
-    )
-    from dfseg.tomo import fbp, project, projection_angles
-
     n, px = 32, 0.6
     soft, spine = _body_with_bone_rod(n, px, 1.5)
     ang = projection_angles(60)
@@ -127,7 +134,6 @@ def _curves_at(cal, a, w):
 def test_bone_mixing_matches_two_material_physics(cal):
     """Soft tissue + cortical bone rays: the per-ray mix of the water and aluminium curves, weighted by
     the bone share of the attenuation, reproduces the exact polychromatic spurious DF."""
-    from dfseg.physics import VisibilitySpectrum, mu, polychromatic_signals, tube_spectrum
 
     spec, vis = tube_spectrum(70.0), VisibilitySpectrum(**VIS)
     e = spec.energies_kev
@@ -146,10 +152,6 @@ def test_bone_mixing_matches_two_material_physics(cal):
 
 def test_water_bone_decomposition_recovers_paths(cal):
     """Two-pass decomposition of a soft-tissue disc with a bone rod: per-ray bone and water paths."""
-    from dfseg.physics import mu, polychromatic_signals, tube_spectrum
-    from dfseg.physics.darkfield import VisibilitySpectrum
-    from dfseg.tomo import project, projection_angles
-
     n, px = 48, 0.4
     soft, rod = _body_with_bone_rod(n, px, 1.6)
     ang = projection_angles(90)
@@ -177,8 +179,6 @@ def test_water_bone_decomposition_recovers_paths(cal):
 
 
 def test_ray_effective_energy_matches_direct_computation():
-    from dfseg.physics import VisibilitySpectrum, effective_energy, mu, tube_spectrum
-
     paths = torch.tensor([[0.0, 10.0, 22.0, 5.0], [0.0, 0.0, 1.5, 3.0]], dtype=torch.float64)
     got = ray_effective_energy(paths, 70.0, {"Al": 1.0}, VIS)
     spec = tube_spectrum(70.0, {"Al": 1.0})
@@ -201,15 +201,6 @@ def test_ray_effective_energy_matches_direct_computation():
 def subject_scan(tmp_path_factory):
     """A simulated mouse (anatomy of the cohort simulator) scanned with its lung scattering switched
     off, so that every dark-field signal in it is spurious; one grating orientation, with noise."""
-    from dfseg.physics import (
-        VisibilitySpectrum,
-        mu,
-        phase_stepping_measurement,
-        polychromatic_signals,
-        tube_spectrum,
-    )
-    from dfseg.simulate.anatomy import build_anatomy
-    from dfseg.tomo import project, projection_angles
 
     size, px, n_ang = 40, 0.6, 90
     root = tmp_path_factory.mktemp("ph_subject")
@@ -230,8 +221,6 @@ def subject_scan(tmp_path_factory):
 
 
 def _subject_eps(scan, t, d, **bh):
-    from dfseg.transforms.reconstruction import FBPReconstructiond
-
     data = {"proj_T": -np.log(t), "proj_D": -np.log(d), "meta": scan["meta"]}
     if bh.pop("correct", True):
         data = BeamHardeningCorrectiond("proj_D", scan["cal"], **bh)(data)
@@ -243,7 +232,6 @@ def test_spine_spurious_darkfield_below_noise_on_simulated_subject(subject_scan)
     """Acceptance (issue 4): on a simulated mouse the spine's spurious DF falls below the per-voxel
     noise of one scan after the projection-domain two-pass bone correction; the water curve alone
     leaves it above noise."""
-    from scipy import ndimage
 
     s = subject_scan
     spine = ndimage.binary_erosion(s["anatomy"].materials["bone"] > 0.5, iterations=1)
@@ -301,14 +289,8 @@ def test_bone_correction_options_and_errors(cal, subject_scan):
 def test_spine_below_noise_with_lung_scattering_on_simulated_subject(tmp_path):
     """The cohort simulator's own scan (lung scattering on, 4 orientations, noise): after the two-pass
     correction the spine is below the per-voxel noise; without step 3 (per-ray energy) it is not."""
-    from dataclasses import replace
 
-    from scipy import ndimage
 
-    from dfseg.simulate.acquisition import AcquisitionConfig, acquire_ct
-    from dfseg.simulate.anatomy import build_anatomy
-    from dfseg.transforms.flux import FluxNormalizationd
-    from dfseg.transforms.reconstruction import FBPReconstructiond, NegativeLogd
 
     size, px = 40, 0.6
     cfg = AcquisitionConfig(n_angles=90)

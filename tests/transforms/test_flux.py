@@ -8,6 +8,7 @@ import torch
 from testkit import KINDS, as_kind
 
 from dfseg.errors import InputError
+from dfseg.physics import phase_stepping_measurement
 from dfseg.transforms.flux import (
     DetectorDriftCorrection,
     DetectorDriftCorrectiond,
@@ -22,8 +23,6 @@ AIR = 4
 
 def drifted_stack(rng, noise=True):
     """(N, A, U, Z) transmission: a sample in the middle, 5 % slow drift + 1 % flux, Poisson-like noise."""
-    from dfseg.physics import phase_stepping_measurement
-
     n, a, u, z = 4, 90, 32, 8
     t_true = np.ones((n, a, u, z))
     x = np.linspace(-1, 1, u - 2 * AIR)
@@ -74,7 +73,6 @@ def test_drift_correction_noisy_bias_and_dict():
     rng = np.random.default_rng(2)
     a = 90
     t_true, _ = drifted_stack(rng, noise=False)
-    from dfseg.physics import phase_stepping_measurement
 
     drift = (1.0 + 0.05 * np.linspace(0, 1, a))[None, :, None, None]
     t_meas, d_meas = phase_stepping_measurement(t_true, np.ones_like(t_true), v_ref=0.25, photons_per_pixel=2e4,

@@ -9,6 +9,7 @@ from testkit import KINDS, as_kind
 
 from dfseg.calibration.fit import fit_calibration
 from dfseg.simulate.phantoms import write_phantom_scans
+from dfseg.tomo import project, projection_angles
 from dfseg.transforms.pipeline import projection_chain, volume_chain
 
 ACQ = {"kvp": 70.0, "noise": False}
@@ -23,8 +24,6 @@ def cal(tmp_path_factory):
 
 def scan(cal):
     """A water disc of known mu and a drifting gain: (N, A, U, Z) ratios plus its sidecar."""
-    from dfseg.tomo import project, projection_angles
-
     n, px = 32, 0.5
     x = (np.arange(n) - (n - 1) / 2) * px
     xx, yy = np.meshgrid(x, x, indexing="ij")

@@ -9,6 +9,7 @@ from testkit import KINDS, as_kind
 
 from dfseg.errors import InputError
 from dfseg.transforms.registration import (
+    RegisterHistology,
     RegisterHistologyd,
     _from_sitk,
     _to_sitk,
@@ -71,6 +72,10 @@ def test_dict_transform_keeps_type(pair, kind):
     assert type(out["histology"]) is type(data["histology"]) and out["histology"].shape == (1, N, N, N)
     assert mean_surface_distance(fixed, np.asarray(out["histology"])[0]) < 1.0
     assert isinstance(out["histology_transform"], sitk.Transform)
+    label, transform = RegisterHistology(1.0, bspline=False)(data["histology"][0], data["label"])  # no channel
+    assert type(label) is type(data["histology"]) and label.shape == (N, N, N)
+    assert mean_surface_distance(fixed, np.asarray(label)) < 1.0
+    assert isinstance(transform, sitk.Transform)
 
 
 def test_intensity_fixed_image_rigid(pair):

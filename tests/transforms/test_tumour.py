@@ -130,6 +130,12 @@ def test_lesion_stays_in_lung():
     assert label[0, :6].sum() == 0 and label[0, 6:].sum() > 30
 
 
+def test_lesion_outside_the_volume_changes_nothing():
+    p = _phantom()
+    attn, _, label = SyntheticTumour((-40, 16, 16), 2.0, VOX, tissue_mu=MU_T)(p["attn"], None, p["label"], p["lung_mask"])
+    assert np.array_equal(attn, p["attn"]) and np.array_equal(label, p["label"])
+
+
 def test_missing_mask_and_tissue_mu():
     with pytest.raises(InputError, match="tissue_mu"):
         SyntheticTumour((16, 16, 16), 1.0, VOX)(_phantom()["attn"])
