@@ -29,8 +29,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # fit pulls in physics (SpekPy, xraydb); loading a calibration should not
     if name in ("fit_calibration", "fit_curve"):
+        # reason: fit reads scans through dfseg.data.scan (MONAI); loading a calibration or the simulator needs neither
         from dfseg.calibration import fit
 
         return getattr(fit, name)

@@ -28,9 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from dfseg import __version__
+from dfseg.calibration.energy import scan_effective_energy
 from dfseg.calibration.io import FORMAT, FORMAT_VERSION, validate_calibration
+from dfseg.data.scan import LoadScand, scan_meta, scan_value
 from dfseg.errors import InputError
-from dfseg.io import load_nifti, read_json, sha256_file
+from dfseg.io import sha256_file
 
 __all__ = ["fit_calibration", "fit_curve", "phantom_measurements"]
 
@@ -96,11 +99,17 @@ def fit_curve(x: np.ndarray, y: np.ndarray, *, max_degree: int = MAX_DEGREE, tol
     }
 
 
-def _load_stack(path: Path) -> np.ndarray:
-    arr, _ = load_nifti(path)
-    if arr.ndim != 4:
-        raise InputError(path, f"expected a projection stack (A, U, Z, N), got shape {arr.shape}")
-    return np.moveaxis(arr.astype(np.float64), -1, 0)  # (N, A, U, Z)
+#: The phantom scan's images: raw projection stacks, (A, U, Z, N) on disk.
+PHANTOM_KEYS: tuple[str, ...] = ("proj_T", "proj_D")
+
+
+def _disk_layout(stack: Any) -> np.ndarray:
+    """A loaded ``(N, A, U, Z)`` stack as float64, laid out in memory as the NIfTI file stores it.
+
+    NIfTI voxels are ``(A, U, Z, N)`` in Fortran order. The means below sum in memory order, so
+    the layout fixes the last bits of the calibration.
+    """
+    return np.moveaxis(np.asfortranarray(np.moveaxis(stack.numpy(), 0, -1), dtype=np.float64), -1, 0)
 
 
 def _rows(spec: Any, where: str, z: int) -> slice:
@@ -118,17 +127,15 @@ def phantom_measurements(pdir: str | os.PathLike) -> dict[str, Any]:
     """
     pdir = Path(pdir)
     side_path = pdir / "sidecar.json"
-    side = read_json(side_path)
+    side = scan_meta({"sidecar": side_path})
     for key in ("kind", "kvp", "air_columns", "sample_columns"):
         if key not in side:
             raise InputError(side_path, f"missing key '{key}'")
-    t = _load_stack(pdir / "proj_T.nii.gz")
-    d = _load_stack(pdir / "proj_D.nii.gz")
+    files = {key: pdir / f"{key}.nii.gz" for key in PHANTOM_KEYS}
+    scan = LoadScand(PHANTOM_KEYS, check_orientations=True)({"scan_id": pdir.name, "meta": side, **files})
+    t, d = (_disk_layout(scan[key]) for key in PHANTOM_KEYS)  # (N, A, U, Z)
     if t.shape != d.shape:
-        raise InputError(pdir / "proj_D.nii.gz", f"shape {d.shape[1:]}x{d.shape[0]} differs from proj_T {t.shape}")
-    n_or = len(side.get("orientations_deg") or [None] * t.shape[0])
-    if n_or != t.shape[0]:
-        raise InputError(pdir / "proj_T.nii.gz", f"expected {n_or} orientation channels from sidecar, found {t.shape[0]}")
+        raise InputError(files["proj_D"], f"shape {d.shape[1:]}x{d.shape[0]} differs from proj_T {t.shape}")
     air = int(side["air_columns"])
     u = t.shape[2]
     air_t = np.concatenate([t[:, :, :air], t[:, :, u - air:]], axis=2)
@@ -139,7 +146,7 @@ def phantom_measurements(pdir: str | os.PathLike) -> dict[str, Any]:
         a_img = -np.log(np.clip(t / gain, 1e-12, None))[:, :, u0:u1]
         df_img = -np.log(np.clip(d, 1e-12, None))[:, :, u0:u1]
     out: dict[str, Any] = {
-        "sidecar": side, "files": [side_path, pdir / "proj_T.nii.gz", pdir / "proj_D.nii.gz"],
+        "sidecar": side, "files": [side_path, *files.values()],
         "air": {"T": float(air_t.mean()), "D": float(air_d.mean())},
     }
     z = t.shape[3]
@@ -183,9 +190,6 @@ def fit_calibration(phantom_dir: str | os.PathLike, *, e_ref_kev: float | None =
     Raises:
         InputError: a missing phantom, file or sidecar key, naming it.
     """
-    from dfseg import __version__
-    from dfseg.calibration.energy import scan_effective_energy
-
     root = Path(phantom_dir)
     if not root.is_dir():
         raise InputError(root, "phantom directory not found")
@@ -236,7 +240,8 @@ def fit_calibration(phantom_dir: str | os.PathLike, *, e_ref_kev: float | None =
     for r in (lo, hi):
         side = r["sidecar"]
         df_pair.append(r["regions"]["sample"]["DF"] - r["regions"]["holder"]["DF"])
-        e_pair.append(scan_effective_energy(side["kvp"], side.get("filtration_mm"), side.get("visibility", visibility),
+        e_pair.append(scan_effective_energy(side["kvp"], side.get("filtration_mm"),
+                                            scan_value(r, "visibility", meta_key="sidecar", default=visibility),
                                             e_eff_water_mm))
     if min(df_pair) <= 0:
         raise InputError(root, f"reference phantom dark-field must be positive at both voltages, got {df_pair}")

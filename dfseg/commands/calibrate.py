@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dfseg.calibration import save_calibration
+from dfseg.calibration.fit import fit_calibration, summary
+from dfseg.io import refuse_existing
+
 HELP = "fit beam-hardening curves and the energy exponent from phantom scans"
 
 
@@ -17,10 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dfseg.calibration import save_calibration
-    from dfseg.calibration.fit import fit_calibration, summary
-    from dfseg.io import refuse_existing
-
     refuse_existing(args.output, overwrite=args.overwrite)
     cal = fit_calibration(args.phantom_dir, e_ref_kev=args.e_ref_kev)
     save_calibration(args.output, cal)

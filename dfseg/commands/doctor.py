@@ -11,6 +11,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from dfseg import __version__
+
 HELP = "report the environment (versions, CUDA, threads, disk) and what is missing"
 
 #: import name -> distribution name, for everything dfseg needs at run time
@@ -51,8 +53,6 @@ def _version(module_name: str) -> str | None:
 
 def collect(path: str | os.PathLike = ".") -> dict:
     """Gather versions, accelerator, threads and disk; list what is missing."""
-    from dfseg import __version__
-
     packages = {dist: _version(mod) for mod, dist in REQUIRED.items()}
     optional = {dist: _version(mod) for mod, dist in OPTIONAL.items()}
     missing = [dist for dist, ver in packages.items() if ver is None]
@@ -67,7 +67,7 @@ def collect(path: str | os.PathLike = ".") -> dict:
         "warnings": [],
     }
     if packages["torch"]:
-        import torch
+        import torch  # reason: doctor runs without torch and reports it missing
 
         cuda = torch.cuda.is_available()
         report["torch_threads"] = torch.get_num_threads()
@@ -80,6 +80,7 @@ def collect(path: str | os.PathLike = ".") -> dict:
             report["warnings"].append("no CUDA device: training and simulation run on the CPU (slower, AMP off)")
     if packages["spekpy"] and packages["xraydb"]:
         try:
+            # reason: importing physics is part of the check (doctor runs when xraydb or SpekPy is broken)
             from dfseg.physics import mu, tube_spectrum
 
             spectrum = tube_spectrum(70.0)

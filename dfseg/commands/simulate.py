@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
+from dfseg.errors import InputError
+from dfseg.simulate.acquisition import AcquisitionConfig
+from dfseg.simulate.cohort import write_cohort
+from dfseg.simulate.variants import VARIANTS
+
 HELP = "simulate a dark-field CT (or radiograph) mouse cohort with calibration phantoms"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dfseg.simulate.variants import VARIANTS
-
     parser.add_argument("--out", required=True, help="output cohort directory (must be empty unless --overwrite)")
     parser.add_argument("--subjects", type=int, default=12, help="number of simulated mice (default 12)")
     parser.add_argument("--size", type=int, default=64, help="voxels per axis of the S^3 grid (default 64)")
@@ -37,10 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dfseg.errors import InputError
-    from dfseg.simulate.acquisition import AcquisitionConfig
-    from dfseg.simulate.cohort import write_cohort
-
     if args.subjects < 1:
         raise InputError("--subjects", f"need at least one subject, got {args.subjects}")
     if args.size < 16:

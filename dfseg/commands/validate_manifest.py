@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dfseg.data.manifest import SPLITS
+from dfseg.data.validate import validate_manifest
+from dfseg.io import read_json
+
 HELP = "check a cohort manifest and every file it names"
 
 
@@ -17,9 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print one line per problem and exit 1, or a one-line summary and exit 0."""
-    from dfseg.data.validate import validate_manifest
-    from dfseg.io import read_json
-
     problems = validate_manifest(args.path, check_hashes=not args.no_hashes, check_images=not args.no_images)
     if problems:
         for problem in problems:
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.path}: {len(problems)} problem{'s' if len(problems) != 1 else ''}", file=sys.stderr)
         return 1
     manifest = read_json(args.path)
-    entries = [e for split in ("training", "validation", "test") for e in manifest[split]]
+    entries = [e for split in SPLITS for e in manifest[split]]
     subjects = {e["subject_id"] for e in entries}
     print(f"{args.path}: ok, {len(entries)} scans, {len(subjects)} subjects, {manifest['num_folds']} folds, 0 problems")
     return 0

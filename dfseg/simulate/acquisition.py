@@ -5,7 +5,7 @@ CT (parallel beam, rotation axis z, 180 deg):
 1. Line integrals of every material map and of the six scattering-tensor components of every
    energy-basis term, for all slices, in one batched :func:`dfseg.tomo.project` call; the tensor
    projections are combined per (angle, grating orientation) with
-   :func:`dfseg.tomo.tensor_projection_weights` (PHYSICS.md section 3).
+   :func:`dfseg.tomo.tensor_projection_weights` (docs/physics.md section 3).
 2. Expected T and D per ray from the polychromatic, visibility-weighted forward model
    (:func:`dfseg.physics.polychromatic_signals`), so beam hardening and spurious dark-field on
    bone arise from the physics.
@@ -35,9 +35,22 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from dfseg.errors import InputError
+from dfseg.physics import (
+    DEFAULT_PHOTONS_PER_PIXEL,
+    Spectrum,
+    VisibilitySpectrum,
+    monochromatic,
+    mu,
+    phase_stepping_measurement,
+    polychromatic_signals,
+    polychromatic_signals_oriented,
+    tube_spectrum,
+)
 from dfseg.simulate.anatomy import Anatomy, scattering_tensors
+from dfseg.tomo import fbp, project, projection_angles, tensor_projection_weights
 
 GEOMETRIES = ("ct", "radiograph")
 
@@ -46,8 +59,6 @@ _LOG_FLOOR = 1e-6
 
 
 def _default_photons() -> float:
-    from dfseg.physics import DEFAULT_PHOTONS_PER_PIXEL
-
     return float(DEFAULT_PHOTONS_PER_PIXEL)
 
 
@@ -108,18 +119,14 @@ class AcquisitionConfig:
         if self.air_columns < 0:
             raise InputError("air_columns", f"must be >= 0, got {self.air_columns}")
 
-    def spectrum(self):
+    def spectrum(self) -> Spectrum:
         """The detector-weighted spectrum (:class:`dfseg.physics.Spectrum`)."""
-        from dfseg.physics import monochromatic, tube_spectrum
-
         if self.monochromatic_kev is not None:
             return monochromatic(self.monochromatic_kev)
         return tube_spectrum(self.kvp, dict(self.filtration_mm), bin_kev=self.bin_kev)
 
-    def visibility_spectrum(self):
+    def visibility_spectrum(self) -> VisibilitySpectrum:
         """The reference visibility V0(E) (:class:`dfseg.physics.VisibilitySpectrum`)."""
-        from dfseg.physics import VisibilitySpectrum
-
         return VisibilitySpectrum(**self.visibility)
 
     def reference_visibility(self) -> float:
@@ -136,8 +143,6 @@ class AcquisitionConfig:
 
 
 def _materials_mu(anatomy: Anatomy, energies_kev: np.ndarray) -> tuple[list[str], np.ndarray]:
-    from dfseg.physics import mu
-
     names = sorted(anatomy.materials)
     return names, np.stack([mu(n, energies_kev) for n in names])  # (M, E)
 
@@ -157,8 +162,6 @@ def _gain(config: AcquisitionConfig, n_exposures: tuple[int, int], rng: np.rando
 
 def _measure(T: np.ndarray, D: np.ndarray, gain: np.ndarray, config: AcquisitionConfig, v_ref: float,
              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    from dfseg.physics import phase_stepping_measurement
-
     T = np.broadcast_to(T, np.broadcast_shapes(T.shape, D.shape))
     if not config.noise:
         return (T * gain).astype(np.float32), D.astype(np.float32)
@@ -205,10 +208,6 @@ def acquire_ct(anatomy: Anatomy, config: AcquisitionConfig, rng: np.random.Gener
         float32 in 1/mm; ``df`` (X, Y, Z, N) float32 in 1/mm; ``spectrum`` (the Spectrum);
         ``v_ref`` (float); ``gain`` (N, A).
     """
-    import torch
-
-    from dfseg.tomo import fbp, project, projection_angles, tensor_projection_weights
-
     nx, ny, nz = anatomy.shape
     if nx != ny:
         raise InputError("anatomy", f"CT needs a square slice (X = Y), got {anatomy.shape}")
@@ -233,9 +232,6 @@ def acquire_ct(anatomy: Anatomy, config: AcquisitionConfig, rng: np.random.Gener
     comp = sino[len(names):].reshape(k, 6, *sino.shape[1:])  # (K, 6, A, U, Z)
     wts = tensor_projection_weights(angles, w).astype(np.float32)  # (N, A, 6)
     p_k = np.einsum("kcauz,nac->knauz", comp, wts)  # (K, N, A, U, Z)
-
-    from dfseg.physics import polychromatic_signals_oriented
-
     t_exp, d_exp = polychromatic_signals_oriented(spectrum, vis, lines, mu_e, p_k, h, device=dev)  # (1|N, A, U, Z)
 
     v_ref = float(np.sum(spectrum.weights * vis(e)) / np.sum(spectrum.weights))
@@ -275,8 +271,6 @@ def acquire_radiograph(anatomy: Anatomy, config: AcquisitionConfig, rng: np.rand
         dict with ``proj_T``, ``proj_D`` (N, 1, X, Z) float32; ``attn`` (X, Z) = -ln T averaged over
         orientations; ``df`` (X, Z, N) = -ln D per orientation; ``spectrum``; ``v_ref``; ``gain`` (N, 1).
     """
-    from dfseg.physics import polychromatic_signals
-
     _check_fov(anatomy, config)
     spectrum = config.spectrum()
     vis = config.visibility_spectrum()

@@ -36,6 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from dfseg.errors import InputError
+from dfseg.physics import linear_diffusion_coefficient
 
 #: Nominal mouse thorax width (left-right), mm.
 MOUSE_WIDTH_MM = 25.0
@@ -325,8 +326,6 @@ def scattering_basis(
         ``eps(E) ~= sum_k coeffs_k h_k(E)`` (1/mm); rel_error the largest relative error of the
         rank-K approximation on the R grid.
     """
-    from dfseg.physics import darkfield
-
     kw = diffusion_kwargs or {}
     e = np.asarray(energies_kev, dtype=np.float64)
     phi = np.asarray(air_fraction, dtype=np.float64)
@@ -337,7 +336,7 @@ def scattering_basis(
     r_lo, r_hi = float(r[scat].min()), float(r[scat].max())
     r_hi = max(r_hi, r_lo * 1.01)
     grid = np.geomspace(r_lo, r_hi, n_grid)
-    table = np.stack([darkfield.linear_diffusion_coefficient(e, float(rr), 1.0, **kw) for rr in grid])  # (G, E)
+    table = np.stack([linear_diffusion_coefficient(e, float(rr), 1.0, **kw) for rr in grid])  # (G, E)
     _, sv, vt = np.linalg.svd(table, full_matrices=False)
     k = min(n_basis, vt.shape[0])
     h = vt[:k]

@@ -13,6 +13,7 @@ of workers or the order they finish in; NIfTI files are gzip'd without a timesta
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import sys
 from collections.abc import Sequence
@@ -22,12 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from dfseg import __version__
 from dfseg.errors import InputError
 from dfseg.io import prepare_output_dir, save_nifti, write_json
 from dfseg.simulate.acquisition import AcquisitionConfig, acquire
 from dfseg.simulate.anatomy import build_anatomy
+from dfseg.simulate.phantoms import write_phantom_scans
 from dfseg.simulate.tumours import sample_tumours
 from dfseg.simulate.variants import get_variant
 
@@ -140,15 +144,12 @@ def write_scan(scan_dir: str | os.PathLike, result: dict[str, Any], *, projectio
 
 
 #: torch threads of one subject's simulation, whatever ``workers`` is: torch splits float32
-#: reductions (FBP back-projection sums) by thread count, so a count that followed ``workers``
-#: changed the reconstructions in their last bits. One thread measured no slower per subject on
-#: 2 cores (64^3, 180 angles: 5.7 s with 1 thread, 6.3 s with 2).
+#: reductions (FBP back-projection sums) by thread count, so a fixed count keeps the
+#: reconstructions bit-identical for any number of workers.
 SIMULATION_THREADS = 1
 
 
 def _simulate_and_write(job: dict[str, Any]) -> str:
-    import torch
-
     job = dict(job)
     out = job.pop("scans_dir")
     projections = job.pop("projections")
@@ -207,8 +208,7 @@ def write_cohort(
     Returns:
         the cohort directory.
     """
-    from tqdm import tqdm
-
+    # reason: dfseg.data loads MONAI, which the spawned simulation workers (they import this module) never use
     from dfseg.data.manifest import build_manifest, scan_entries, write_manifest
 
     if subjects < 1:
@@ -232,8 +232,6 @@ def write_cohort(
             _simulate_and_write(job)
             bar.update(1)
     else:
-        import multiprocessing as mp
-
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
             for _ in pool.map(_simulate_and_write, jobs):
                 bar.update(1)
@@ -250,11 +248,6 @@ def write_cohort(
 
 
 def _write_phantoms(out: Path, config: AcquisitionConfig, voxel_mm: float, seed: int, progress: bool) -> None:
-    try:
-        from dfseg.simulate.phantoms import write_phantom_scans
-    except ImportError as err:
-        print(f"dfseg simulate: warning: calibration phantoms not written ({err})", file=sys.stderr)
-        return
     acquisition = {**config.describe(), "voxel_mm": float(voxel_mm)}
     report = (lambda name: print(f"phantom {name}", file=sys.stderr)) if progress else None
     write_phantom_scans(out, acquisition, seed, progress=report)

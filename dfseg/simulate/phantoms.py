@@ -34,7 +34,17 @@ from typing import Any
 
 import numpy as np
 
+from dfseg.calibration.energy import visibility_from_params
 from dfseg.io import save_nifti, write_json
+from dfseg.physics import (
+    DEFAULT_FILTRATION_MM,
+    VisibilitySpectrum,
+    linear_diffusion_coefficient,
+    mu,
+    phase_stepping_measurement,
+    polychromatic_signals,
+    tube_spectrum,
+)
 
 __all__ = ["PHANTOM_IDS", "REFERENCE_KVPS", "write_phantom_scans", "scan_phantom"]
 
@@ -61,10 +71,7 @@ def _acq(acquisition: Any, name: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def _visibility(acquisition: Any):
-    from dfseg.calibration.energy import visibility_from_params
-    from dfseg.physics import VisibilitySpectrum
-
+def _visibility(acquisition: Any) -> VisibilitySpectrum:
     vis = _acq(acquisition, "visibility", None)
     if vis is None:
         return VisibilitySpectrum(
@@ -112,8 +119,6 @@ def scan_phantom(
     Returns:
         ``(T, D, v_ref)`` with T, D of shape ``(N, A, U, Z)`` float32, A = ``N_EXPOSURES``.
     """
-    from dfseg.physics import mu, phase_stepping_measurement, polychromatic_signals, tube_spectrum
-
     spec = tube_spectrum(float(kvp), filtration_mm)
     e = spec.energies_kev
     att = [(t, mu(m, e)) for t, m in thickness_terms]
@@ -148,8 +153,6 @@ def write_phantom_scans(out_dir: str | Path, acquisition: Any, seed: int,
     Returns:
         the phantom directories written, in :data:`PHANTOM_IDS` order.
     """
-    from dfseg.physics import linear_diffusion_coefficient, tube_spectrum
-
     out_dir = Path(out_dir)
     kvp = float(_acq(acquisition, "kvp", 70.0))
     filt = _acq(acquisition, "filtration_mm", None)
@@ -226,6 +229,4 @@ def write_phantom_scans(out_dir: str | Path, acquisition: Any, seed: int,
 
 
 def _default_filtration() -> dict[str, float]:
-    from dfseg.physics import DEFAULT_FILTRATION_MM
-
     return dict(DEFAULT_FILTRATION_MM)
