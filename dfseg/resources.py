@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from dfseg.errors import DfsegError
 
 BUNDLES = ("dfseg_attention_unet", "dfseg_swinunetr")
+#: Config files of each bundle workflow, merged left to right: inference and evaluation are overlays
+#: on ``train.yaml``, which declares the network and the settings once.
+WORKFLOWS: dict[str, tuple[str, ...]] = {
+    "train": ("train.yaml",),
+    "inference": ("train.yaml", "inference.yaml"),
+    "evaluate": ("train.yaml", "inference.yaml", "evaluate.yaml"),
+    "multi_gpu_train": ("train.yaml", "multi_gpu_train.yaml"),
+}
 
 
 def bundles_root() -> Path:
@@ -34,19 +44,16 @@ def bundle_dir(name: str) -> Path:
     return root
 
 
-def run_bundle(bundle: str | os.PathLike, config: str | list[str], **overrides: object) -> None:
-    """Run bundle config(s) in a subprocess, exactly as a user would with ``python -m monai.bundle run``.
+def run_bundle(bundle: str | os.PathLike, workflow: str, **overrides: object) -> None:
+    """Run a bundle workflow in a subprocess, exactly as a user would with ``python -m monai.bundle run``.
 
     Args:
         bundle: bundle name (``dfseg_attention_unet``) or folder.
-        config: config file name(s) in ``configs/`` (several are merged left to right).
+        workflow: a key of :data:`WORKFLOWS` (``train``, ``inference``, ``evaluate``, ...).
         overrides: ``--key value`` overrides; ``None`` values are left out.
     """
-    import subprocess
-    import sys
-
     root = bundle_dir(str(bundle))
-    files = [str(root / "configs" / c) for c in ([config] if isinstance(config, str) else config)]
+    files = [str(root / "configs" / name) for name in WORKFLOWS[workflow]]
     cmd = [sys.executable, "-m", "monai.bundle", "run",
            "--config_file", files[0] if len(files) == 1 else repr(files),
            "--bundle_root", str(root), "--meta_file", str(root / "configs" / "metadata.json"),
@@ -56,5 +63,5 @@ def run_bundle(bundle: str | os.PathLike, config: str | list[str], **overrides: 
             cmd += [f"--{key}", str(value)]
     result = subprocess.run(cmd)
     if result.returncode != 0:
-        raise DfsegError(f"{root.name}/configs/{files[0].rsplit('/', 1)[-1]}",
+        raise DfsegError(f"{root.name}/configs/{WORKFLOWS[workflow][-1]}",
                          f"bundle run failed with exit code {result.returncode} (messages above)")

@@ -1,8 +1,8 @@
 """``dfseg cv``: subject-level k-fold cross-validation of a bundle.
 
-Per fold ``k``: train (``configs/train.yaml``, fold k held out for validation), evaluate on the
-held-out fold (``evaluate.yaml --split val``) and on the test split (``--split test``), each
-through ``python -m monai.bundle run`` in a subprocess. Writes ``fold<k>/`` run directories,
+Per fold ``k``: train (the bundle's ``train`` workflow, fold k held out for validation), evaluate on
+the held-out fold (the ``evaluate`` workflow, ``--split val``) and on the test split (``--split test``),
+each through ``python -m monai.bundle run`` in a subprocess. Writes ``fold<k>/`` run directories,
 ``cv_metrics.json`` (per fold and pooled: AUROC of the per-volume presence scores of all held-out
 folds together, mean Dice) and ``test_metrics.json`` (per fold).
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from dfseg.errors import InputError
+from dfseg.evaluation.metrics import auroc
 from dfseg.io import prepare_output_dir, read_json, write_json
 from dfseg.resources import run_bundle
 
@@ -39,8 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _pooled(per_fold: dict[int, dict]) -> dict:
-    from dfseg.evaluation.metrics import auroc
-
     vols = [v for m in per_fold.values() for v in m["volumes"]]
     scores = np.array([v["score"] for v in vols], float)
     labels = np.array([v["has_tumour"] for v in vols], bool)
@@ -73,11 +72,11 @@ def run(args: argparse.Namespace) -> int:
         if args.max_epochs:
             train["max_epochs"] = args.max_epochs
         infer = {key: v for key, v in train.items() if key != "max_epochs"}
-        run_bundle(bundle, "train.yaml", **train)  # resumes from run_dir/last.pt when present
-        run_bundle(bundle, "evaluate.yaml", **infer, split="val")
+        run_bundle(bundle, "train", **train)  # resumes from run_dir/last.pt when present
+        run_bundle(bundle, "evaluate", **infer, split="val")
         per_fold[k] = read_json(run_dir / "eval_val.json")
         if read_json(manifest).get("test"):
-            run_bundle(bundle, "evaluate.yaml", **infer, split="test")
+            run_bundle(bundle, "evaluate", **infer, split="test")
             test[k] = read_json(run_dir / "eval_test.json")
     write_json(out / "cv_metrics.json", {"bundle": bundle.name, "manifest": str(manifest), "modality": args.modality,
                                          "folds": {str(k): m for k, m in per_fold.items()},

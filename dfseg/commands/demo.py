@@ -12,8 +12,12 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import torch
+
+from dfseg.cli import main
 from dfseg.errors import DfsegError
 from dfseg.io import prepare_output_dir, write_json
+from dfseg.resources import bundle_dir, run_bundle
 
 HELP = "run the whole pipeline on a built-in simulated cohort"
 
@@ -60,18 +64,12 @@ def _stage(n: int, total: int, name: str) -> float:
 
 def _dfseg(*argv: str) -> None:
     """Run a dfseg sub-command in-process; a failure stops the demo with that command's message."""
-    from dfseg.cli import main
-
     code = main([str(a) for a in argv])
     if code != 0:
         raise DfsegError(f"dfseg {argv[0]}", f"stage failed with exit code {code} (message above)")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from dfseg.resources import bundle_dir, run_bundle
-
     cfg = QUICK if args.quick else DEFAULT
     cfg = replace(cfg, seed=args.seed,
                   subjects=args.subjects or cfg.subjects, max_epochs=args.max_epochs or cfg.max_epochs)
@@ -101,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     times["preprocess"] = time.perf_counter() - t
 
     t = _stage(4, total, "train: attention residual U-Net bundle, combined input (TensorBoard logs in train/)")
-    run_bundle(bundle, "train.yaml", manifest=pre / "manifest.json", fold=0, modality="combined",
+    run_bundle(bundle, "train", manifest=pre / "manifest.json", fold=0, modality="combined",
             max_epochs=cfg.max_epochs, val_interval=cfg.val_interval, patience=cfg.max_epochs,
             patch_size=cfg.patch_size, batch_size=cfg.batch_size, num_samples=cfg.num_samples,
             channels=list(cfg.channels), learning_rate=cfg.learning_rate, device=device,
@@ -109,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     times["train"] = time.perf_counter() - t
 
     t = _stage(5, total, "infer: sliding-window inference on the held-out test subjects")
-    run_bundle(bundle, "inference.yaml", manifest=pre / "manifest.json", modality="combined", split="test",
+    run_bundle(bundle, "inference", manifest=pre / "manifest.json", modality="combined", split="test",
             channels=list(cfg.channels), device=device, output_dir=train_dir,
             predictions_dir=out / "predictions", num_workers=loader_workers)
     times["infer"] = time.perf_counter() - t

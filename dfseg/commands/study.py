@@ -14,12 +14,17 @@ import time
 from pathlib import Path
 
 from dfseg.errors import InputError
+from dfseg.evaluation.compare import compare_models, load_records
+from dfseg.evaluation.plots import plot_roc_multi
 from dfseg.io import atomic_write, prepare_output_dir, read_json, write_json
+from dfseg.reporting.comparison import render_comparison_table
+from dfseg.reporting.evaluation import evaluate_predictions
+from dfseg.resources import bundle_dir, run_bundle
 
 HELP = "attenuation vs dark-field vs combined: train and compare one model per modality"
 MODALITIES = ("attn", "df", "combined")
 
-#: Dey, Meyer, Taqi 2025 (arXiv 2510.27679), per-patch results on 2D radiographs (PHYSICS.md section 8)
+#: Dey, Meyer, Taqi 2025 (arXiv 2510.27679), per-patch results on 2D radiographs (docs/physics.md section 8)
 DEY_2025 = {"attn": (0.510, 0.929), "df": (0.837, 0.905), "combined": (0.796, 0.976)}
 
 
@@ -55,12 +60,6 @@ def _cohort_geometry(manifest: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dfseg.evaluation.compare import compare_models, load_records
-    from dfseg.evaluation.plots import plot_roc_multi
-    from dfseg.reporting.comparison import render_comparison_table
-    from dfseg.reporting.evaluation import evaluate_predictions
-    from dfseg.resources import bundle_dir, run_bundle
-
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
     bad = [m for m in modalities if m not in MODALITIES]
     if bad or not modalities:
@@ -85,9 +84,9 @@ def run(args: argparse.Namespace) -> int:
         run_dir, eval_dir = out / modality, out / modality / "evaluation"
         print(f"\n[{i}/{len(modalities)}] {modality}: train -> infer -> evaluate ({run_dir})", flush=True)
         if not (eval_dir / "records.json").is_file():
-            run_bundle(bundle, "train.yaml", **common, modality=modality, output_dir=run_dir, seed=args.seed,
+            run_bundle(bundle, "train", **common, modality=modality, output_dir=run_dir, seed=args.seed,
                        max_epochs=args.max_epochs)
-            run_bundle(bundle, "inference.yaml", **common, modality=modality, output_dir=run_dir,
+            run_bundle(bundle, "inference", **common, modality=modality, output_dir=run_dir,
                        split=args.split, predictions_dir=run_dir / "predictions")
             evaluate_predictions(run_dir / "predictions", manifest, eval_dir, split=args.split,
                                  threshold=args.threshold, n_bootstrap=args.bootstrap, seed=args.seed,

@@ -1,5 +1,6 @@
 """Ignite/MONAI pieces the bundles wire: deterministic data feeding, transform chains, resumable
-checkpoints, run records and prediction writers. The bundle YAML only calls these."""
+checkpoints, run records, prediction writers, DDP set-up and the values the configs derive
+(ROI size, network). The bundle YAML only calls these."""
 
 from __future__ import annotations
 
@@ -14,14 +15,24 @@ from dfseg.training.data import (
     require_valid_manifest,
     resolve,
 )
+from dfseg.training.distributed import (
+    ddp,
+    destroy_distributed,
+    handlers_for_rank,
+    init_distributed,
+    is_rank0,
+    rank_device,
+)
 from dfseg.training.handlers import (
     MetricsWriter,
     NullSummaryWriter,
     ProbabilityWriter,
     RunInfoWriter,
+    lr_writer,
     run_info,
     summary_writer,
 )
+from dfseg.training.settings import build_network, roi_size
 from dfseg.training.transforms import (
     MODALITY_CHANNELS,
     PresenceScored,
@@ -32,9 +43,10 @@ from dfseg.training.transforms import (
 )
 
 __all__ = [
-    "MODALITY_CHANNELS", "BestModelSaver", "EpochSampler", "MetricsWriter", "NullSummaryWriter", "PresenceScored",
-    "ProbabilityWriter", "ResumableCheckpoint", "RunInfoWriter", "SeededCacheDataset", "datalist",
-    "derive_seed", "eval_postprocessing", "eval_transforms", "in_channels", "is_preprocessed",
-    "CheckpointLoader", "load_checkpoint", "resolve", "run_info", "summary_writer", "train_transforms", "at_least_as_good",
-    "require_valid_manifest",
+    "MODALITY_CHANNELS", "BestModelSaver", "CheckpointLoader", "EpochSampler", "MetricsWriter", "NullSummaryWriter",
+    "PresenceScored", "ProbabilityWriter", "ResumableCheckpoint", "RunInfoWriter", "SeededCacheDataset",
+    "at_least_as_good", "build_network", "datalist", "ddp", "derive_seed", "destroy_distributed",
+    "eval_postprocessing", "eval_transforms", "handlers_for_rank", "in_channels", "init_distributed",
+    "is_preprocessed", "is_rank0", "load_checkpoint", "lr_writer", "rank_device", "require_valid_manifest",
+    "resolve", "roi_size", "run_info", "summary_writer", "train_transforms",
 ]

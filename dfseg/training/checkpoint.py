@@ -29,16 +29,11 @@ from ignite.engine import Engine, Events
 from dfseg.errors import InputError
 from dfseg.io import atomic_path
 from dfseg.training.data import EpochSampler, torch_seed_for_iteration
+from dfseg.training.distributed import is_rank0
 
 __all__ = ["BestModelSaver", "CheckpointLoader", "ResumableCheckpoint", "get_rng_state", "load_checkpoint", "set_rng_state"]
 
 logger = logging.getLogger(__name__)
-
-
-def _is_rank0() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -176,7 +171,7 @@ class ResumableCheckpoint:
 
     def save(self, engine: Engine) -> None:
         """Write the checkpoint atomically (rank 0 only)."""
-        if not _is_rank0():
+        if not is_rank0():
             return
         ckpt = self.state_dict(engine)
         with atomic_path(self.path) as tmp:
@@ -188,7 +183,7 @@ class ResumableCheckpoint:
         Temporary files of a write that was killed (``.last.pt.*.tmp*``; ``last.pt`` itself is then
         the previous, complete checkpoint) are removed first.
         """
-        if _is_rank0():
+        if is_rank0():
             for stale in self.path.parent.glob(f".{self.path.name}.*.tmp*"):
                 stale.unlink(missing_ok=True)
         if not (self.resume and self.path.is_file()):
@@ -234,7 +229,7 @@ class BestModelSaver:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        if not _is_rank0() or engine.state.best_metric_epoch != engine.state.epoch:
+        if not is_rank0() or engine.state.best_metric_epoch != engine.state.epoch:
             return
         net = self.network.module if hasattr(self.network, "module") else self.network
         state = net.state_dict()

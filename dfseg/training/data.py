@@ -16,6 +16,7 @@ run killed with SIGKILL end with the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ from monai.data import CacheDataset
 from monai.transforms import Compose
 from torch.utils.data.distributed import DistributedSampler
 
+from dfseg.data.datasets import datalist_for_fold
+from dfseg.data.manifest import load_manifest
+from dfseg.data.validate import validate_manifest
 from dfseg.errors import InputError
 
 __all__ = ["EpochSampler", "SeededCacheDataset", "datalist", "derive_seed", "is_preprocessed"]
@@ -45,8 +49,6 @@ def datalist(manifest: str | os.PathLike, fold: int | None, split: str) -> list[
     Thin wrapper over :func:`dfseg.data.datasets.datalist_for_fold` that refuses an empty split
     with a message naming the manifest (an empty validation fold would make AUROC undefined).
     """
-    from dfseg.data.datasets import datalist_for_fold
-
     items = datalist_for_fold(manifest, None if fold is None or int(fold) < 0 else int(fold), split)
     if not items:
         raise InputError(manifest, f"split {split!r} of fold {fold} has no entries")
@@ -60,8 +62,6 @@ def is_preprocessed(manifest: str | os.PathLike) -> bool:
     bundles skip the volume correction chain; raw reconstructions need it (and a calibration).
     Mixed manifests are refused: one network input must mean one thing.
     """
-    from dfseg.data.manifest import load_manifest
-
     doc = load_manifest(manifest)
     flags = {bool((e.get("meta") or {}).get("preprocessed", False))
              for split in ("training", "validation", "test") for e in doc.get(split) or []}
@@ -165,10 +165,6 @@ def require_valid_manifest(manifest: str | os.PathLike | None, *, check_hashes: 
     ``SystemExit`` is not an ``Exception``, so it passes through ``monai.bundle``'s wrapping of
     config errors, and the user sees one line instead of a chain of tracebacks.
     """
-    import sys
-
-    from dfseg.data.validate import validate_manifest
-
     if manifest in (None, "", "None"):
         print("dfseg bundle: error: manifest: not given; pass --manifest path/to/manifest.json", file=sys.stderr)
         raise SystemExit(1)

@@ -10,20 +10,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import ignite
+import monai
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from torch.utils.tensorboard import SummaryWriter
 
+from dfseg import __version__ as dfseg_version
+from dfseg.channels import MODALITY_CHANNELS
 from dfseg.io import read_json, save_nifti, sha256_file, voxel_size, write_json
+from dfseg.networks import count_parameters
+from dfseg.training.distributed import is_rank0
 
-__all__ = ["MetricsWriter", "NullSummaryWriter", "ProbabilityWriter", "RunInfoWriter", "hardware_info", "run_info",
-           "summary_writer"]
-
-
-def _is_rank0() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+__all__ = ["MetricsWriter", "NullSummaryWriter", "ProbabilityWriter", "RunInfoWriter", "hardware_info", "lr_writer",
+           "run_info", "summary_writer"]
 
 
 class NullSummaryWriter:
@@ -43,11 +44,19 @@ class NullSummaryWriter:
 
 def summary_writer(log_dir: str | os.PathLike) -> Any:
     """``SummaryWriter(log_dir)`` on rank 0 (or without DDP), :class:`NullSummaryWriter` on other ranks."""
-    if not _is_rank0():
+    if not is_rank0():
         return NullSummaryWriter()
-    from torch.utils.tensorboard import SummaryWriter
-
     return SummaryWriter(log_dir=str(log_dir))
+
+
+def lr_writer(optimizer: torch.optim.Optimizer) -> Any:
+    """An ``epoch_event_writer`` for MONAI's ``TensorBoardStatsHandler``: scalar ``lr`` (first
+    parameter group) at every epoch."""
+
+    def write(engine: Engine, writer: Any) -> None:
+        writer.add_scalar("lr", optimizer.param_groups[0]["lr"], engine.state.epoch)
+
+    return write
 
 
 def hardware_info() -> dict[str, Any]:
@@ -61,12 +70,8 @@ def hardware_info() -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    import ignite
-    import monai
-
-    import dfseg
-
-    return {"python": sys.version.split()[0], "dfseg": dfseg.__version__, "torch": torch.__version__,
+    """Versions of Python and of the libraries a run depends on."""
+    return {"python": sys.version.split()[0], "dfseg": dfseg_version, "torch": torch.__version__,
             "monai": monai.__version__,
             "ignite": ignite.__version__, "numpy": np.__version__}
 
@@ -74,27 +79,24 @@ def versions() -> dict[str, str]:
 def run_info(*, bundle: str, manifest: str | os.PathLike, fold: int | None, modality: str, seed: int,
              hyper_parameters: Mapping[str, Any], network: Mapping[str, Any],
              calibration: str | os.PathLike | None = None, preprocessed: bool | None = None,
-             model: torch.nn.Module | None = None, geometry: str | None = None,
+             model: torch.nn.Module | None = None, spatial_dims: int | None = None,
              extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``run_info.json`` record of a training run (the keys ``dfseg.reporting.model_card`` reads).
 
     Keys: ``bundle``, ``started_utc``, ``manifest`` {path, sha256}, ``fold``, ``modality``,
     ``input_channels`` (names), ``in_channels``, ``seed``, ``hyper_parameters``, ``network``
     (``name`` + constructor arguments, and ``parameter_count`` when ``model`` is given),
-    ``calibration`` {path, sha256} or None, ``preprocessed``, ``geometry`` (``ct`` | ``radiograph``),
-    ``hardware``, ``versions``, ``command`` (argv), plus ``extra``. ``RunInfoWriter`` adds
-    ``max_epochs``, ``completed_epochs``, ``finished_utc`` and ``resumed_at_iteration``.
+    ``calibration`` {path, sha256} or None, ``preprocessed``, ``geometry`` (``ct`` for
+    ``spatial_dims`` 3, ``radiograph`` for 2), ``hardware``, ``versions``, ``command`` (argv), plus
+    ``extra``. ``RunInfoWriter`` adds ``max_epochs``, ``completed_epochs``, ``finished_utc`` and
+    ``resumed_at_iteration``.
     """
-    from dfseg.training.transforms import MODALITY_CHANNELS
-
     manifest = Path(manifest).resolve()
     cal = None
     if calibration not in (None, "", "None") and Path(calibration).is_file():
         cal = {"path": str(Path(calibration).resolve()), "sha256": sha256_file(calibration)}
     net = dict(network)
     if model is not None:
-        from dfseg.networks import count_parameters
-
         net["parameter_count"] = int(count_parameters(model.module if hasattr(model, "module") else model))
     info = {
         "bundle": bundle,
@@ -109,7 +111,7 @@ def run_info(*, bundle: str, manifest: str | os.PathLike, fold: int | None, moda
         "network": net,
         "calibration": cal,
         "preprocessed": preprocessed,
-        "geometry": geometry,
+        "geometry": None if spatial_dims is None else ("ct" if int(spatial_dims) == 3 else "radiograph"),
         "presence_score": "maximum tumour probability inside the lung mask (per volume)",
         "hardware": hardware_info(),
         "versions": versions(),
@@ -141,7 +143,7 @@ class RunInfoWriter:
 
     def _started(self, engine: Engine) -> None:
         # attach after ResumableCheckpoint: a resumed run has its restored iteration by now
-        if not _is_rank0():
+        if not is_rank0():
             return
         if engine.state.iteration:
             if self.path.is_file():  # keep the history of the interrupted run(s)
@@ -153,7 +155,7 @@ class RunInfoWriter:
         write_json(self.path, self.info)
 
     def _completed(self, engine: Engine) -> None:
-        if not _is_rank0():
+        if not is_rank0():
             return
         self.info["completed_epochs"] = int(engine.state.epoch)
         self.info["completed_iterations"] = int(engine.state.iteration)
@@ -218,7 +220,7 @@ class MetricsWriter:
                                     "has_tumour": bool(o.get("presence_label", torch.zeros(1)).reshape(-1)[0] > 0)})
 
     def _write(self, engine: Engine) -> None:
-        if not _is_rank0():
+        if not is_rank0():
             return
         metrics = {k: float(v) if np.ndim(v) == 0 else np.asarray(v).tolist() for k, v in engine.state.metrics.items()}
         write_json(self.path, {**self.extra, "metrics": metrics, "volumes": self.scores})

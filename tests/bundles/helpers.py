@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,9 +42,11 @@ def overrides(bundle: str, *lists: list[str]) -> dict[str, object]:
     return out
 
 
-def bundle_cmd(bundle: str, config: str | list[str], *args: str, module: str = "run") -> list[str]:
+def bundle_cmd(bundle: str, config: str | Sequence[str], *args: str, module: str = "run") -> list[str]:
+    """``python -m monai.bundle <module>`` with config file(s) of ``configs/`` (several are merged left to
+    right; ``dfseg.resources.WORKFLOWS`` names the lists)."""
     root = BUNDLES / bundle
-    configs = config if isinstance(config, list) else [config]
+    configs = [config] if isinstance(config, str) else list(config)
     files = [str(root / "configs" / c) for c in configs]
     cfg = files[0] if len(files) == 1 else "[" + ",".join(f"'{f}'" for f in files) + "]"
     return [sys.executable, "-m", "monai.bundle", module, "--config_file", cfg, "--bundle_root", str(root),

@@ -15,6 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from monai.bundle import ConfigParser, ckpt_export
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from dfseg.cli import main
+from dfseg.io import load_nifti, voxel_size
+from dfseg.networks import build, count_parameters
+from dfseg.reporting.model_card import write_model_card
+from dfseg.resources import WORKFLOWS
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
 from cohort import make_cohort  # noqa: E402
@@ -36,10 +44,6 @@ def _train_cmd(bundle, manifest, out, epochs, *extra):
 @pytest.mark.slow
 @pytest.mark.parametrize("bundle", RUNNABLE)
 def test_train_evaluate_infer_tensorboard(bundle, tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from dfseg.networks import build, count_parameters
-
     manifest = make_cohort(tmp_path / "cohort", n_subjects=6)
     out = tmp_path / "run"
     # SwinUNETR at 64^3 costs ~25 s per training iteration on 2 loaded CPU cores: 1 epoch of 1 iteration
@@ -61,8 +65,6 @@ def test_train_evaluate_infer_tensorboard(bundle, tmp_path):
     rebuilt = build(info["network"]["name"], info["in_channels"], **args)
     assert info["network"]["parameter_count"] == count_parameters(rebuilt) > 1000
     rebuilt.load_state_dict(torch.load(out / "model.pt", weights_only=True)["model"])
-    from dfseg.reporting.model_card import write_model_card
-
     card_json, _ = write_model_card(out, tmp_path / "card")  # the card reads this run_info.json
     card = json.loads(card_json.read_text())
     assert str(info["network"]["parameter_count"]) in json.dumps(card)
@@ -76,12 +78,12 @@ def test_train_evaluate_infer_tensorboard(bundle, tmp_path):
 
     extra = [*helpers.COMMON, *helpers.TINY[bundle]]
     if bundle != BUNDLE:
-        # evaluate.yaml differs from the U-Net's only in the network lines (test_check_properties
-        # instantiates it); here the trained SwinUNETR is exported and run
+        # the evaluate overlay is the U-Net's, word for word (test_check_properties instantiates
+        # it); here the trained SwinUNETR is exported and run
         _infer_check(bundle, manifest, out, tmp_path, extra)
         _traced_export_matches(bundle, out, tmp_path)
         return
-    helpers.run(helpers.bundle_cmd(bundle, "evaluate.yaml", "--manifest", str(manifest), "--output_dir", str(out),
+    helpers.run(helpers.bundle_cmd(bundle, WORKFLOWS["evaluate"], "--manifest", str(manifest), "--output_dir", str(out),
                                    "--split", "val", *extra), cwd=tmp_path)
     metrics = json.loads((out / "eval_val.json").read_text())
     assert 0.0 <= metrics["metrics"]["auroc"] <= 1.0 and len(metrics["volumes"]) >= 2
@@ -91,17 +93,15 @@ def test_train_evaluate_infer_tensorboard(bundle, tmp_path):
 
 def _traced_export_matches(bundle, out, tmp_path):
     """``ckpt_export --use_trace True`` of the trained checkpoint gives the checkpoint's output."""
-    from monai.bundle import ConfigParser, ckpt_export
-
     root = helpers.BUNDLES / bundle
     overrides = helpers.overrides(bundle)
     size = int(overrides["patch_size"])
     ts = tmp_path / "model.ts"
     ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(out / "model.pt"), key_in_ckpt="model",
-                meta_file=str(root / "configs" / "metadata.json"), config_file=str(root / "configs" / "inference.yaml"),
+                meta_file=str(root / "configs" / "metadata.json"), config_file=str(root / "configs" / "train.yaml"),
                 bundle_root=str(root), device="cpu", use_trace=True, input_shape=[1, 5, size, size, size], **overrides)
     parser = ConfigParser()
-    parser.read_config(str(root / "configs" / "inference.yaml"))
+    parser.read_config(str(root / "configs" / "train.yaml"))
     parser.update({"bundle_root": str(root), "device": "cpu", **overrides})
     net = parser.get_parsed_content("network_def")
     net.load_state_dict(torch.load(out / "model.pt", weights_only=True)["model"])
@@ -116,15 +116,13 @@ def _traced_export_matches(bundle, out, tmp_path):
 
 
 def _infer_check(bundle, manifest, out, tmp_path, extra):
-    """inference.yaml on the test split: one probability map per test scan, on the scan grid."""
+    """The inference overlay on the test split: one probability map per test scan, on the scan grid."""
     pred_dir = tmp_path / "pred"
-    helpers.run(helpers.bundle_cmd(bundle, "inference.yaml", "--manifest", str(manifest), "--output_dir", str(out),
+    helpers.run(helpers.bundle_cmd(bundle, WORKFLOWS["inference"], "--manifest", str(manifest), "--output_dir", str(out),
                                    "--split", "test", "--predictions_dir", str(pred_dir), *extra), cwd=tmp_path)
     probs = sorted(pred_dir.glob("*_prob.nii.gz"))
     test_ids = [e["scan_id"] for e in json.loads(manifest.read_text())["test"]]
     assert [p.name for p in probs] == sorted(f"{s}_prob.nii.gz" for s in test_ids)
-    from dfseg.io import load_nifti
-
     arr, _ = load_nifti(probs[0])
     assert arr.shape == (32, 32, 32) and 0.0 <= arr.min() and arr.max() <= 1.0
     assert float(arr.std()) > 0
@@ -135,9 +133,6 @@ def test_radiograph_2d_train_infer_evaluate(tmp_path):
     """spatial_dims=2 on a 64x64x1 radiograph cohort: 2D network, predictions written as (X, Y, 1),
     and ``dfseg evaluate`` reads them unchanged. (SwinUNETR's 2D config: test_bundle_checks.)"""
     bundle = BUNDLE
-    from dfseg.cli import main
-    from dfseg.io import load_nifti, voxel_size
-
     manifest = make_cohort(tmp_path / "cohort", n_subjects=6, radiograph=True)
     out = tmp_path / "run"
     helpers.run(_train_cmd(bundle, manifest, out, 1, "--spatial_dims", "2"), cwd=tmp_path)
@@ -147,7 +142,7 @@ def test_radiograph_2d_train_infer_evaluate(tmp_path):
     info = json.loads((out / "run_info.json").read_text())
     assert info["geometry"] == "radiograph" and len(info["hyper_parameters"]["patch_size"]) == 2
     pred_dir = tmp_path / "pred"
-    helpers.run(helpers.bundle_cmd(bundle, "inference.yaml", "--manifest", str(manifest), "--output_dir", str(out),
+    helpers.run(helpers.bundle_cmd(bundle, WORKFLOWS["inference"], "--manifest", str(manifest), "--output_dir", str(out),
                                    "--split", "test", "--predictions_dir", str(pred_dir), "--spatial_dims", "2",
                                    *helpers.COMMON, *helpers.TINY[bundle]), cwd=tmp_path)
     probs = sorted(pred_dir.glob("*_prob.nii.gz"))
@@ -218,7 +213,7 @@ def test_sigkill_resume_gives_identical_weights(tmp_path):
 def test_torchrun_gloo_two_processes(tmp_path):
     manifest = make_cohort(tmp_path / "cohort", n_subjects=6)
     out = tmp_path / "ddp"
-    cmd = helpers.bundle_cmd(BUNDLE, ["train.yaml", "multi_gpu_train.yaml"], "--manifest", str(manifest),
+    cmd = helpers.bundle_cmd(BUNDLE, WORKFLOWS["multi_gpu_train"], "--manifest", str(manifest),
                              "--output_dir", str(out), "--max_epochs", "1", *helpers.COMMON, *helpers.TRAIN,
                              *helpers.TINY[BUNDLE])
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *cmd[1:]]

@@ -1,0 +1,52 @@
+"""Multi-process (DDP) pieces the bundles wire: which rank writes, process-group set-up, per-rank device.
+
+Outside ``torchrun`` every function behaves as for a single process that is rank 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["ddp", "destroy_distributed", "handlers_for_rank", "init_distributed", "is_rank0", "rank_device"]
+
+
+def is_rank0() -> bool:
+    """True without DDP and on rank 0: the process that writes checkpoints, logs and TensorBoard."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def handlers_for_rank(handlers: Sequence[Any], rank0_handlers: Sequence[Any]) -> list:
+    """``handlers`` then ``rank0_handlers`` on rank 0 (or without DDP); ``handlers`` alone on other ranks.
+
+    The bundles list logging and TensorBoard handlers under ``rank0_handlers``, so one process writes them.
+    """
+    return [*handlers, *(rank0_handlers if is_rank0() else ())]
+
+
+def init_distributed() -> None:
+    """Join the ``torchrun`` process group (NCCL on CUDA, gloo on CPU) and select this rank's GPU."""
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(rank_device())
+
+
+def rank_device() -> torch.device:
+    """``cuda:<rank>`` when CUDA is available, else the CPU."""
+    return torch.device(f"cuda:{dist.get_rank()}") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def ddp(network: torch.nn.Module, device: torch.device) -> torch.nn.parallel.DistributedDataParallel:
+    """``network`` moved to ``device`` and wrapped in ``DistributedDataParallel`` (device ids on CUDA only)."""
+    device_ids = [device] if torch.cuda.is_available() else None
+    return torch.nn.parallel.DistributedDataParallel(network.to(device), device_ids=device_ids)
+
+
+def destroy_distributed() -> None:
+    """Leave the process group, if one was joined."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

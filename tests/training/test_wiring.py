@@ -1,0 +1,107 @@
+"""What the bundle configs call: transform chains (LoadScand first), ROI size, network, rank handlers, run record."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from dfseg.io import load_nifti
+from dfseg.networks import count_parameters
+from dfseg.training import (
+    build_network,
+    datalist,
+    eval_transforms,
+    handlers_for_rank,
+    is_rank0,
+    lr_writer,
+    roi_size,
+    run_info,
+    train_transforms,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cohort import VOXEL_MM, make_cohort  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    return make_cohort(tmp_path_factory.mktemp("cohort"), n_subjects=4)
+
+
+def test_eval_chain_keeps_the_scan_grid_and_drops_meta(manifest):
+    item = datalist(manifest, 0, "train")[0]
+    out = eval_transforms("combined", preprocessed=True)(item)
+    assert isinstance(out["image"], MetaTensor) and out["image"].dtype == torch.float32
+    assert tuple(out["image"].shape) == (5, 32, 32, 32) and tuple(out["label"].shape) == (1, 32, 32, 32)
+    _, affine = load_nifti(item["attn"])
+    assert np.allclose(out["image"].affine.numpy(), affine) and np.allclose(np.diag(affine)[:3], VOXEL_MM)
+    assert "meta" not in out  # read by LoadScand, dropped before batching
+    assert out["scan_id"] == item["scan_id"]
+
+
+def test_train_chain_is_a_function_of_the_seed(manifest):
+    item = datalist(manifest, 0, "train")[0]
+    chain = train_transforms("combined", 16, preprocessed=True, synthetic_tumour_prob=1.0)
+    runs = []
+    for _ in range(2):
+        chain.set_random_state(seed=7)
+        runs.append(chain(dict(item)))
+    for a, b in zip(*runs):
+        assert a["image"].dtype == torch.float32 and tuple(a["image"].shape) == (5, 16, 16, 16)
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+
+
+def test_radiograph_chain_squeezes_z(tmp_path):
+    manifest = make_cohort(tmp_path / "rad", n_subjects=4, radiograph=True)
+    out = eval_transforms("df", preprocessed=True, spatial_dims=2)(datalist(manifest, 0, "train")[0])
+    assert tuple(out["image"].shape) == (4, 64, 64) and out["image"].affine.shape == (3, 3)
+
+
+@pytest.mark.parametrize(("patch", "dims", "expected"), [(32, 3, [32, 32, 32]), ("48", 2, [48, 48]),
+                                                         ([16, 32, 8], 3, [16, 32, 8])])
+def test_roi_size(patch, dims, expected):
+    assert roi_size(patch, dims) == expected
+
+
+def test_build_network_takes_channels_from_modality():
+    args = {"name": "attention_unet", "spatial_dims": 3, "channels": [4, 8, 16], "strides": [2, 2],
+            "deep_supervision": False}
+    net = build_network(args, "df", [16, 16, 16]).eval()
+    with torch.no_grad():
+        assert tuple(net(torch.zeros(1, 4, 16, 16, 16)).shape) == (1, 1, 16, 16, 16)
+
+
+def test_handlers_for_rank_without_ddp():
+    assert is_rank0()
+    assert handlers_for_rank(["a", "b"], ["log"]) == ["a", "b", "log"]
+
+
+def test_lr_writer_writes_the_first_group_lr():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.25)
+    written = []
+
+    class Writer:
+        def add_scalar(self, *args):
+            written.append(args)
+
+    class Engine:
+        class state:  # noqa: N801 - stands in for ignite's engine.state
+            epoch = 3
+
+    lr_writer(optimizer)(Engine, Writer())
+    assert written == [("lr", 0.25, 3)]
+
+
+@pytest.mark.parametrize(("dims", "geometry"), [(3, "ct"), (2, "radiograph")])
+def test_run_info_records_network_and_geometry(manifest, dims, geometry):
+    args = {"name": "attention_unet", "spatial_dims": dims, "channels": [4, 8], "strides": [2]}
+    model = build_network(args, "attn", [16] * dims)
+    info = run_info(bundle="b", manifest=manifest, fold=0, modality="attn", seed=1, hyper_parameters={"x": 1},
+                    network=args, model=model, spatial_dims=dims)
+    assert info["geometry"] == geometry and info["in_channels"] == 1 and info["input_channels"] == ["attn"]
+    assert info["network"] == {**args, "parameter_count": count_parameters(model)}
