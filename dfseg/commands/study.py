@@ -16,16 +16,15 @@ from pathlib import Path
 from dfseg.errors import InputError
 from dfseg.evaluation.compare import compare_models, load_records
 from dfseg.evaluation.plots import plot_roc_multi
-from dfseg.io import atomic_write, prepare_output_dir, read_json, write_json
-from dfseg.reporting.comparison import render_comparison_table
+from dfseg.io import atomic_write, prepare_output_dir, write_json
+from dfseg.reporting.comparison import render_comparison_table, render_study
 from dfseg.reporting.evaluation import evaluate_predictions
 from dfseg.resources import bundle_dir, run_bundle
+from dfseg.training import cohort_value
 
 HELP = "attenuation vs dark-field vs combined: train and compare one model per modality"
 MODALITIES = ("attn", "df", "combined")
 
-#: Dey, Meyer, Taqi 2025 (arXiv 2510.27679), per-patch results on 2D radiographs (docs/physics.md section 8)
-DEY_2025 = {"attn": (0.510, 0.929), "df": (0.837, 0.905), "combined": (0.796, 0.976)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,24 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--resume", action="store_true", help="keep finished models; training resumes from checkpoints")
 
 
-def _cohort_geometry(manifest: Path) -> str:
-    doc = read_json(manifest)
-    entries = [e for split in ("training", "validation", "test") for e in doc.get(split, [])]
-    if not entries:
-        raise InputError(manifest, "no scans in training, validation or test")
-    geometries = {str(e.get("meta", {}).get("geometry", "ct")) for e in entries}
-    if len(geometries) != 1:
-        raise InputError(manifest, f"mixes geometries {sorted(geometries)}; a study needs one")
-    return geometries.pop()
-
-
 def run(args: argparse.Namespace) -> int:
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
     bad = [m for m in modalities if m not in MODALITIES]
     if bad or not modalities:
         raise InputError("--modalities", f"unknown {bad}; choose from {', '.join(MODALITIES)}")
     manifest = args.manifest.resolve()
-    geometry = _cohort_geometry(manifest)
+    geometry = str(cohort_value(manifest, "geometry", "ct", mixed="a study needs one geometry"))
     if args.geometry and args.geometry != geometry:
         raise InputError(manifest, f"cohort geometry is {geometry!r} but --geometry {args.geometry} was given")
     bundle = bundle_dir(args.bundle)
@@ -98,16 +86,6 @@ def run(args: argparse.Namespace) -> int:
                                     "fold": args.fold, "split": args.split, **comparison})
     roc_png = plot_roc_multi(comparison, out / "roc_modalities.png", title=f"Per-patch ROC by input ({geometry})")
     with atomic_write(out / "study.md", "w") as fh:
-        fh.write(_render(comparison, geometry, manifest, bundle.name, render_comparison_table(comparison), roc_png))
+        fh.write(render_study(comparison, geometry=geometry, manifest=manifest, bundle=bundle.name, roc_png=roc_png))
     print(f"\n{render_comparison_table(comparison)}\n\ndfseg study: {out / 'study.md'}")
     return 0
-
-
-def _render(comparison: dict, geometry: str, manifest: Path, bundle: str, table: str, roc_png: Path) -> str:
-    dey = "\n".join(f"| {m} | {s:.1%} | {p:.1%} |" for m, (s, p) in DEY_2025.items())
-    return (f"# Modality study ({geometry})\n\nBundle `{bundle}`, manifest `{manifest}`, "
-            f"{comparison['n_scans']} scans of {comparison['n_subjects']} subjects.\n\n## dfseg\n\n{table}\n\n"
-            f"![ROC by modality]({roc_png.name})\n\n## Dey et al. 2025 (2D radiographs, per patch)\n\n"
-            f"| input | sensitivity | specificity |\n|---|---|---|\n{dey}\n\n"
-            "Dey et al. used real Talbot-Lau radiographs of mouse lungs with synthetic tumours; dfseg's numbers "
-            "come from simulated data, so agreement in direction, not in value, is what a comparison can show.\n")

@@ -8,13 +8,18 @@ whether it is significant (CI excludes 0), in either direction.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from dfseg.evaluation.records import DEY_COLUMNS
 from dfseg.reporting.report import fmt
 
 #: Column labels for metric keys beyond the Dey columns.
 LABELS = dict(DEY_COLUMNS)
+#: Dey, Meyer, Taqi 2025 (arXiv 2510.27679), per-patch (sensitivity, specificity) on 2D radiographs
+#: (docs/physics.md section 8)
+DEY_2025 = {"attn": (0.510, 0.929), "df": (0.837, 0.905), "combined": (0.796, 0.976)}
 
 
 def render_comparison_table(comparison: Mapping, *, alpha: float = 0.05, digits: int = 3) -> str:
@@ -51,3 +56,16 @@ def render_comparison_table(comparison: Mapping, *, alpha: float = 0.05, digits:
                          f"{fmt(p.get('p_value'), 3)} | {direction} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def render_study(comparison: Mapping, *, geometry: str, manifest: str | os.PathLike, bundle: str,
+                 roc_png: str | os.PathLike) -> str:
+    """``study.md`` of ``dfseg study``: the comparison table, the ROC figure and Dey et al.'s numbers."""
+    dey = "\n".join(f"| {m} | {s:.1%} | {p:.1%} |" for m, (s, p) in DEY_2025.items())
+    return (f"# Modality study ({geometry})\n\nBundle `{bundle}`, manifest `{manifest}`, "
+            f"{comparison['n_scans']} scans of {comparison['n_subjects']} subjects.\n\n## dfseg\n\n"
+            f"{render_comparison_table(comparison)}\n\n"
+            f"![ROC by modality]({Path(roc_png).name})\n\n## Dey et al. 2025 (2D radiographs, per patch)\n\n"
+            f"| input | sensitivity | specificity |\n|---|---|---|\n{dey}\n\n"
+            "Dey et al. used real Talbot-Lau radiographs of mouse lungs with synthetic tumours; dfseg's numbers "
+            "come from simulated data, so agreement in direction, not in value, is what a comparison can show.\n")

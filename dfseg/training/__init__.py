@@ -9,6 +9,7 @@ from dfseg.training.data import (
     EpochSampler,
     SeededCacheDataset,
     at_least_as_good,
+    cohort_value,
     datalist,
     derive_seed,
     is_preprocessed,
@@ -45,7 +46,7 @@ from dfseg.training.transforms import (
 __all__ = [
     "MODALITY_CHANNELS", "BestModelSaver", "CheckpointLoader", "EpochSampler", "MetricsWriter", "NullSummaryWriter",
     "PresenceScored", "ProbabilityWriter", "ResumableCheckpoint", "RunInfoWriter", "SeededCacheDataset",
-    "at_least_as_good", "build_network", "datalist", "ddp", "derive_seed", "destroy_distributed",
+    "at_least_as_good", "build_network", "cohort_value", "datalist", "ddp", "derive_seed", "destroy_distributed",
     "eval_postprocessing", "eval_transforms", "handlers_for_rank", "in_channels", "init_distributed",
     "is_preprocessed", "is_rank0", "load_checkpoint", "lr_writer", "rank_device", "require_valid_manifest",
     "resolve", "roi_size", "run_info", "summary_writer", "train_transforms",

@@ -33,7 +33,7 @@ from dfseg.data.manifest import load_manifest
 from dfseg.data.validate import validate_manifest
 from dfseg.errors import InputError
 
-__all__ = ["EpochSampler", "SeededCacheDataset", "datalist", "derive_seed", "is_preprocessed"]
+__all__ = ["EpochSampler", "SeededCacheDataset", "cohort_value", "datalist", "derive_seed", "is_preprocessed"]
 
 _MAX_SEED = 2**32 - 1
 
@@ -55,6 +55,27 @@ def datalist(manifest: str | os.PathLike, fold: int | None, split: str) -> list[
     return items
 
 
+def cohort_value(manifest: str | os.PathLike, name: str, default: Any, *, mixed: str) -> Any:
+    """The value of sidecar field ``name`` that every scan of ``manifest`` shares (``meta[name]``, else
+    ``default``; ``default`` for a manifest without scans).
+
+    Args:
+        manifest: the cohort manifest.
+        name: the sidecar field (``preprocessed``, ``geometry``, ...).
+        default: the value of a scan whose ``meta`` does not name it.
+        mixed: what the user should do when the scans disagree.
+
+    Raises:
+        InputError: naming the manifest, when its scans disagree.
+    """
+    doc = load_manifest(manifest)
+    values = {(e.get("meta") or {}).get(name, default) for split in ("training", "validation", "test")
+              for e in doc.get(split) or []}
+    if len(values) > 1:
+        raise InputError(manifest, f"mixes {name} values {sorted(map(str, values))}; {mixed}")
+    return values.pop() if values else default
+
+
 def is_preprocessed(manifest: str | os.PathLike) -> bool:
     """True when the manifest's scans were written by ``dfseg preprocess`` (``meta.preprocessed``).
 
@@ -62,12 +83,7 @@ def is_preprocessed(manifest: str | os.PathLike) -> bool:
     bundles skip the volume correction chain; raw reconstructions need it (and a calibration).
     Mixed manifests are refused: one network input must mean one thing.
     """
-    doc = load_manifest(manifest)
-    flags = {bool((e.get("meta") or {}).get("preprocessed", False))
-             for split in ("training", "validation", "test") for e in doc.get(split) or []}
-    if len(flags) > 1:
-        raise InputError(manifest, "mixes preprocessed and raw scans; preprocess the whole cohort")
-    return flags == {True}
+    return bool(cohort_value(manifest, "preprocessed", False, mixed="preprocess the whole cohort"))
 
 
 class SeededCacheDataset(CacheDataset):

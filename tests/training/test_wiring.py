@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -10,13 +11,16 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
+from dfseg.errors import InputError
 from dfseg.io import load_nifti
 from dfseg.networks import count_parameters
 from dfseg.training import (
     build_network,
+    cohort_value,
     datalist,
     eval_transforms,
     handlers_for_rank,
+    is_preprocessed,
     is_rank0,
     lr_writer,
     roi_size,
@@ -105,3 +109,14 @@ def test_run_info_records_network_and_geometry(manifest, dims, geometry):
                     network=args, model=model, spatial_dims=dims)
     assert info["geometry"] == geometry and info["in_channels"] == 1 and info["input_channels"] == ["attn"]
     assert info["network"] == {**args, "parameter_count": count_parameters(model)}
+
+
+def test_cohort_value_refuses_mixed_scans(tmp_path):
+    manifest = make_cohort(tmp_path / "cohort", n_subjects=4)
+    assert cohort_value(manifest, "geometry", "ct", mixed="x") == "ct"
+    assert is_preprocessed(manifest)
+    doc = json.loads(manifest.read_text())
+    doc["training"][0]["meta"]["preprocessed"] = False
+    manifest.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=r"mixes preprocessed values \['False', 'True'\]; preprocess the whole"):
+        is_preprocessed(manifest)
