@@ -1,6 +1,6 @@
 """Dark-field from micro-structure: correlation-length model, visibility spectrum, energy scaling.
 
-Model (PHYSICS.md section 2; Yashiro 2010, Lynch et al. 2011, Strobl 2014): spheres of radius R
+Model (docs/physics.md section 2; Yashiro 2010, Lynch et al. 2011, Strobl 2014): spheres of radius R
 at volume fraction phi, electron-density contrast drho to the surrounding matrix, give
 
     DF = -ln D = Sigma * t * (1 - G(xi / R)),   Sigma = 1.5 * phi * drho^2 * lambda^2 * R,

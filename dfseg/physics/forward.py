@@ -1,6 +1,6 @@
 """Polychromatic forward model and phase-stepping measurement of a Talbot-Lau interferometer.
 
-Signals (PHYSICS.md sections 1 and 4), with S'(E) the detector-weighted spectrum, V0(E) the
+Signals (docs/physics.md sections 1 and 4), with S'(E) the detector-weighted spectrum, V0(E) the
 reference visibility and w = S' V0:
 
     T = sum S' e^{-A(E)} / sum S'
@@ -48,7 +48,7 @@ def _to_numpy(x) -> np.ndarray:
 
 
 def _spectral_weights(spectrum: Spectrum, visibility: VisibilitySpectrum) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised detector weights S'(E) and visibility weights w(E) = S'(E) V0(E) (PHYSICS.md 4)."""
+    """Normalised detector weights S'(E) and visibility weights w(E) = S'(E) V0(E) (docs/physics.md section 4)."""
     s = spectrum.weights / spectrum.weights.sum()
     w = s * visibility(spectrum.energies_kev)
     return s, w / w.sum()

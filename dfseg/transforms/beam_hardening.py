@@ -1,4 +1,4 @@
-"""Beam-hardening ("visibility hardening") correction of dark-field (PHYSICS.md section 4).
+"""Beam-hardening ("visibility hardening") correction of dark-field (docs/physics.md section 4).
 
 A structureless absorber shows a spurious dark-field that grows with its attenuation. The
 calibration holds, per material, ``DF_BH(A) = sum_j c_j A^j`` (j = 1..k, no constant term) fitted

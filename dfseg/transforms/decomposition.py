@@ -1,6 +1,6 @@
 """Directional dark-field decomposition: N grating-orientation channels -> isotropic + anisotropic parts.
 
-Per voxel the dark-field seen with grating sensitivity at angle w is (PHYSICS.md section 3)
+Per voxel the dark-field seen with grating sensitivity at angle w is (docs/physics.md section 3)
 ``DF(w) = c0 + a cos 2w + b sin 2w``, with ``a = |c2| cos 2theta`` and ``b = |c2| sin 2theta``.
 Least squares on the design matrix ``[1, cos 2w, sin 2w]`` gives ``(c0, a, b)`` for any set of at
 least three distinct angles mod 180 deg; the 3 x N (weighted) pseudo-inverse is computed once per

@@ -1,4 +1,4 @@
-"""Flux, drift and reference-region normalization (PHYSICS.md section 6).
+"""Flux, drift and reference-region normalization (docs/physics.md section 6).
 
 Incident flux varies from exposure to exposure and the detector gain drifts slowly during a scan.
 Both multiply the sample's counts, so they scale the transmission ``T`` and cancel in the visibility

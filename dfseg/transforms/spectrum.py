@@ -1,4 +1,4 @@
-"""Spectrum-aware normalization of dark-field (PHYSICS.md section 5).
+"""Spectrum-aware normalization of dark-field (docs/physics.md section 5).
 
 Dark-field depends strongly on energy (DF ~ E^-n, n in [2, 4]), so scans taken with different
 tube voltages, filtrations or interferometers are not comparable as measured. The scan's

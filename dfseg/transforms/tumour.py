@@ -1,6 +1,6 @@
 """Synthetic-tumour augmentation: insert a physically consistent solid lesion into aerated lung.
 
-Physics (PHYSICS.md section 2): a nodule replaces aerated alveoli by solid tissue, so inside it
+Physics (docs/physics.md section 2): a nodule replaces aerated alveoli by solid tissue, so inside it
 - attenuation rises to the solid-tissue value: ``mu -> mu + occ * max(mu_tissue - mu, 0)``
   (the tissue-air difference times the local air fraction, since lung mu is the air/tissue mix);
 - the dark-field, which comes from the alveolar air-tissue interfaces, falls towards a residual

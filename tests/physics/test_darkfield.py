@@ -1,4 +1,4 @@
-"""Correlation-length dark-field model, visibility spectrum and energy scaling (PHYSICS.md 2, 5)."""
+"""Correlation-length dark-field model, visibility spectrum and energy scaling (docs/physics.md sections 2, 5)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_autocorrelation_length_default_near_one_micron_at_30kev():
 
 
 def test_log_slope_sphere_r25():
-    """PHYSICS.md check 5: slope over 20-60 keV in [-3.85, -3.6]; with xi >= 2R it is -2."""
+    """docs/physics.md check 5: slope over 20-60 keV in [-3.85, -3.6]; with xi >= 2R it is -2."""
     e = np.linspace(20, 60, 41)
     slope = energy_log_slope(e, 25.0)
     assert -3.85 <= slope <= -3.6, slope

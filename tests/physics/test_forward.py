@@ -1,4 +1,4 @@
-"""Polychromatic forward model and phase-stepping retrieval: PHYSICS.md section 7 checks 1, 2, 4, 7."""
+"""Polychromatic forward model and phase-stepping retrieval: docs/physics.md section 7 checks 1, 2, 4, 7."""
 
 from __future__ import annotations
 
@@ -170,7 +170,7 @@ def test_check7_nodule_contrast_on_line_integrals():
     a_nod, df_nod = signals(phi * (lung_len - nod), (1 - phi) * (lung_len - nod) + nod, lung_len - nod)
     assert df_lung - df_nod == pytest.approx(nod / lung_len * df_lung, rel=1e-9)
     assert a_nod - a_lung == pytest.approx(nod * phi * (mt[0] - ma[0]), rel=1e-9)
-    # Size of the effect (PHYSICS.md estimate: DF drop 0.03-0.23, A rise ~0.026).
+    # Size of the effect (docs/physics.md estimate: DF drop 0.03-0.23, A rise ~0.026).
     assert 0.03 < df_lung - df_nod < 0.23 and 0.02 < a_nod - a_lung < 0.035
 
 

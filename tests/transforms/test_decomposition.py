@@ -1,4 +1,4 @@
-"""Directional decomposition: closed-form LS, PHYSICS.md check 3, types, devices, errors."""
+"""Directional decomposition: closed-form LS, docs/physics.md check 3, types, devices, errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Flux, drift and reference-region normalization (PHYSICS.md check 6)."""
+"""Flux, drift and reference-region normalization (docs/physics.md check 6)."""
 
 from __future__ import annotations
 
