@@ -51,6 +51,28 @@ def _size_xy(size) -> tuple[int, int]:
     return x, y
 
 
+def _joseph_hits(n_primary: int, n_secondary: int, u: np.ndarray, slope: float, cosine: float, *,
+                 sign: float) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Joseph weights of one angle, marching along the axis the ray crosses most steeply.
+
+    The ray of detector bin k crosses primary coordinate p at secondary coordinate
+    ``p * slope + sign * u_k / cosine``; the two secondary pixels around it share the step length
+    ``1 / |cosine|`` by linear interpolation. Returns ``(bin, primary, secondary, weight)`` arrays
+    of the non-zero weights, lower neighbour first.
+    """
+    p = np.arange(n_primary) - (n_primary - 1) / 2
+    f = p[None, :] * slope + sign * (u[:, None] / cosine) + (n_secondary - 1) / 2  # (U, P) fractional index
+    step = 1.0 / abs(cosine)
+    kk, pp = np.meshgrid(np.arange(len(u)), np.arange(n_primary), indexing="ij")
+    s0 = np.floor(f).astype(np.int64)
+    frac = f - s0
+    hits = []
+    for ss, wt in ((s0, 1.0 - frac), (s0 + 1, frac)):
+        ok = (ss >= 0) & (ss < n_secondary) & (wt > 0)
+        hits.append((kk[ok], pp[ok], ss[ok], (wt * step)[ok]))
+    return hits
+
+
 def joseph_matrix(nx: int, ny: int, angles: np.ndarray) -> sp.csr_matrix:
     """Joseph projector in pixel units, scipy CSR of shape (A*U, X*Y), U = X, float64.
 
@@ -62,32 +84,15 @@ def joseph_matrix(nx: int, ny: int, angles: np.ndarray) -> sp.csr_matrix:
     u = np.arange(nu) - (nu - 1) / 2
     for a, t in enumerate(angles):
         c, s = np.cos(t), np.sin(t)
-        if abs(c) >= abs(s):
-            # March over columns i (x); the ray crosses x at y = x tan t + u / cos t.
-            x = np.arange(nx) - (nx - 1) / 2
-            f = x[None, :] * (s / c) + u[:, None] / c + (ny - 1) / 2  # (U, X) fractional j
-            step = 1.0 / abs(c)
-            kk, ii = np.meshgrid(np.arange(nu), np.arange(nx), indexing="ij")
-            j0 = np.floor(f).astype(np.int64)
-            frac = f - j0
-            for jj, wt in ((j0, 1.0 - frac), (j0 + 1, frac)):
-                ok = (jj >= 0) & (jj < ny) & (wt > 0)
-                rows.append((a * nu + kk)[ok])
-                cols.append((ii * ny + jj)[ok])
-                vals.append((wt * step)[ok])
-        else:
-            # March over rows j (y); the ray crosses y at x = y cot t - u / sin t.
-            y = np.arange(ny) - (ny - 1) / 2
-            f = y[None, :] * (c / s) - u[:, None] / s + (nx - 1) / 2  # (U, Y) fractional i
-            step = 1.0 / abs(s)
-            kk, jj = np.meshgrid(np.arange(nu), np.arange(ny), indexing="ij")
-            i0 = np.floor(f).astype(np.int64)
-            frac = f - i0
-            for ii, wt in ((i0, 1.0 - frac), (i0 + 1, frac)):
-                ok = (ii >= 0) & (ii < nx) & (wt > 0)
-                rows.append((a * nu + kk)[ok])
-                cols.append((ii * ny + jj)[ok])
-                vals.append((wt * step)[ok])
+        march_x = abs(c) >= abs(s)
+        # Marching over columns i (x), the ray crosses x at y = x tan t + u / cos t; over rows j (y),
+        # it crosses y at x = y cot t - u / sin t.
+        hits = _joseph_hits(nx, ny, u, s / c, c, sign=1.0) if march_x else _joseph_hits(ny, nx, u, c / s, s, sign=-1.0)
+        for kk, primary, secondary, weight in hits:
+            i, j = (primary, secondary) if march_x else (secondary, primary)
+            rows.append(a * nu + kk)
+            cols.append(i * ny + j)
+            vals.append(weight)
     mat = sp.coo_matrix(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
         shape=(len(angles) * nu, nx * ny),
