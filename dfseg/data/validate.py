@@ -421,7 +421,8 @@ def _is_hash_problem(problem: Problem) -> bool:
     return problem.message.startswith("sha256 mismatch")
 
 
-def require_valid_manifest(path: str | os.PathLike, *, check_projections: bool = True) -> dict:
+def require_valid_manifest(path: str | os.PathLike, *, check_projections: bool = True,
+                           check_hashes: bool = True) -> dict:
     """Refuse a cohort with any problem before a stage reads or writes anything; return the manifest.
 
     The checks of :func:`validate_manifest`: first the document (schema, duplicate ids, folds,
@@ -438,6 +439,7 @@ def require_valid_manifest(path: str | os.PathLike, *, check_projections: bool =
     Args:
         path: the manifest JSON.
         check_projections: check the projection files too (``False`` when the stage ignores them).
+        check_hashes: compare files with the sha256 recorded in the manifest.
 
     Returns:
         The manifest with absolute paths (:func:`dfseg.data.manifest.load_manifest`).
@@ -453,7 +455,8 @@ def require_valid_manifest(path: str | os.PathLike, *, check_projections: bool =
 
         def check(item: tuple[str, dict]) -> list[Problem]:
             where, entry = item
-            found = validate_scan({k: v for k, v in entry.items() if k not in PROJECTION_KEYS}, where=where)
+            found = validate_scan({k: v for k, v in entry.items() if k not in PROJECTION_KEYS}, where=where,
+                                  check_hashes=check_hashes)
             return found + (check_projection_files(entry, where) if check_projections else [])
 
         with ThreadPoolExecutor(max(1, min(len(entries), os.cpu_count() or 1))) as pool:

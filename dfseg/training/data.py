@@ -28,9 +28,10 @@ from monai.data import CacheDataset
 from monai.transforms import Compose
 from torch.utils.data.distributed import DistributedSampler
 
+from dfseg.data import validate
 from dfseg.data.datasets import datalist_for_fold
 from dfseg.data.manifest import load_manifest
-from dfseg.data.validate import validate_manifest
+from dfseg.data.scan import scan_value
 from dfseg.errors import InputError
 
 __all__ = ["EpochSampler", "SeededCacheDataset", "cohort_value", "datalist", "derive_seed", "is_preprocessed"]
@@ -69,7 +70,7 @@ def cohort_value(manifest: str | os.PathLike, name: str, default: Any, *, mixed:
         InputError: naming the manifest, when its scans disagree.
     """
     doc = load_manifest(manifest)
-    values = {(e.get("meta") or {}).get(name, default) for split in ("training", "validation", "test")
+    values = {scan_value(e, name, default=default) for split in ("training", "validation", "test")
               for e in doc.get(split) or []}
     if len(values) > 1:
         raise InputError(manifest, f"mixes {name} values {sorted(map(str, values))}; {mixed}")
@@ -177,18 +178,19 @@ def resolve(path: str | os.PathLike | None) -> Path | None:
 def require_valid_manifest(manifest: str | os.PathLike | None, *, check_hashes: bool = False) -> None:
     """Stop a bundle run before it builds anything when the manifest or its files are bad.
 
-    Prints the first problem as one line (``dfseg bundle: error: <file>: <problem>``) and exits 1.
-    ``SystemExit`` is not an ``Exception``, so it passes through ``monai.bundle``'s wrapping of
-    config errors, and the user sees one line instead of a chain of tracebacks.
+    The checks of :func:`dfseg.data.validate.require_valid_manifest` (projections aside: the bundles
+    do not read them). Prints the first problem as one line (``dfseg bundle: error: <file>:
+    <problem>``) and exits 1. ``SystemExit`` is not an ``Exception``, so it passes through
+    ``monai.bundle``'s wrapping of config errors, and the user sees one line instead of a chain of
+    tracebacks.
     """
-    if manifest in (None, "", "None"):
-        print("dfseg bundle: error: manifest: not given; pass --manifest path/to/manifest.json", file=sys.stderr)
-        raise SystemExit(1)
-    problems = validate_manifest(manifest, check_hashes=check_hashes)
-    if problems:
-        more = f" (and {len(problems) - 1} more; run dfseg validate-manifest)" if len(problems) > 1 else ""
-        print(f"dfseg bundle: error: {problems[0]}{more}", file=sys.stderr)
-        raise SystemExit(1)
+    try:
+        if manifest in (None, "", "None"):
+            raise InputError("manifest", "not given; pass --manifest path/to/manifest.json")
+        validate.require_valid_manifest(manifest, check_projections=False, check_hashes=check_hashes)
+    except InputError as err:
+        print(f"dfseg bundle: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def at_least_as_good(current: float, best: float) -> bool:
