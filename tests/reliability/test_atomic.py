@@ -342,3 +342,11 @@ def test_model_card_refuses_existing_files(tmp_path, capsys):
     line = _refusal(["model-card", str(run)], capsys)
     assert "model_card.json" in line
     assert snapshot(run) == before
+
+
+def test_save_nifti_bytes_do_not_depend_on_the_path(tmp_path):
+    """The temporary file name must not reach the gzip header: same array, same bytes, any path."""
+    array = np.random.default_rng(0).random((6, 5, 4), dtype=np.float32)
+    save_nifti(tmp_path / "a.nii.gz", array, 0.1)
+    save_nifti(tmp_path / "sub" / "other_name.nii.gz", array, 0.1)
+    assert (tmp_path / "a.nii.gz").read_bytes() == (tmp_path / "sub" / "other_name.nii.gz").read_bytes()
