@@ -37,7 +37,7 @@ IMAGE_KEYS: tuple[str, ...] = ("attn", "df", "label", "lung_mask", "histology", 
 #: Images stored channels-last on disk ``(..., N)`` (orientations or decomposed channels).
 CHANNEL_KEYS: tuple[str, ...] = ("df", "proj_T", "proj_D")
 #: Flat fields of a hand-written datalist that are acquisition metadata (dfseg's own datalists carry ``meta``).
-META_FIELDS: tuple[str, ...] = ("orientations_deg", "voxel_mm", "kvp", "filtration", "geometry", "air_columns",
+META_FIELDS: tuple[str, ...] = ("orientations_deg", "voxel_mm", "kvp", "filtration_mm", "geometry", "air_columns",
                                 "n_angles", "phase_steps", "photons_per_pixel", "visibility")
 
 _MISSING = object()
