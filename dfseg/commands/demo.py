@@ -7,7 +7,6 @@ infer -> evaluate -> report, each stage timed, into ``runs/demo-<timestamp>/`` (
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 
 from dfseg.cli import main
 from dfseg.errors import DfsegError
-from dfseg.io import prepare_output_dir, write_json
+from dfseg.io import prepare_output_dir, read_json, write_json
 from dfseg.resources import bundle_dir, run_bundle
 
 HELP = "run the whole pipeline on a built-in simulated cohort"
@@ -121,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     _dfseg("model-card", train_dir, "-o", out / "model_card", "--metrics", out / "evaluation" / "metrics.json")
     times["report"] = time.perf_counter() - t
 
-    metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
+    metrics = read_json(out / "evaluation" / "metrics.json")
     write_json(out / "demo_summary.json", {"stage_seconds": times, "metrics_file": str(out / "evaluation" / "metrics.json")})
     _summary(out, metrics, times)
     return 0
