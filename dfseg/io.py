@@ -1,4 +1,7 @@
-"""File I/O at the edges of the pipeline: atomic writes, NIfTI, JSON, hashes, output directories.
+"""File I/O at the edges of the pipeline: atomic writes, images, JSON, hashes, output directories.
+
+Images are read by :func:`load_nifti` from NIfTI (nibabel), from anything SimpleITK reads (MHA/MHD,
+NRRD, ...), from a DICOM series (a folder) and from a TIFF stack (tifffile); see :data:`IMAGE_FORMATS`.
 
 Every file dfseg writes goes through :func:`atomic_write` (temporary name in the same directory,
 fsync, rename), so an interrupted run leaves the old file or the new one, never half of one.
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tifffile
 from nibabel.filebasedimages import ImageFileError as _ImageFileError
 
 from dfseg.errors import InputError, OutputExistsError
@@ -129,7 +133,13 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
+    """Hex sha256 of a file's bytes; of a folder (a DICOM series), of its files' relative names and hashes."""
+    if Path(path).is_dir():
+        h = hashlib.sha256()
+        root = Path(path)
+        for file in sorted(p for p in root.rglob("*") if p.is_file()):
+            h.update(f"{file.relative_to(root).as_posix()}\0{sha256_file(file, chunk)}\n".encode())
+        return h.hexdigest()
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
@@ -170,18 +180,49 @@ def _affine(grid: float | tuple[float, ...] | np.ndarray) -> np.ndarray:
     return np.diag([*spacing, 1.0])
 
 
-def load_nifti(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Read an image (NIfTI, or anything SimpleITK reads) and return ``(array, affine)``.
+#: Image formats :func:`load_nifti` reads, by file name ending (a folder is a DICOM series).
+IMAGE_FORMATS: dict[str, str] = {
+    ".nii.gz": "NIfTI", ".nii": "NIfTI", ".mha": "MetaImage", ".mhd": "MetaImage", ".nrrd": "NRRD",
+    ".nhdr": "NRRD", ".tif": "TIFF stack", ".tiff": "TIFF stack",
+}
+TIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    """``path`` is a file with a name ending of :data:`IMAGE_FORMATS` or a folder (a DICOM series)."""
+    path = Path(path)
+    return path.is_dir() or (path.is_file() and path.name.lower().endswith(tuple(IMAGE_FORMATS)))
+
+
+def load_nifti(path: str | os.PathLike, *, allow_nonfinite: bool = False,
+               voxel_mm: float | tuple[float, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image and return ``(array (X, Y, Z[, C]), 4x4 RAS affine in mm)``.
+
+    Formats: NIfTI; anything SimpleITK reads (MHA/MHD, NRRD, ...; ITK's LPS turned into RAS); a
+    folder holding one DICOM series (:func:`_load_dicom_series`, origin and direction kept, LPS ->
+    RAS); a TIFF stack ``.tif``/``.tiff`` (:func:`_load_tiff`: stored ``(Z, Y, X)`` or ``(Z, C, Y, X)``,
+    no origin or direction, spacing from the ImageJ/OME metadata, else ``voxel_mm``).
+
+    Args:
+        path: the image file, or the folder of a DICOM series.
+        allow_nonfinite: accept NaN/Inf voxels (an image only displayed, never computed on).
+        voxel_mm: voxel size for a TIFF stack whose metadata gives none (the sidecar's ``voxel_mm``);
+            ignored by the other formats, which carry their own.
 
     Refuses, with an :class:`InputError` naming the file: a missing file, a corrupt or truncated file,
-    a header that declares more than :data:`MAX_VOXELS` voxels, and NaN/Inf voxels (unless allowed).
+    a header that declares more than :data:`MAX_VOXELS` voxels, a folder without exactly one DICOM
+    series, a TIFF stack without a voxel size, and NaN/Inf voxels (unless allowed).
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(path, "file not found")
     name = path.name.lower()
     try:
-        if name.endswith((".nii", ".nii.gz")):
+        if path.is_dir():
+            array, affine = _load_dicom_series(path)
+        elif name.endswith(TIFF_SUFFIXES):
+            array, affine = _load_tiff(path, voxel_mm)
+        elif name.endswith((".nii", ".nii.gz")):
             import nibabel as nib
 
             img = nib.load(str(path))
@@ -205,6 +246,156 @@ def load_nifti(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> tup
         bad = int((~np.isfinite(array)).sum())
         raise InputError(path, f"{bad} NaN/Inf voxels")
     return array, affine
+
+
+def read_image_header(path: str | os.PathLike, *,
+                      voxel_mm: float | tuple[float, ...] | None = None) -> tuple[tuple[int, ...], np.ndarray]:
+    """Shape ``(X, Y, Z[, C])`` and affine of a DICOM series or a TIFF stack without reading voxels.
+
+    The affine is the one :func:`load_nifti` returns for the same image (NIfTI and the SimpleITK
+    formats are read by ``dfseg.data.validate._read_header``).
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _dicom_series_header(path)[:2]
+    return _tiff_header(path, voxel_mm)
+
+
+def _ras_affine(spacing: np.ndarray, direction: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """The RAS affine of an ITK (LPS) geometry."""
+    affine = np.eye(4)
+    affine[:3, :3] = np.asarray(direction, float) * np.asarray(spacing, float)
+    affine[:3, 3] = np.asarray(origin, float)
+    affine[:2] *= -1  # ITK uses LPS, NIfTI RAS
+    return affine
+
+
+def _dicom_series_header(folder: Path) -> tuple[tuple[int, ...], np.ndarray, list[str]]:
+    """Shape, RAS affine and sorted file names of the one DICOM series in ``folder``.
+
+    The geometry is ITK's ``ImageSeriesReader``'s: origin and in-plane direction of the first slice,
+    the slice axis and spacing from the first and last slice positions (GDCM sorts the slices).
+    """
+    import SimpleITK as sitk
+
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not ids:
+        raise InputError(folder, "no DICOM series in this folder")
+    if len(ids) > 1:
+        raise InputError(folder, f"{len(ids)} DICOM series in one folder; put each series in its own folder")
+    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0]))
+
+    def info(file: str) -> sitk.ImageFileReader:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(file)
+        reader.ReadImageInformation()
+        return reader
+
+    first = info(files[0])
+    size = first.GetSize()
+    ncomp = int(first.GetNumberOfComponents())
+    spacing = np.asarray(first.GetSpacing()[:3], float)
+    direction = np.asarray(first.GetDirection(), float).reshape(3, 3)
+    origin = np.asarray(first.GetOrigin()[:3], float)
+    if len(files) > 1:
+        step = np.asarray(info(files[-1]).GetOrigin()[:3], float) - origin
+        norm = float(np.linalg.norm(step))
+        if norm > 0:
+            spacing[2] = norm / (len(files) - 1)
+            direction[:, 2] = step / norm
+    shape = (int(size[0]), int(size[1]), len(files)) + ((ncomp,) if ncomp > 1 else ())
+    n = int(np.prod(shape, dtype=np.int64))
+    if n > MAX_VOXELS:
+        raise InputError(folder, f"DICOM series declares {shape} = {n} voxels, more than dfseg reads ({MAX_VOXELS})")
+    return shape, _ras_affine(spacing, direction, origin), files
+
+
+def _load_dicom_series(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The one DICOM series in ``folder`` as ``(array (X, Y, Z[, C]), RAS affine)`` (rescale slope applied)."""
+    import SimpleITK as sitk
+
+    _shape, _affine_header, files = _dicom_series_header(folder)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    img = reader.Execute()
+    array = sitk.GetArrayFromImage(img)  # (Z, Y, X[, C])
+    array = np.transpose(array, (2, 1, 0, 3) if array.ndim == 4 else (2, 1, 0))
+    direction = np.asarray(img.GetDirection(), float).reshape(3, 3)
+    return array, _ras_affine(np.asarray(img.GetSpacing(), float), direction, np.asarray(img.GetOrigin(), float))
+
+
+#: TIFF length units -> mm (ImageJ ``unit``, OME ``PhysicalSize*Unit``).
+_TIFF_UNITS_MM: dict[str, float] = {"mm": 1.0, "cm": 10.0, "m": 1000.0, "um": 1e-3, "\u00b5m": 1e-3, "\u03bcm": 1e-3,
+                                    "\\u00b5m": 1e-3, "micron": 1e-3, "microns": 1e-3, "nm": 1e-6}
+
+
+def _tiff_axes(path: Path, axes: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The transpose that turns a TIFF series ``(Z, Y, X)`` / ``(Z, C, Y, X)`` into ``(X, Y, Z[, C])``."""
+    axes = axes.upper().replace("Q", "Z").replace("I", "Z").replace("S", "C")
+    if sorted(axes) not in (sorted("ZYX"), sorted("ZCYX")):
+        raise InputError(path, f"TIFF stack with axes {axes} {tuple(shape)}: expected (Z, Y, X) or (Z, C, Y, X)")
+    return tuple(axes.index(a) for a in ("X", "Y", "Z", "C") if a in axes)
+
+
+def _tiff_spacing(path: Path, tif: tifffile.TiffFile, voxel_mm: float | tuple[float, ...] | None) -> np.ndarray:
+    """Voxel size (X, Y, Z) in mm of a TIFF stack: OME or ImageJ metadata, else ``voxel_mm``, else refused."""
+    if tif.is_ome and tif.ome_metadata:
+        image = tifffile.xml2dict(tif.ome_metadata).get("OME", {}).get("Image", {})
+        pixels = (image[0] if isinstance(image, list) else image).get("Pixels", {})
+        sizes = [pixels.get(f"PhysicalSize{a}") for a in "XYZ"]
+        units = [str(pixels.get(f"PhysicalSize{a}Unit", "\u00b5m")).lower() for a in "XYZ"]
+        if all(s is not None for s in sizes) and all(u in _TIFF_UNITS_MM for u in units):
+            return np.asarray([float(s) * _TIFF_UNITS_MM[u] for s, u in zip(sizes, units)])
+    meta = tif.imagej_metadata if tif.is_imagej else None
+    if meta and str(meta.get("unit", "")).lower() in _TIFF_UNITS_MM and meta.get("spacing") is not None:
+        scale = _TIFF_UNITS_MM[str(meta["unit"]).lower()]
+        page = tif.pages[0]
+        spacing = []
+        for tag in ("XResolution", "YResolution"):
+            num, den = page.tags[tag].value if tag in page.tags else (0, 1)
+            if not num:
+                break
+            spacing.append(den / num * scale)
+        if len(spacing) == 2:
+            return np.asarray([*spacing, float(meta["spacing"]) * scale])
+    if voxel_mm is not None:
+        values = np.asarray(voxel_mm, float)
+        return np.broadcast_to(values, (3,)).astype(float) if values.ndim == 0 else values[:3].astype(float)
+    raise InputError(path, "TIFF stack without a voxel size (no ImageJ/OME spacing); put voxel_mm in the scan's sidecar")
+
+
+def _tiff_header(path: Path, voxel_mm: float | tuple[float, ...] | None) -> tuple[tuple[int, ...], np.ndarray]:
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            series = tif.series[0]
+            axes, dims = series.axes, tuple(series.shape)
+            if len(axes) == 2:  # one page: a single slice
+                axes, dims = "Z" + axes, (1, *dims)
+            shape = tuple(int(dims[i]) for i in _tiff_axes(path, axes, dims))
+            spacing = _tiff_spacing(path, tif, voxel_mm)
+    except InputError:
+        raise
+    except (OSError, ValueError, IndexError, KeyError, tifffile.TiffFileError) as err:
+        raise InputError(path, f"cannot read TIFF header ({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
+    n = int(np.prod(shape, dtype=np.int64))
+    if n > MAX_VOXELS:
+        raise InputError(path, f"header declares {shape} = {n} voxels, more than dfseg reads ({MAX_VOXELS})")
+    return shape, np.diag([*spacing, 1.0])
+
+
+def _load_tiff(path: Path, voxel_mm: float | tuple[float, ...] | None) -> tuple[np.ndarray, np.ndarray]:
+    """A TIFF stack as ``(array (X, Y, Z[, C]), affine diag(spacing))``: TIFF has no origin or direction."""
+    _shape, affine = _tiff_header(path, voxel_mm)
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            series = tif.series[0]
+            array = series.asarray()
+            axes = series.axes
+    except (OSError, ValueError, IndexError, KeyError, tifffile.TiffFileError) as err:
+        raise InputError(path, f"cannot read TIFF stack ({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
+    if array.ndim == 2:
+        array, axes = array[None], "Z" + axes
+    return np.transpose(array, _tiff_axes(path, axes, array.shape)), affine
 
 
 def _check_declared_size(path: Path, declared_bytes: int) -> None:
@@ -243,12 +434,7 @@ def _load_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     array = np.transpose(array, (2, 1, 0, 3) if array.ndim == 4 else (2, 1, 0))
     spacing = np.asarray(img.GetSpacing()[:3], float)
     direction = np.asarray(img.GetDirection(), float).reshape(img.GetDimension(), img.GetDimension())[:3, :3]
-    affine = np.eye(4)
-    affine[:3, :3] = direction * spacing
-    affine[:3, 3] = img.GetOrigin()[:3]
-    # ITK uses LPS, NIfTI RAS
-    affine[:2] *= -1
-    return array, affine
+    return array, _ras_affine(spacing, direction, np.asarray(img.GetOrigin()[:3], float))
 
 
 def voxel_size(affine: np.ndarray) -> np.ndarray:

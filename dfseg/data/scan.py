@@ -57,15 +57,17 @@ def scan_meta(entry: Mapping[Hashable, Any], sidecar_key: str = "sidecar", meta_
     return meta
 
 
-def load_scan_image(path: str | os.PathLike, key: str, *, allow_nonfinite: bool = False) -> MetaTensor:
+def load_scan_image(path: str | os.PathLike, key: str, *, allow_nonfinite: bool = False,
+                    voxel_mm: Any = None) -> MetaTensor:
     """Read one image of a scan as a channel-first float32 ``MetaTensor`` with the file's affine.
 
     ``df``/``proj_T``/``proj_D`` are ``(..., N)`` on disk and become ``(N, ...)`` (a 3-D one gets
     one channel); every other key gets a leading channel (a trailing singleton channel is dropped
     first). Errors name the file (:func:`dfseg.io.load_nifti`); NaN/Inf voxels are one of them
-    unless ``allow_nonfinite`` (an image only displayed, never computed on).
+    unless ``allow_nonfinite`` (an image only displayed, never computed on). ``voxel_mm`` (the
+    sidecar's) sizes a TIFF stack whose own metadata gives no spacing.
     """
-    array, affine = load_nifti(path, allow_nonfinite=allow_nonfinite)
+    array, affine = load_nifti(path, allow_nonfinite=allow_nonfinite, voxel_mm=voxel_mm)
     if key in CHANNEL_KEYS:
         if array.ndim == 3:
             array = array[..., None]
@@ -113,7 +115,7 @@ class LoadScand(MapTransform):
                 raise InputError(f"{where}.{key}", "missing from the manifest entry")
             if not isinstance(path, (str, os.PathLike)):
                 continue  # already loaded
-            img = load_scan_image(path, str(key))
+            img = load_scan_image(path, str(key), voxel_mm=d[self.meta_key].get("voxel_mm"))
             n_or = len(d[self.meta_key].get("orientations_deg") or [])
             if self.check_orientations and key in CHANNEL_KEYS and n_or and img.shape[0] != n_or:
                 raise InputError(path, f"expected {n_or} orientation channels from sidecar, found {img.shape[0]}")

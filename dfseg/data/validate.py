@@ -23,7 +23,15 @@ from dfseg.channels import DF_CHANNELS
 from dfseg.data.manifest import FILE_KEYS, SPLITS, load_manifest, schema_errors
 from dfseg.data.scan import scan_meta
 from dfseg.errors import InputError
-from dfseg.io import MAX_VOXELS, load_nifti, read_json, sha256_file, voxel_size
+from dfseg.io import (
+    MAX_VOXELS,
+    TIFF_SUFFIXES,
+    load_nifti,
+    read_image_header,
+    read_json,
+    sha256_file,
+    voxel_size,
+)
 
 #: Images that must share one grid (shape of the first three axes, spacing and affine).
 GRID_KEYS: tuple[str, ...] = ("attn", "df", "label", "lung_mask")
@@ -44,11 +52,17 @@ class Problem:
         return f"{self.where}: {self.message}"
 
 
-def _read_header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
-    """Shape and affine of an image from its header only (no voxel data is read)."""
+def _read_header(path: Path, voxel_mm: Any = None) -> tuple[tuple[int, ...], np.ndarray]:
+    """Shape and affine of an image from its header only (no voxel data is read).
+
+    A folder is a DICOM series and ``.tif``/``.tiff`` a TIFF stack (:func:`dfseg.io.read_image_header`;
+    ``voxel_mm``, the sidecar's, sizes a TIFF stack whose metadata gives no spacing).
+    """
     name = path.name.lower()
     try:
-        if name.endswith((".nii", ".nii.gz")):
+        if path.is_dir() or name.endswith(TIFF_SUFFIXES):
+            shape, affine = read_image_header(path, voxel_mm=voxel_mm)
+        elif name.endswith((".nii", ".nii.gz")):
             import nibabel as nib
 
             try:
@@ -71,6 +85,8 @@ def _read_header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
             affine[:3, :3] = direction * np.asarray(reader.GetSpacing()[:3], float)
             affine[:3, 3] = reader.GetOrigin()[:3]
             affine[:2] *= -1  # ITK is LPS, NIfTI RAS (as dfseg.io.load_nifti)
+    except InputError:
+        raise
     except (OSError, EOFError, ValueError, zlib.error, RuntimeError) as err:
         raise InputError(path, f"cannot read image header ({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
     n = int(np.prod(shape, dtype=np.int64))
@@ -188,7 +204,7 @@ def validate_scan(entry: Mapping[str, Any], *, where: str = "entry", check_hashe
         if not isinstance(value, str):
             continue
         path = Path(value)
-        if not path.is_file():
+        if not (path.is_file() or (key != "sidecar" and path.is_dir())):  # a folder is a DICOM series
             problems.append(Problem(str(path), f"file not found (named by {where}.{key})"))
             continue
         files[key] = path
@@ -238,18 +254,19 @@ def _check_metadata(entry: Mapping[str, Any], files: Mapping[str, Path], where: 
 def _check_images(entry: Mapping[str, Any], files: Mapping[str, Path], meta: Mapping[str, Any],
                   problems: list[Problem]) -> None:
     headers: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}
+    voxel_mm = meta.get("voxel_mm")  # sizes a TIFF stack without spacing metadata, as LoadScand does
     for key in ("attn", "df", "label", "lung_mask", "proj_T", "proj_D", "histology"):
         if key not in files:
             continue
         try:
-            headers[key] = _read_header(files[key])
+            headers[key] = _read_header(files[key], voxel_mm)
         except InputError as err:
             problems.append(Problem(str(files[key]), err.problem))
     # voxel-level checks (corrupt/truncated data, NaN/Inf, binary labels) on files whose header is sane
     label_voxels: int | None = None
     for key in headers:
         try:
-            array, _ = load_nifti(files[key])
+            array, _ = load_nifti(files[key], voxel_mm=voxel_mm)
         except InputError as err:
             problems.append(Problem(str(files[key]), err.problem))
             continue
