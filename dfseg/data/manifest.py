@@ -3,9 +3,16 @@
 Layout (documented field by field in ``data_manifests/DATA_DICTIONARY.md``; schema in
 ``dfseg/schemas/manifest.schema.json``)::
 
-    {"name", "description", "pipeline_version", "created_by", "num_folds", "seed",
+    {"name", ["purpose",] "description", "pipeline_version", "created_by", "num_folds", "seed",
      "test_split": {"by": "subject" | "variant" | "none", "fraction", "variants"},
      "training": [entry, ...], "validation": [...], "test": [...]}
+
+Two purposes. A **training** manifest (``purpose`` absent, the default) names ``attn``, ``df``,
+``label`` and ``lung_mask`` and ``has_tumour`` for every scan and has at least 2 folds. An
+**inference** manifest (``"purpose": "inference"``, e.g. from ``dfseg import``) needs only
+``attn`` and ``df`` (labels and lung masks optional, any number of subjects, one is enough): it
+has no folds (``num_folds`` 0), every scan is in ``test`` with ``fold`` -1, and
+``test_split.by`` is ``"none"``.
 
 Convention: ``training`` holds every cross-validation entry, each with its ``fold``; ``validation``
 stays empty unless a user fills it with a fixed validation set; ``test`` holds held-out entries
@@ -31,8 +38,12 @@ from dfseg.io import read_json, sha256_file, write_json
 
 #: Entry keys that name files, in the order they are checked.
 FILE_KEYS: tuple[str, ...] = ("attn", "df", "label", "lung_mask", "proj_T", "proj_D", "histology", "sidecar")
-#: Image keys every entry must have.
+#: Image keys every entry of a training manifest must have.
 REQUIRED_IMAGE_KEYS: tuple[str, ...] = ("attn", "df", "label", "lung_mask")
+#: Image keys every entry of an inference manifest must have.
+INFERENCE_IMAGE_KEYS: tuple[str, ...] = ("attn", "df")
+#: What a manifest is for (``purpose``; absent means training).
+PURPOSES: tuple[str, ...] = ("training", "inference")
 #: Manifest lists that hold entries.
 SPLITS: tuple[str, ...] = ("training", "validation", "test")
 
@@ -68,8 +79,13 @@ def _where(manifest_name: str, path: str) -> str:
 def build_manifest(entries: Sequence[Mapping[str, Any]], root: str | os.PathLike, *, num_folds: int = 5,
                    seed: int = 0, test_by: str = "subject", test_fraction: float = 0.2,
                    test_variants: Iterable[str] = (), name: str = "cohort", description: str = "",
-                   hashes: bool = True) -> dict:
+                   hashes: bool = True, purpose: str = "training") -> dict:
     """Build a manifest: read sidecars, hash files, hold out a test set and assign folds.
+
+    With ``purpose="inference"`` no test set is held out and no folds are assigned: every entry
+    goes to ``test`` with fold -1, ``num_folds`` is 0, and entries need only ``attn`` and ``df``
+    (``has_tumour`` is kept when the entry or its metadata has it). ``num_folds``, ``test_by``,
+    ``test_fraction`` and ``test_variants`` are then ignored.
 
     Args:
         entries: one mapping per scan with file paths under :data:`FILE_KEYS` (absolute or relative
@@ -85,17 +101,26 @@ def build_manifest(entries: Sequence[Mapping[str, Any]], root: str | os.PathLike
         name: cohort name.
         description: free text.
         hashes: compute the sha256 of every file (off only for tests and examples).
+        purpose: ``"training"`` or ``"inference"`` (module docstring).
 
     Returns:
         The manifest dict (paths relative to ``root``), valid against the manifest schema.
     """
+    if purpose not in PURPOSES:
+        raise InputError("purpose", f"must be 'training' or 'inference', got {purpose!r}")
+    inference = purpose == "inference"
     root = Path(root).resolve()
-    built = [_build_entry(e, root, i, hashes) for i, e in enumerate(entries)]
+    built = [_build_entry(e, root, i, hashes, inference) for i, e in enumerate(entries)]
     seen: dict[str, int] = {}
     for i, entry in enumerate(built):
         if entry["scan_id"] in seen:
             raise InputError(f"entries[{i}].scan_id", f"duplicate scan_id {entry['scan_id']!r} (also entries[{seen[entry['scan_id']]}])")
         seen[entry["scan_id"]] = i
+    if inference:
+        test = sorted(built, key=lambda e: (e["subject_id"], e["scan_id"]))
+        return {"name": name, "purpose": purpose, "description": description, "pipeline_version": __version__,
+                "created_by": f"dfseg {__version__} dfseg.data.manifest.build_manifest", "num_folds": 0,
+                "seed": int(seed), "test_split": {"by": "none"}, "training": [], "validation": [], "test": test}
     subjects: dict[str, bool] = {}
     variants: dict[str, set[str]] = {}
     for entry in built:
@@ -134,9 +159,9 @@ def build_manifest(entries: Sequence[Mapping[str, Any]], root: str | os.PathLike
     }
 
 
-def _build_entry(raw: Mapping[str, Any], root: Path, index: int, hashes: bool) -> dict:
+def _build_entry(raw: Mapping[str, Any], root: Path, index: int, hashes: bool, inference: bool = False) -> dict:
     where = f"entries[{index}]"
-    for key in REQUIRED_IMAGE_KEYS:
+    for key in INFERENCE_IMAGE_KEYS if inference else REQUIRED_IMAGE_KEYS:
         if key not in raw:
             raise InputError(where, f"missing file key {key!r}")
     entry: dict[str, Any] = {}
@@ -158,6 +183,8 @@ def _build_entry(raw: Mapping[str, Any], root: Path, index: int, hashes: bool) -
         meta = {}
     for key in ("subject_id", "scan_id", "has_tumour"):
         value = raw.get(key, meta.get(key))
+        if value is None and inference and key == "has_tumour":
+            continue  # unknown for an unlabelled scan
         if value is None:
             raise InputError(where, f"no {key!r} in the entry, its meta or its sidecar")
         entry[key] = bool(value) if key == "has_tumour" else str(value)

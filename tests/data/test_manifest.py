@@ -19,6 +19,7 @@ from dfseg.data.manifest import (
     manifest_hash,
     resolve_paths,
     scan_entries,
+    schema_errors,
     split_fold,
     write_manifest,
 )
@@ -133,3 +134,48 @@ def test_datalist_batches_with_monai(cohort):
     # once LoadScand has read the scan and "meta" is dropped, the items collate: images stack, ids batch
     assert tuple(batch["attn"].shape) == (2, 1, 8, 8, 8)
     assert batch["scan_id"] == [items[0]["scan_id"], items[1]["scan_id"]]
+
+
+def _unlabelled(cohort_manifest: Path, n: int) -> list[dict]:
+    """Raw entries of the first ``n`` scans with label and lung mask dropped (a lab's unlabelled scans)."""
+    entries = scan_entries(cohort_manifest.parent)[:n]
+    return [{k: v for k, v in e.items() if k not in ("label", "lung_mask")} for e in entries]
+
+
+def test_inference_manifest_single_unlabelled_scan_is_valid(cohort, tmp_path):
+    entries = _unlabelled(cohort, 1)
+    built = build_manifest(entries, cohort.parent, purpose="inference", name="lab")
+    assert built["purpose"] == "inference" and built["num_folds"] == 0 and built["test_split"] == {"by": "none"}
+    assert built["training"] == [] and built["validation"] == [] and len(built["test"]) == 1
+    entry = built["test"][0]
+    assert entry["fold"] == -1 and "label" not in entry and set(entry["sha256"]) == {"attn", "df", "sidecar"}
+    assert entry["has_tumour"] is True  # the sidecar knows it; kept
+    path = cohort.parent / "inference.json"
+    write_manifest(path, built)
+    assert validate_manifest(path) == []
+    d = LoadScand(keys=("attn", "df"))(load_manifest(path)["test"][0])
+    assert tuple(d["df"].shape) == (4, 8, 8, 8)
+    # without a tumour flag anywhere, an inference entry simply has none
+    meta = {k: v for k, v in json.loads(Path(entries[0]["sidecar"]).read_text()).items() if k != "has_tumour"}
+    bare = build_manifest([{**entries[0], "meta": meta}], cohort.parent, purpose="inference")
+    assert "has_tumour" not in bare["test"][0]
+    assert schema_errors(bare) == []
+
+
+def test_training_manifest_still_requires_labels_and_folds(cohort):
+    entries = _unlabelled(cohort, 2)
+    with pytest.raises(InputError, match=r"^entries\[0\]: missing file key 'label'$"):
+        build_manifest(entries, cohort.parent, num_folds=2)
+    one = scan_entries(cohort.parent)[:1]
+    with pytest.raises(InputError, match=r"^num_folds: 1 subjects cannot fill 2 folds; use fewer folds$"):
+        build_manifest(one, cohort.parent, num_folds=2, test_by="none")
+    with pytest.raises(InputError, match=r"^purpose: must be 'training' or 'inference', got 'predict'$"):
+        build_manifest(one, cohort.parent, purpose="predict")
+    # the schema: a training manifest (no purpose) entry without label; an inference one with folds
+    m = json.loads(cohort.read_text())
+    del m["training"][0]["lung_mask"]
+    assert schema_errors(m) == [("training[0]", "'lung_mask' is a required property")]
+    inference = build_manifest(_unlabelled(cohort, 2), cohort.parent, purpose="inference")
+    assert schema_errors({**inference, "num_folds": 2}) == [("num_folds", "0 was expected")]
+    moved = {**inference, "training": inference["test"][:1], "test": inference["test"][1:]}
+    assert [w for w, _ in schema_errors(moved)] == ["training"]
