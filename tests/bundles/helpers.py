@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = REPO / "bundles"
-SCHEMA = REPO.parent / "shared" / "bundle_metadata.schema.json"
+SCHEMA = REPO / "bundles" / "metadata.schema.json"  # the bundle metadata schema, shipped with the bundles
 
 #: Tiny-network overrides per bundle (CPU tests). SwinUNETR's bottleneck is patch/32 voxels and its
 #: instance norm needs more than one voxel there, so its smallest patch is 64 (the 32^3 cohort is padded).
