@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "register": ("register", "register a histology label volume to an image (rigid then B-spline)"),
     "cv": ("cv", "subject-level k-fold cross-validation of a bundle"),
     "evaluate": ("evaluate", "detection, segmentation and calibration metrics with bootstrap CIs, report"),
+    "predict": ("predict", "run a trained model on scans: probability map, lesion masks and list, montage"),
     "study": ("study", "attenuation vs dark-field vs combined: train and compare one model per modality"),
     "model-card": ("model_card", "write the model card (JSON + Markdown) of a training run"),
     "demo": ("demo", "run the whole pipeline on a built-in simulated cohort"),

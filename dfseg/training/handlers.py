@@ -19,12 +19,14 @@ from torch.utils.tensorboard import SummaryWriter
 
 from dfseg import __version__ as dfseg_version
 from dfseg.channels import MODALITY_CHANNELS
+from dfseg.data.manifest import SPLITS, load_manifest
+from dfseg.data.scan import as_floats, scan_meta
 from dfseg.io import read_json, save_nifti, sha256_file, voxel_size, write_json
 from dfseg.networks import count_parameters
 from dfseg.training.distributed import is_rank0
 
 __all__ = ["MetricsWriter", "NullSummaryWriter", "ProbabilityWriter", "RunInfoWriter", "hardware_info", "lr_writer",
-           "run_info", "summary_writer"]
+           "prediction_record", "run_info", "summary_writer"]
 
 
 class NullSummaryWriter:
@@ -76,6 +78,60 @@ def versions() -> dict[str, str]:
             "ignite": ignite.__version__, "numpy": np.__version__}
 
 
+def _file_record(path: str | os.PathLike | None, base: Path) -> dict[str, Any] | None:
+    """``{path, sha256}`` of a file named as given or relative to ``base``; ``{path, sha256: None}`` when
+    it is not found here; None when no path is given."""
+    if path in (None, "", "None"):
+        return None
+    for candidate in (Path(path), base / Path(path)):
+        if candidate.is_file():
+            return {"path": str(candidate.resolve()), "sha256": sha256_file(candidate)}
+    return {"path": str(path), "sha256": None}
+
+
+def prediction_record(manifest: str | os.PathLike, *, calibration: str | os.PathLike | None,
+                      preprocessed: bool | None, roi_size: Any = None) -> dict[str, Any] | None:
+    """What ``dfseg predict`` needs to feed new scans as the run fed its training scans.
+
+    Returns ``{"voxel_mm", "roi_size", "correction"}`` (None when ``manifest`` is not a file):
+
+    - ``voxel_mm``: the training scans' voxel size, the per-axis median over every scan of the
+      manifest (sidecar ``voxel_mm``);
+    - ``roi_size``: the sliding-window ROI (the training patch);
+    - ``correction``: how raw reconstructions became network input. ``preprocessed`` true: the
+      scans were written by ``dfseg preprocess`` and ``domain`` (``projection`` when any scan went
+      through the projection chain, else ``volume``), ``calibration`` {path, sha256},
+      ``aluminium_weight`` and ``bone_correction`` come from their sidecars' ``preprocessing``;
+      false: the bundle ran ``volume_chain(calibration)`` with the run's ``calibration``.
+    """
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        return None
+    doc = load_manifest(manifest)
+    metas = [scan_meta(e) for split in SPLITS for e in doc.get(split) or []]
+    spacings = [np.broadcast_to(as_floats(m["voxel_mm"]), (3,)) for m in metas if m.get("voxel_mm") is not None]
+    voxel = [float(v) for v in np.median(spacings, axis=0)] if spacings else None
+    if preprocessed is None:
+        preprocessed = bool(metas) and all(bool(m.get("preprocessed")) for m in metas)
+    if preprocessed:
+        steps = [m.get("preprocessing") or {} for m in metas]
+        domains = {s.get("domain") for s in steps if s.get("domain")}
+        cals = sorted({str(s["calibration"]) for s in steps if s.get("calibration")})
+        correction = {"preprocessed": True, "domain": "projection" if "projection" in domains else "volume",
+                      "calibration": _file_record(cals[0], manifest.parent) if cals else None,
+                      "aluminium_weight": float(next((s["aluminium_weight"] for s in steps
+                                                      if s.get("aluminium_weight") is not None), 0.0)),
+                      "bone_correction": any(bool(s.get("bone_correction")) for s in steps)}
+        if len(cals) > 1:
+            correction["calibrations"] = cals
+    else:
+        correction = {"preprocessed": False, "domain": "volume",
+                      "calibration": _file_record(calibration, Path.cwd()),
+                      "aluminium_weight": 0.0, "bone_correction": False}
+    roi = None if roi_size is None else [int(v) for v in np.ravel(roi_size)]
+    return {"voxel_mm": voxel, "roi_size": roi, "correction": correction}
+
+
 def run_info(*, bundle: str, manifest: str | os.PathLike, fold: int | None, modality: str, seed: int,
              hyper_parameters: Mapping[str, Any], network: Mapping[str, Any],
              calibration: str | os.PathLike | None = None, preprocessed: bool | None = None,
@@ -87,8 +143,8 @@ def run_info(*, bundle: str, manifest: str | os.PathLike, fold: int | None, moda
     ``input_channels`` (names), ``in_channels``, ``seed``, ``hyper_parameters``, ``network``
     (``name`` + constructor arguments, and ``parameter_count`` when ``model`` is given),
     ``calibration`` {path, sha256} or None, ``preprocessed``, ``geometry`` (``ct`` for
-    ``spatial_dims`` 3, ``radiograph`` for 2), ``hardware``, ``versions``, ``command`` (argv), plus
-    ``extra``. ``RunInfoWriter`` adds ``max_epochs``, ``completed_epochs``, ``finished_utc`` and
+    ``spatial_dims`` 3, ``radiograph`` for 2), ``predict`` (:func:`prediction_record`: training voxel
+    size, ROI, correction chain), ``hardware``, ``versions``, ``command`` (argv), plus ``extra``. ``RunInfoWriter`` adds ``max_epochs``, ``completed_epochs``, ``finished_utc`` and
     ``resumed_at_iteration``.
     """
     manifest = Path(manifest).resolve()
@@ -113,6 +169,8 @@ def run_info(*, bundle: str, manifest: str | os.PathLike, fold: int | None, moda
         "preprocessed": preprocessed,
         "geometry": None if spatial_dims is None else ("ct" if int(spatial_dims) == 3 else "radiograph"),
         "presence_score": "maximum tumour probability inside the lung mask (per volume)",
+        "predict": prediction_record(manifest, calibration=calibration, preprocessed=preprocessed,
+                                     roi_size=hyper_parameters.get("patch_size")),
         "hardware": hardware_info(),
         "versions": versions(),
         "command": list(sys.argv),

@@ -1,0 +1,634 @@
+"""The prediction stage: a trained model on a lab's own scans, a lesion list per scan.
+
+:func:`predict` takes a training run folder (``model.pt`` + ``run_info.json``, as the bundles write
+to their ``output_dir`` and ``dfseg demo`` to ``<out>/train``) and scans given as scan folders
+(``attn.*``, ``df.*``, ``sidecar.json``, optional ``lung_mask.*``; ``label.*`` is ignored), folders
+of scan folders, manifests (every split) or one pair of image files. For each scan:
+
+1. **Read** with :class:`dfseg.data.scan.LoadScand` (each image on its own affine); attn, df and the
+   lung mask must share one grid.
+2. **Correct** as the model's training scans were, read from the run record's ``predict`` entry
+   (:func:`dfseg.training.handlers.prediction_record`): a scan written by ``dfseg preprocess`` is
+   used as it is; a raw reconstruction goes through the recorded calibration's chains
+   (:func:`dfseg.preprocess.build_chains`): the projection chain when the model's scans were
+   preprocessed in the projection domain and the scan has ``proj_T``/``proj_D``, else the volume chain.
+3. **Lung mask**: the scan's own, else :class:`dfseg.transforms.lung.LungMaskd` on the corrected
+   image when that module is installed; otherwise the scan is refused.
+4. **Resample** attn and df to the training voxel size (``monai.transforms.Spacing``, which keeps
+   origin and direction), build the network input with training's evaluation chain
+   (:func:`dfseg.training.eval_transforms`: modality channels, channel-wise z-score), run
+   ``monai.inferers.sliding_window_inference`` with the training ROI (Gaussian blending, overlap
+   0.25, as the bundles' inferer; CUDA when present, AMP only on CUDA), sigmoid, and resample the
+   probabilities back onto the input grid (``ResampleToMatch``).
+5. **Lesions**: ``prob >= threshold`` inside the lung, 26-connected components
+   (:func:`dfseg.evaluation.lesions.connected_components`), numbered by decreasing maximum
+   probability. The presence score is the maximum probability inside the lung.
+
+Outputs, per scan, in ``OUT/<scan_id>/`` on the input's own grid and affine::
+
+    prob.nii.gz        float32 tumour probability (the whole image; not gated by the lung mask)
+    mask.nii.gz        uint8 prob >= threshold inside the lung
+    lesions.nii.gz     uint16 lesion ids (0 = background), ids as in lesions.csv
+    lesions.seg.nrrd   the same labels as a 3D Slicer segmentation (one segment per lesion; ITK-SNAP opens it too)
+    lesions.csv        id, centroid (RAS world mm and voxel indices), volume_mm3, equivalent_diameter_mm,
+                       max_prob, mean_prob
+    lesions.png        attenuation and dark-field c0 through each lesion (at most MONTAGE_LESIONS)
+    summary.json       scan id, presence score, lesion count, threshold, model, correction, files
+
+and ``OUT/scans.csv`` (one row per scan). Everything is written through
+:func:`dfseg.io.atomic_directory`: a failure on any scan leaves no output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from monai.data import MetaTensor
+from monai.inferers import sliding_window_inference
+from monai.transforms import ResampleToMatch, Spacing
+from scipy import ndimage
+from tqdm import tqdm
+
+from dfseg.calibration import check_spectrum
+from dfseg.channels import DF_CHANNELS
+from dfseg.data.manifest import SPLITS, load_manifest
+from dfseg.data.scan import LoadScand, scan_meta
+from dfseg.errors import InputError
+from dfseg.evaluation.lesions import connected_components, equivalent_diameter_mm
+from dfseg.io import (
+    atomic_directory,
+    atomic_path,
+    atomic_write,
+    read_json,
+    save_nifti,
+    sha256_file,
+    voxel_size,
+    write_json,
+)
+from dfseg.preprocess import Chains, build_chains
+from dfseg.training import build_network, eval_transforms, load_checkpoint
+from dfseg.training.handlers import prediction_record
+
+try:  # the image-based lung mask (issue #16 item 2); without it a scan must bring its own lung mask
+    from dfseg.transforms.lung import LungMaskd
+except ImportError:  # pragma: no cover - depends on which modules are installed
+    LungMaskd = None
+
+__all__ = ["CSV_COLUMNS", "MONTAGE_LESIONS", "Model", "find_scans", "lesion_table", "load_model", "predict",
+           "predict_scan", "scan_from_files"]
+
+#: Columns of ``lesions.csv``.
+CSV_COLUMNS: tuple[str, ...] = ("id", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "centroid_i", "centroid_j",
+                                "centroid_k", "n_voxels", "volume_mm3", "equivalent_diameter_mm", "max_prob",
+                                "mean_prob")
+#: Lesions drawn in ``lesions.png`` (the most probable ones).
+MONTAGE_LESIONS = 12
+#: Largest difference (mm) between two affines that still counts as one grid.
+GRID_TOL_MM = 1e-4
+#: Files that hold the pixel data of a header file (``attn.mhd`` + ``attn.raw``): never an image key's file.
+_DATA_SUFFIXES = (".raw", ".zraw", ".img")
+_RUN_FILES = "a training run folder (model.pt and run_info.json, as a bundle's output_dir or <demo out>/train)"
+
+
+@dataclass
+class Model:
+    """A trained network and how to feed it (:func:`load_model`)."""
+
+    run_dir: Path
+    record: dict
+    network: torch.nn.Module
+    modality: str
+    roi_size: list[int]
+    voxel_mm: list[float] | None
+    correction: dict
+    device: torch.device
+    model_sha256: str
+    calibration: Path | None = None
+    _chains: Chains | None = field(default=None, repr=False)
+
+    def chains(self, where: str | os.PathLike) -> Chains:
+        """The recorded calibration's correction chains (built once); ``where`` names the raw scan asking."""
+        if self._chains is None:
+            if self.calibration is None:
+                raise InputError(where, "raw reconstruction (its sidecar lacks preprocessed: true) but the model's run "
+                                        "records no calibration to correct it with; give --calibration or preprocess "
+                                        "the scan with dfseg preprocess")
+            self._chains = build_chains(self.calibration,
+                                        aluminium_weight=float(self.correction.get("aluminium_weight") or 0.0),
+                                        bone_correction=bool(self.correction.get("bone_correction")))
+        return self._chains
+
+
+def _device(name: str | None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device", "cuda requested but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _calibration(correction: Mapping[str, Any], given: str | os.PathLike | None, info_path: Path) -> Path | None:
+    """The calibration file to correct raw scans with: ``given`` (checked against the recorded sha256)
+    or the recorded one."""
+    recorded = correction.get("calibration") or None
+    if given is not None:
+        if not Path(given).is_file():
+            raise InputError(given, "calibration file not found")
+        if recorded and recorded.get("sha256") and sha256_file(given) != recorded["sha256"]:
+            raise InputError(given, f"differs from the calibration the model was trained with ({recorded['path']}, "
+                                    f"sha256 {recorded['sha256'][:12]}...)")
+        return Path(given)
+    if not recorded:
+        return None
+    path = Path(recorded["path"])
+    if not path.is_file():
+        return None  # only raw scans need it; Model.chains then says so
+    if recorded.get("sha256") and sha256_file(path) != recorded["sha256"]:
+        raise InputError(path, f"changed since training (sha256 recorded in {info_path} differs); "
+                               "give the original with --calibration")
+    return path
+
+
+def load_model(run_dir: str | os.PathLike, *, calibration: str | os.PathLike | None = None,
+               device: str | None = None) -> Model:
+    """Read a training run: its record, the network it declares and ``model.pt`` (weights only).
+
+    Args:
+        run_dir: the run folder.
+        calibration: the calibration file for raw scans, when the recorded path is not on this machine
+            (it must be the same file: its sha256 is checked against the record).
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+
+    Raises:
+        InputError: a missing or unreadable file, a radiograph model, weights that do not fit the
+            recorded network.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(run_dir, f"not a folder; --model takes {_RUN_FILES}")
+    info_path, model_path = run_dir / "run_info.json", run_dir / "model.pt"
+    for path in (info_path, model_path):
+        if not path.is_file():
+            raise InputError(path, f"missing; --model takes {_RUN_FILES}")
+    record = read_json(info_path)
+    if not isinstance(record, Mapping) or not isinstance(record.get("network"), Mapping) or not record.get("modality"):
+        raise InputError(info_path, "not a dfseg run record (no network or modality)")
+    if record.get("geometry") == "radiograph":
+        raise InputError(info_path, "a radiograph (2D) model; dfseg predict runs CT models only")
+    plan = record.get("predict")
+    if plan is None:  # a run recorded before run_info carried "predict": derive it from its manifest now
+        manifest = (record.get("manifest") or {}).get("path")
+        if not manifest or not Path(manifest).is_file():
+            raise InputError(info_path, f"records no 'predict' entry and its training manifest {manifest} is gone; "
+                                        "retrain with this version of dfseg")
+        plan = prediction_record(manifest, calibration=(record.get("calibration") or {}).get("path"),
+                                 preprocessed=record.get("preprocessed"),
+                                 roi_size=(record.get("hyper_parameters") or {}).get("patch_size"))
+    roi = plan.get("roi_size") or (record.get("hyper_parameters") or {}).get("patch_size")
+    if not roi:
+        raise InputError(info_path, "records no ROI size (predict.roi_size or hyper_parameters.patch_size)")
+    roi = [int(v) for v in np.broadcast_to(np.ravel(roi), (3,))]
+    modality = str(record["modality"])
+    args = {k: v for k, v in record["network"].items() if k != "parameter_count"}
+    try:
+        network = build_network(args, modality, roi)
+    except (TypeError, ValueError) as err:
+        raise InputError(info_path, f"cannot build the recorded network ({err})") from None
+    state = load_checkpoint(model_path)
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]  # BestModelSaver writes {"model": state_dict}
+    try:
+        network.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise InputError(model_path, f"weights do not fit the network recorded in run_info.json ({first[:160]})") from None
+    dev = _device(device)
+    network.to(dev).eval()
+    correction = dict(plan.get("correction") or {})
+    return Model(run_dir=run_dir.resolve(), record=dict(record), network=network, modality=modality, roi_size=roi,
+                 voxel_mm=None if plan.get("voxel_mm") is None else [float(v) for v in plan["voxel_mm"]],
+                 correction=correction, device=dev, model_sha256=sha256_file(model_path),
+                 calibration=_calibration(correction, calibration, info_path))
+
+
+# -- finding scans --------------------------------------------------------------------------------
+
+def _image_in(folder: Path, key: str) -> Path | None:
+    """The image of ``key`` in a scan folder: ``<key>.<any extension>`` or a ``<key>/`` series folder."""
+    found = [p for p in sorted(folder.iterdir()) if not p.name.startswith(".") and p.name.split(".")[0] == key
+             and not p.name.lower().endswith(_DATA_SUFFIXES) and (p.is_file() or p.name == key)]
+    if len(found) > 1:
+        raise InputError(folder, f"{len(found)} candidate {key} images ({', '.join(p.name for p in found)}); keep one")
+    return found[0] if found else None
+
+
+def _sidecar_id(sidecar: Path, fallback: str) -> str:
+    meta = read_json(sidecar)
+    if not isinstance(meta, Mapping):
+        raise InputError(sidecar, f"sidecar must be a JSON object, found {type(meta).__name__}")
+    return str(meta.get("scan_id") or fallback)
+
+
+def scan_from_files(attn: str | os.PathLike, df: str | os.PathLike | None, sidecar: str | os.PathLike | None,
+                    lung_mask: str | os.PathLike | None = None, scan_id: str | None = None) -> dict:
+    """One scan from its files (the ``--attn/--df/--sidecar`` form); the scan id defaults to the sidecar's."""
+    if df is None:
+        raise InputError(attn, "no dark-field image given with it (--df)")
+    if sidecar is None:
+        raise InputError(attn, "no sidecar given with it (--sidecar: kVp, filtration, visibility, orientations, "
+                               "voxel size; preprocessed: true for scans written by dfseg preprocess)")
+    for path in (attn, df, sidecar, lung_mask):
+        if path is not None and not Path(path).exists():
+            raise InputError(path, "file not found")
+    entry = {"attn": str(attn), "df": str(df), "sidecar": str(sidecar)}
+    if lung_mask is not None:
+        entry["lung_mask"] = str(lung_mask)
+    entry["scan_id"] = scan_id or _sidecar_id(Path(sidecar), Path(attn).name.split(".")[0])
+    return entry
+
+
+def _scan_folder(folder: Path) -> dict:
+    attn, df = _image_in(folder, "attn"), _image_in(folder, "df")
+    if df is None:
+        raise InputError(folder, "no df.* image (the dark-field reconstruction) in the scan folder")
+    sidecar = folder / "sidecar.json"
+    if not sidecar.is_file():
+        raise InputError(folder, "no sidecar.json in the scan folder (kVp, filtration, visibility, orientations, "
+                                 "voxel size)")
+    entry = {"attn": str(attn), "df": str(df), "sidecar": str(sidecar), "scan_id": _sidecar_id(sidecar, folder.name)}
+    for key in ("lung_mask", "proj_T", "proj_D"):
+        path = _image_in(folder, key)
+        if path is not None:
+            entry[key] = str(path)
+    return entry
+
+
+def find_scans(inputs: Sequence[str | os.PathLike]) -> list[dict]:
+    """Scan entries (paths, ``scan_id``, ``sidecar``) of every input, in order.
+
+    An input is a scan folder (it holds ``attn.*``), a folder of scan folders, or a manifest
+    (``*.json``: every split's entries). Labels are never read.
+
+    Raises:
+        InputError: an input that is none of these, a scan folder without ``df.*`` or
+            ``sidecar.json``, two scans with one id.
+    """
+    entries: list[dict] = []
+    for item in map(Path, inputs):
+        if item.is_file() and item.suffix.lower() == ".json":
+            doc = load_manifest(item)
+            entries += [{k: v for k, v in e.items() if k != "label"} for split in SPLITS for e in doc.get(split) or []]
+        elif item.is_dir() and _image_in(item, "attn") is not None:
+            entries.append(_scan_folder(item))
+        elif item.is_dir():
+            subs = [d for d in sorted(item.iterdir()) if d.is_dir() and not d.name.startswith(".")
+                    and _image_in(d, "attn") is not None]
+            if not subs:
+                raise InputError(item, "neither a scan folder (attn.*, df.*, sidecar.json) nor a folder of scan folders")
+            entries += [_scan_folder(d) for d in subs]
+        elif not item.exists():
+            raise InputError(item, "not found")
+        else:
+            raise InputError(item, "not a scan folder, a folder of scans or a manifest.json")
+    seen: dict[str, str] = {}
+    for entry in entries:
+        sid = str(entry["scan_id"])
+        if sid in seen:
+            raise InputError(entry.get("attn"), f"scan id {sid!r} also used by {seen[sid]}; scan ids must be unique")
+        seen[sid] = str(entry.get("attn"))
+    if not entries:
+        raise InputError("INPUT", "no scans given")
+    return entries
+
+
+# -- one scan -------------------------------------------------------------------------------------
+
+def _same_grid(ref: MetaTensor, img: MetaTensor, ref_path: Any, path: Any) -> None:
+    if tuple(ref.shape[1:]) != tuple(img.shape[1:]):
+        raise InputError(path, f"grid {tuple(img.shape[1:])} differs from {ref_path}'s {tuple(ref.shape[1:])}")
+    a, b = np.asarray(ref.affine, float), np.asarray(img.affine, float)
+    if not np.allclose(a, b, rtol=0, atol=GRID_TOL_MM):
+        sa, sb = voxel_size(a), voxel_size(b)
+        what = (f"voxel size {np.round(sb, 6).tolist()} mm differs from {ref_path}'s {np.round(sa, 6).tolist()}"
+                if not np.allclose(sa, sb, rtol=0, atol=GRID_TOL_MM) else f"affine (origin/direction) differs from {ref_path}'s")
+        raise InputError(path, what)
+
+
+def _input_calibration(meta: Mapping[str, Any], sidecar: Any) -> str | None:
+    """sha256 of the calibration a preprocessed input was corrected with, when its file is here."""
+    cal = (meta.get("preprocessing") or {}).get("calibration")
+    if not cal:
+        return None
+    for candidate in (Path(cal), Path(str(sidecar)).parent / cal):
+        if candidate.is_file():
+            return sha256_file(candidate)
+    return None
+
+
+def _correct(entry: Mapping[str, Any], model: Model) -> tuple[dict, str]:
+    """Read the scan and bring it to the model's input domain; returns ``(data, what was done)``.
+
+    ``data`` holds ``attn`` (1, X, Y, Z) and ``df`` (5, X, Y, Z) corrected MetaTensors on the attn
+    file's affine, ``meta``, and ``lung_mask`` when the scan has one.
+    """
+    keys = ("attn", "df") + (("lung_mask",) if entry.get("lung_mask") else ())
+    meta = scan_meta(entry)
+    preprocessed = bool(meta.get("preprocessed"))
+    data = LoadScand(keys, check_orientations=not preprocessed)(entry)
+    for key in keys[1:]:
+        _same_grid(data["attn"], data[key], entry["attn"], entry[key])
+    if preprocessed:
+        if data["df"].shape[0] != len(DF_CHANNELS):
+            raise InputError(entry["df"], f"sidecar says preprocessed, so df must hold the {len(DF_CHANNELS)} decomposed "
+                                          f"channels {DF_CHANNELS}; found {data['df'].shape[0]}")
+        recorded = (model.correction.get("calibration") or {}).get("sha256")
+        used = _input_calibration(meta, entry["sidecar"])
+        if recorded and used and used != recorded:
+            raise InputError(entry["sidecar"], "preprocessed with another calibration than the model's training scans "
+                                               f"({(model.correction.get('calibration') or {}).get('path')})")
+        return data, "none: the scan was written by dfseg preprocess"
+    chains = model.chains(entry["sidecar"])
+    use_projections = model.correction.get("domain") == "projection" and all(entry.get(k) for k in ("proj_T", "proj_D"))
+    work = {"meta": data["meta"]}
+    work["meta"].setdefault("voxel_mm", float(voxel_size(np.asarray(data["attn"].affine))[0]))
+    if use_projections:
+        work.update(LoadScand(("proj_T", "proj_D"), check_orientations=True)(entry))
+        work["meta"] = data["meta"]
+        keys_in = ("proj_T", "proj_D")
+    else:
+        keys_in = ("attn", "df")
+        work.update({k: data[k] for k in keys_in})
+    for key in keys_in:
+        work[key] = np.asarray(work[key])  # the chains' numpy path, as dfseg preprocess runs them
+    check_spectrum(chains.calibration, work["meta"], where=chains.calibration_path)
+    try:
+        out = (chains.projection if use_projections else chains.volume)(work)
+    except InputError as err:
+        where = err.where or ""
+        raise InputError(entry.get(where, entry.get("sidecar") if where.startswith("meta") else where), err.problem) from None
+    affine = data["attn"].affine
+    for key in ("attn", "df"):
+        array = np.asarray(out[key], dtype=np.float32)
+        if array.shape[1:] != tuple(data["attn"].shape[1:]):
+            raise InputError(entry[keys_in[0]], f"the projection chain reconstructs {array.shape[1:]}, the attn image "
+                                                f"is {tuple(data['attn'].shape[1:])}")
+        if not np.isfinite(array).all():
+            raise InputError(entry[key], "the correction chain produced NaN/Inf values")
+        data[key] = MetaTensor(torch.from_numpy(array), affine=affine.clone())
+    chain = "projection" if use_projections else "volume"
+    return data, f"{chain} chain of dfseg preprocess with {chains.calibration_path}"
+
+
+def _lung(data: dict, entry: Mapping[str, Any]) -> tuple[np.ndarray, str]:
+    """The (X, Y, Z) boolean lung mask on the input grid and where it came from."""
+    if data.get("lung_mask") is not None:
+        lung = np.asarray(data["lung_mask"])[0] > 0
+        source = f"given: {entry['lung_mask']}"
+        where = entry["lung_mask"]
+    elif LungMaskd is not None:
+        spacing = tuple(float(v) for v in voxel_size(np.asarray(data["attn"].affine)))  # the file's grid, not the sidecar
+        made = LungMaskd(attn_key="attn", df_key="df", df_channel=DF_CHANNELS.index("c0"), output_key="lung_mask",
+                         voxel_mm=spacing)({"attn": data["attn"], "df": data["df"]})
+        lung = np.asarray(made["lung_mask"])[0] > 0
+        source = "from the image: dfseg.transforms.lung.LungMaskd"
+        where = entry["attn"]
+    else:
+        raise InputError(entry.get("sidecar") or entry["attn"],
+                         "no lung mask given (lung_mask.* in the scan folder, --lung-mask, or the manifest's "
+                         "lung_mask), and this dfseg cannot segment the lung from the image yet")
+    if not lung.any():
+        raise InputError(where, "the lung mask is empty")
+    return lung, source
+
+
+def _resample_needed(native: Sequence[float], target: Sequence[float] | None) -> bool:
+    return target is not None and not np.allclose(native, target, rtol=1e-3, atol=0)
+
+
+def _probabilities(data: dict, lung: np.ndarray, model: Model, sw_batch_size: int) -> np.ndarray:
+    """Tumour probabilities (X, Y, Z) float32 on the input grid (module docstring, step 4)."""
+    native = voxel_size(np.asarray(data["attn"].affine))
+    resample = _resample_needed(native, model.voxel_mm)
+    lung_t = MetaTensor(torch.from_numpy(lung[None].astype(np.float32)), affine=data["attn"].affine.clone())
+    feed = {"attn": data["attn"], "df": data["df"], "lung_mask": lung_t}
+    if resample:
+        image_sp, mask_sp = Spacing(pixdim=model.voxel_mm, mode="bilinear"), Spacing(pixdim=model.voxel_mm, mode="nearest")
+        feed = {"attn": image_sp(data["attn"]), "df": image_sp(data["df"]), "lung_mask": mask_sp(lung_t)}
+    image = eval_transforms(model.modality, preprocessed=True, with_label=False, spatial_dims=3)(feed)["image"]
+    x = torch.as_tensor(image, dtype=torch.float32).as_subclass(torch.Tensor)[None].to(model.device)
+    amp = model.device.type == "cuda"
+    with torch.no_grad(), (torch.autocast("cuda") if amp else contextlib.nullcontext()):
+        logits = sliding_window_inference(x, model.roi_size, sw_batch_size, model.network, overlap=0.25,
+                                          mode="gaussian")
+    prob = torch.sigmoid(torch.as_tensor(logits).float()).cpu()[0]
+    if resample:
+        prob = ResampleToMatch(mode="bilinear")(MetaTensor(prob, affine=image.affine), img_dst=data["attn"][:1])
+    out = np.asarray(torch.as_tensor(prob).as_subclass(torch.Tensor), dtype=np.float32)[0]
+    return np.clip(out, 0.0, 1.0)
+
+
+def lesion_table(prob: np.ndarray, lung: np.ndarray, affine: np.ndarray, threshold: float) -> tuple[np.ndarray, list[dict]]:
+    """Lesions of one scan: ``prob >= threshold`` inside ``lung``, 26-connected components.
+
+    Returns:
+        ``(labels, rows)``: uint16 (X, Y, Z) lesion ids 1..n, numbered by decreasing maximum
+        probability (then size), and one row per lesion with the :data:`CSV_COLUMNS` (centroid in
+        RAS world mm through ``affine``, and in voxel indices).
+    """
+    mask = (prob >= threshold) & lung
+    labels, n = connected_components(mask)
+    if n > np.iinfo(np.uint16).max:
+        raise InputError("--threshold", f"{n} components above {threshold}; too many to label (raise the threshold)")
+    if n == 0:
+        return np.zeros(prob.shape, np.uint16), []
+    index = np.arange(1, n + 1)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    max_p = np.asarray(ndimage.maximum(prob, labels, index), float)
+    mean_p = np.asarray(ndimage.mean(prob, labels, index), float)
+    centroids = np.asarray(ndimage.center_of_mass(mask, labels, index), float).reshape(n, 3)
+    order = np.lexsort((-sizes, -max_p))  # by max probability, then size, both decreasing
+    lookup = np.zeros(n + 1, np.uint16)
+    lookup[order + 1] = np.arange(1, n + 1, dtype=np.uint16)
+    affine = np.asarray(affine, float)
+    spacing = voxel_size(affine)
+    voxel_volume = float(abs(np.linalg.det(affine[:3, :3])))
+    rows = []
+    for new_id, old in enumerate(order, start=1):
+        ijk = centroids[old]
+        xyz = affine[:3, :3] @ ijk + affine[:3, 3]
+        rows.append({"id": new_id, "centroid_x_mm": float(xyz[0]), "centroid_y_mm": float(xyz[1]),
+                     "centroid_z_mm": float(xyz[2]), "centroid_i": float(ijk[0]), "centroid_j": float(ijk[1]),
+                     "centroid_k": float(ijk[2]), "n_voxels": int(sizes[old]),
+                     "volume_mm3": float(sizes[old] * voxel_volume),
+                     "equivalent_diameter_mm": equivalent_diameter_mm(int(sizes[old]), tuple(spacing)),
+                     "max_prob": float(max_p[old]), "mean_prob": float(mean_p[old])})
+    return lookup[labels], rows
+
+
+# -- writers --------------------------------------------------------------------------------------
+
+def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items() if k in columns})
+    with atomic_write(path, "w") as fh:
+        fh.write(text.getvalue())
+
+
+def _write_seg_nrrd(path: Path, labels: np.ndarray, affine: np.ndarray, rows: Sequence[Mapping[str, Any]]) -> None:
+    """The lesion labels as a 3D Slicer segmentation (``.seg.nrrd``: a labelmap plus ``Segment<i>_*``
+    fields, one segment per lesion), on the scan's grid (RAS affine -> ITK's LPS)."""
+    img = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(labels.astype(np.uint16), (2, 1, 0))))
+    lps = np.asarray(affine, float).copy()
+    lps[:2] *= -1
+    spacing = voxel_size(lps)
+    img.SetSpacing([float(s) for s in spacing])
+    img.SetOrigin([float(v) for v in lps[:3, 3]])
+    img.SetDirection([float(v) for v in (lps[:3, :3] / spacing).ravel()])
+    img.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")
+    img.SetMetaData("Segmentation_ContainedRepresentationNames", "Binary labelmap|")
+    img.SetMetaData("Segmentation_ReferenceImageExtentOffset", "0 0 0")
+    for i, row in enumerate(rows):
+        where = np.argwhere(labels == row["id"])
+        lo, hi = where.min(0), where.max(0)
+        extent = " ".join(f"{int(a)} {int(b)}" for a, b in zip(lo, hi))
+        fields = {"ID": f"lesion_{row['id']}", "Name": f"lesion {row['id']}", "LabelValue": str(row["id"]),
+                  "Layer": "0", "Color": "1 0.2 0.2", "Extent": extent,
+                  "Tags": f"max_prob:{row['max_prob']:.3f}|"}
+        for key, value in fields.items():
+            img.SetMetaData(f"Segment{i}_{key}", value)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(img, str(tmp), True)
+
+
+def _write_montage(path: Path, attn: np.ndarray, c0: np.ndarray, labels: np.ndarray,
+                   rows: Sequence[Mapping[str, Any]], scan_id: str) -> None:
+    """Attenuation and dark-field c0 side by side, the axial slice through each lesion's centroid
+    (lesion outline in red); the middle slice and "no lesion" when there is none."""
+    shown = list(rows[:MONTAGE_LESIONS])
+    n = max(len(shown), 1)
+    fig = Figure(figsize=(6.0, 3.0 * n), dpi=80)
+    FigureCanvasAgg(fig)
+    ranges = [np.percentile(v, (1, 99)) for v in (attn, c0)]
+    for r in range(n):
+        row = shown[r] if shown else None
+        k = int(round(row["centroid_k"])) if row else attn.shape[2] // 2
+        for c, (volume, name) in enumerate(((attn, "attenuation"), (c0, "dark-field c0"))):
+            ax = fig.add_subplot(n, 2, 2 * r + c + 1)
+            lo, hi = ranges[c]
+            ax.imshow(volume[:, :, k].T, cmap="gray", origin="lower", vmin=lo, vmax=hi if hi > lo else lo + 1)
+            if row:
+                ax.contour((labels[:, :, k] == row["id"]).T, levels=[0.5], colors="red", linewidths=0.8)
+                ax.set_title(f"lesion {row['id']}: {name}, k={k}\n{row['equivalent_diameter_mm']:.2f} mm, "
+                             f"max p {row['max_prob']:.2f}", fontsize=8)
+            else:
+                ax.set_title(f"{scan_id}: {name}, k={k}\nno lesion above the threshold", fontsize=8)
+            ax.set_axis_off()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def predict_scan(entry: Mapping[str, Any], model: Model, folder: Path, *, threshold: float = 0.5,
+                 sw_batch_size: int = 2) -> dict:
+    """Run ``model`` on one scan and write its outputs into ``folder`` (module docstring); return its summary."""
+    data, correction = _correct(entry, model)
+    lung, lung_source = _lung(data, entry)
+    prob = _probabilities(data, lung, model, sw_batch_size)
+    affine = np.asarray(data["attn"].affine, float)
+    labels, rows = lesion_table(prob, lung, affine, threshold)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_nifti(folder / "prob.nii.gz", prob, affine, np.float32)
+    save_nifti(folder / "mask.nii.gz", labels > 0, affine, np.uint8)
+    save_nifti(folder / "lesions.nii.gz", labels, affine, np.uint16)
+    _write_seg_nrrd(folder / "lesions.seg.nrrd", labels, affine, rows)
+    _write_csv(folder / "lesions.csv", rows, CSV_COLUMNS)
+    _write_montage(folder / "lesions.png", np.asarray(data["attn"])[0], np.asarray(data["df"])[DF_CHANNELS.index("c0")],
+                   labels, rows, str(entry["scan_id"]))
+    native = voxel_size(affine)
+    files = ["prob.nii.gz", "mask.nii.gz", "lesions.nii.gz", "lesions.seg.nrrd", "lesions.csv", "lesions.png",
+             "summary.json"]
+    summary = {
+        "scan_id": str(entry["scan_id"]),
+        "presence_score": float(prob[lung].max()),
+        "presence_score_definition": "maximum tumour probability inside the lung mask",
+        "n_lesions": len(rows),
+        "threshold": float(threshold),
+        "lesions": rows,
+        "model": {"run_dir": str(model.run_dir), "model_sha256": model.model_sha256,
+                  "bundle": model.record.get("bundle"), "modality": model.modality,
+                  "network": model.record["network"].get("name"), "roi_size": model.roi_size,
+                  "voxel_mm": model.voxel_mm, "device": str(model.device)},
+        "input": {k: str(entry[k]) for k in ("attn", "df", "sidecar", "lung_mask") if entry.get(k)}
+        | {"shape": list(prob.shape), "voxel_mm": [float(v) for v in native], "affine": affine.tolist()},
+        "correction": correction,
+        "resampled_to_model_voxel": _resample_needed(native, model.voxel_mm),
+        "lung_mask": lung_source,
+        "files": files,
+    }
+    write_json(folder / "summary.json", summary)
+    return summary
+
+
+def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, model_dir: str | os.PathLike, *,
+            single: Mapping[str, Any] | None = None, threshold: float = 0.5,
+            calibration: str | os.PathLike | None = None, device: str | None = None, sw_batch_size: int = 2,
+            overwrite: bool = False, progress: bool | None = None) -> list[dict]:
+    """Run a trained model on scans and write a lesion list per scan (module docstring).
+
+    Args:
+        inputs: scan folders, folders of scan folders, manifests.
+        out: the output folder (refused when it holds files, unless ``overwrite``).
+        model_dir: the training run folder (``model.pt`` + ``run_info.json``).
+        single: one more scan from files: ``attn``, ``df``, ``sidecar``, optional ``lung_mask`` and
+            ``scan_id`` (:func:`scan_from_files`).
+        threshold: probability threshold of the lesion mask.
+        calibration: the calibration for raw scans when the recorded path is not on this machine.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        sw_batch_size: sliding-window ROIs per forward pass.
+        overwrite: replace a non-empty ``out``.
+        progress: show a progress bar over scans (default: when stderr is a terminal).
+
+    Returns:
+        The per-scan summaries.
+
+    Raises:
+        InputError: bad input (one line naming the file and the problem); nothing is written.
+        OutputExistsError: ``out`` is not empty and ``overwrite`` is not set.
+    """
+    if not 0.0 < float(threshold) <= 1.0:
+        raise InputError("--threshold", f"must be in (0, 1], got {threshold}")
+    entries = find_scans(inputs) if inputs else []
+    if single:
+        entries += [scan_from_files(**single)]
+        if len({e["scan_id"] for e in entries}) != len(entries):
+            raise InputError(single["attn"], f"scan id {entries[-1]['scan_id']!r} is used twice")
+    if not entries:
+        raise InputError("INPUT", "no scans given (a scan folder, a folder of scans, a manifest, or --attn/--df/--sidecar)")
+    model = load_model(model_dir, calibration=calibration, device=device)
+    summaries: list[dict] = []
+    show = sys.stderr.isatty() if progress is None else progress
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        for entry in tqdm(entries, desc="predict", unit="scan", file=sys.stderr, disable=not show):
+            summaries.append(predict_scan(entry, model, tmp / str(entry["scan_id"]), threshold=threshold,
+                                          sw_batch_size=sw_batch_size))
+        _write_csv(tmp / "scans.csv", [{"scan_id": s["scan_id"], "presence_score": s["presence_score"],
+                                        "n_lesions": s["n_lesions"]} for s in summaries],
+                   ("scan_id", "presence_score", "n_lesions"))
+    return summaries
+
