@@ -22,6 +22,7 @@ from dfseg.errors import DfsegError
 COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("simulate", "simulate a dark-field CT (or radiograph) mouse cohort with calibration phantoms"),
     "validate-manifest": ("validate_manifest", "check a cohort manifest and every file it names"),
+    "import": ("import_scans", "build a manifest for a folder of your own scans (any format dfseg reads; labels optional)"),
     "calibrate": ("calibrate", "fit beam-hardening curves and the energy exponent from phantom scans"),
     "preprocess": ("preprocess", "correct, reconstruct and decompose a cohort into network-ready volumes"),
     "register": ("register", "register a histology label volume to an image (rigid then B-spline)"),

@@ -253,7 +253,7 @@ def read_image_header(path: str | os.PathLike, *,
     """Shape ``(X, Y, Z[, C])`` and affine of a DICOM series or a TIFF stack without reading voxels.
 
     The affine is the one :func:`load_nifti` returns for the same image (NIfTI and the SimpleITK
-    formats are read by ``dfseg.data.validate._read_header``).
+    formats are read by ``dfseg.data.validate.read_header``).
     """
     path = Path(path)
     if path.is_dir():
@@ -331,7 +331,8 @@ _TIFF_UNITS_MM: dict[str, float] = {"mm": 1.0, "cm": 10.0, "m": 1000.0, "um": 1e
 
 def _tiff_axes(path: Path, axes: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The transpose that turns a TIFF series ``(Z, Y, X)`` / ``(Z, C, Y, X)`` into ``(X, Y, Z[, C])``."""
-    axes = axes.upper().replace("Q", "Z").replace("I", "Z").replace("S", "C")
+    # a TIFF without ImageJ/OME axes names them Q (unknown) or I: the first is Z, a second C (ImageJ's order)
+    axes = axes.upper().replace("I", "Q").replace("S", "C").replace("Q", "Z", 1).replace("Q", "C", 1)
     if sorted(axes) not in (sorted("ZYX"), sorted("ZCYX")):
         raise InputError(path, f"TIFF stack with axes {axes} {tuple(shape)}: expected (Z, Y, X) or (Z, C, Y, X)")
     return tuple(axes.index(a) for a in ("X", "Y", "Z", "C") if a in axes)

@@ -52,7 +52,7 @@ class Problem:
         return f"{self.where}: {self.message}"
 
 
-def _read_header(path: Path, voxel_mm: Any = None) -> tuple[tuple[int, ...], np.ndarray]:
+def read_header(path: Path, voxel_mm: Any = None) -> tuple[tuple[int, ...], np.ndarray]:
     """Shape and affine of an image from its header only (no voxel data is read).
 
     A folder is a DICOM series and ``.tif``/``.tiff`` a TIFF stack (:func:`dfseg.io.read_image_header`;
@@ -259,7 +259,7 @@ def _check_images(entry: Mapping[str, Any], files: Mapping[str, Path], meta: Map
         if key not in files:
             continue
         try:
-            headers[key] = _read_header(files[key], voxel_mm)
+            headers[key] = read_header(files[key], voxel_mm)
         except InputError as err:
             problems.append(Problem(str(files[key]), err.problem))
     # voxel-level checks (corrupt/truncated data, NaN/Inf, binary labels) on files whose header is sane
@@ -416,7 +416,7 @@ def check_projection_files(entry: Mapping[str, Any], where: str) -> list[Problem
             problems.append(Problem(str(path), f"file not found (named by {where}.{key})"))
             continue
         try:
-            shape: tuple[int, ...] | None = _read_header(path)[0]
+            shape: tuple[int, ...] | None = read_header(path)[0]
         except Exception:  # noqa: BLE001 - an unreadable header is reported by the voxel read below
             shape = None
         if shape is not None and n_expected is not None:

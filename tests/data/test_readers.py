@@ -17,7 +17,7 @@ from image_formats import (
 )
 
 from dfseg.data.scan import LoadScand
-from dfseg.data.validate import _read_header, validate_scan
+from dfseg.data.validate import read_header, validate_scan
 from dfseg.errors import InputError
 from dfseg.io import load_nifti, sha256_file
 
@@ -31,7 +31,7 @@ def test_dicom_series_keeps_values_origin_and_direction(tmp_path: Path) -> None:
     assert array.shape == SHAPE
     np.testing.assert_allclose(array, attn, atol=1e-6)
     np.testing.assert_allclose(affine, ras_affine(), atol=1e-6)
-    shape, header_affine = _read_header(folder)  # from two slices' headers, no voxels
+    shape, header_affine = read_header(folder)  # from two slices' headers, no voxels
     assert shape == SHAPE
     np.testing.assert_allclose(header_affine, affine, atol=1e-6)
     d = LoadScand(keys=("attn",))({"attn": str(folder)})
@@ -68,7 +68,7 @@ def test_tiff_stack_axes_and_imagej_spacing(tmp_path: Path) -> None:
     # TIFF has no origin or direction: the affine is diag(spacing), spacing from the ImageJ metadata
     np.testing.assert_allclose(d["attn"].affine.numpy(), np.diag([*SPACING, 1.0]), atol=1e-6)
     np.testing.assert_allclose(d["df"].affine.numpy(), np.diag([*SPACING, 1.0]), atol=1e-6)
-    assert _read_header(tmp_path / "df.tiff")[0] == (*SHAPE, 3)
+    assert read_header(tmp_path / "df.tiff")[0] == (*SHAPE, 3)
 
 
 def test_tiff_without_spacing_needs_the_sidecar_voxel_size(tmp_path: Path) -> None:
@@ -81,7 +81,7 @@ def test_tiff_without_spacing_needs_the_sidecar_voxel_size(tmp_path: Path) -> No
     d = LoadScand(keys=("attn",))({"attn": str(path), "meta": {"voxel_mm": [0.1, 0.1, 0.15]}})
     np.testing.assert_allclose(d["attn"].affine.numpy(), np.diag([0.1, 0.1, 0.15, 1.0]))
     np.testing.assert_array_equal(d["attn"][0].numpy(), attn)
-    assert _read_header(path, 0.05)[1][2, 2] == pytest.approx(0.05)
+    assert read_header(path, 0.05)[1][2, 2] == pytest.approx(0.05)
 
 
 def test_mixed_formats_share_one_grid_in_the_validator(tmp_path: Path) -> None:
