@@ -15,7 +15,12 @@
    ``n = ln(DF1 / DF2) / ln(E2_eff / E1_eff)``, DF = sample region minus empty-holder region
    (which removes the holder's beam hardening), E_eff the visibility-weighted effective energy
    of each spectrum behind ``e_eff_water_mm`` of water (0 = empty beam; the same definition the
-   normalization uses, so a scan is scaled consistently).
+   normalization uses, so a scan is scaled consistently). With more than two voltages the lowest
+   and highest are used. ``dfseg simulate`` scans the pair at the wedges' kVp - 10 and + 10
+   (:func:`dfseg.simulate.phantoms.reference_kvps`), so the pair brackets the calibrated spectrum.
+
+The calibration is for the wedges' spectrum (``reference.kvp``, ``reference.filtration_mm``) only:
+:func:`dfseg.calibration.check_spectrum` refuses it for a scan at any other.
 """
 
 from __future__ import annotations
@@ -280,7 +285,11 @@ def fit_calibration(phantom_dir: str | os.PathLike, *, e_ref_kev: float | None =
 
 def summary(cal: Mapping) -> str:
     """One line per fitted quantity, for the command's output."""
-    lines = []
+    ref = cal["reference"]
+    filt = ref.get("filtration_mm")
+    if isinstance(filt, Mapping):
+        filt = " + ".join(f"{mm:g} mm {m}" for m, mm in filt.items()) or "no added filtration"
+    lines = [f"spectrum: {ref['kvp']:g} kVp, {filt} (the calibration applies to scans at this spectrum only)"]
     for m, e in cal["beam_hardening"].items():
         r = e["residuals"]
         lines.append(f"beam hardening {m}: degree {e['degree']}, held-out max |res| {r['heldout_max_abs']:.2e} "

@@ -6,7 +6,13 @@ import argparse
 from dataclasses import replace
 
 from dfseg.errors import InputError
-from dfseg.simulate.acquisition import AcquisitionConfig
+from dfseg.simulate.acquisition import (
+    FILTER_MATERIALS,
+    KVP_RANGE,
+    AcquisitionConfig,
+    check_tube,
+    parse_filtration,
+)
 from dfseg.simulate.cohort import write_cohort
 from dfseg.simulate.variants import VARIANTS
 
@@ -27,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--angles", type=int, default=None, help="CT projection angles over 180 deg (default 180)")
     parser.add_argument("--photons", type=float, default=None,
                         help="detected photons per pixel and exposure over all phase steps (default 2e4)")
+    parser.add_argument("--kvp", type=float, default=None,
+                        help=f"tube voltage in kV, {KVP_RANGE[0]:g}-{KVP_RANGE[1]:g}, for every subject and the "
+                             "phantoms (default: the variant's, 70 for standard)")
+    parser.add_argument("--filtration", default=None, metavar="MAT=MM[,MAT=MM]",
+                        help="added filtration as in the sidecar's filtration_mm, e.g. Al=0.5,Cu=0.1, or none; "
+                             f"materials {','.join(FILTER_MATERIALS)} (default: the variant's, Al=1 for standard)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds in the manifest (default 5)")
     parser.add_argument("--test-by", choices=("subject", "variant", "none"), default="subject",
                         help="held-out test set: a share of subjects, whole variants, or none (default subject)")
@@ -46,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--size", f"need at least 16 voxels per axis, got {args.size}")
     if not args.voxel_mm > 0:
         raise InputError("--voxel-mm", f"must be positive, got {args.voxel_mm}")
+    filtration = None if args.filtration is None else parse_filtration(args.filtration, "--filtration")
+    if args.kvp is not None:
+        check_tube(args.kvp, filtration or {}, kvp_where="--kvp", filtration_where="--filtration")
     config = AcquisitionConfig(geometry=args.geometry)
     if args.angles is not None:
         config = replace(config, n_angles=args.angles)
@@ -56,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         geometry=args.geometry, workers=args.workers, overwrite=args.overwrite, progress=not args.no_progress,
         acquisition=config, projections=not args.no_projections, phantoms=not args.no_phantoms,
         folds=args.folds, test_by=args.test_by, test_fraction=args.test_fraction, test_variants=args.test_variants,
+        kvp=args.kvp, filtration_mm=filtration,
     )
     print(f"wrote {args.subjects} subjects to {out} (manifest {out / 'manifest.json'})")
     return 0

@@ -54,8 +54,67 @@ from dfseg.tomo import fbp, project, projection_angles, tensor_projection_weight
 
 GEOMETRIES = ("ct", "radiograph")
 
+#: Tube voltages dfseg simulates, kV. SpekPy's tungsten model accepts 10-500 kV; dfseg keeps only
+#: photons of 10 keV and more (:func:`dfseg.physics.tube_spectrum`), so the tube needs headroom above that.
+KVP_RANGE: tuple[float, float] = (20.0, 500.0)
+
+#: Added-filtration materials (``filtration_mm`` keys): the SpekPy names of the elements used as
+#: X-ray tube filters. :func:`dfseg.physics.tube_spectrum` hands them to SpekPy, which knows every
+#: element by symbol; the list turns a typo ("al", "Cu2") into a one-line error naming the choices
+#: instead of SpekPy's "Error when loading material composition file!".
+FILTER_MATERIALS: tuple[str, ...] = ("Al", "Be", "Cu", "Mo", "Rh", "Ag", "Sn", "Ti", "Zr", "W", "Pb")
+
 #: Smallest T or D taken into the logarithm (a pixel with no counts would give -ln 0).
 _LOG_FLOOR = 1e-6
+
+
+def check_tube(kvp: float, filtration_mm: dict[str, float], *, kvp_where: str = "kvp",
+               filtration_where: str = "filtration_mm") -> None:
+    """Refuse a tube voltage outside :data:`KVP_RANGE` or a filtration dfseg cannot simulate.
+
+    Raises:
+        InputError: one line naming the setting (``kvp_where`` / ``filtration_where``) and the problem.
+    """
+    lo, hi = KVP_RANGE
+    if not (np.isfinite(kvp) and lo <= kvp <= hi):
+        raise InputError(kvp_where, f"tube voltage must be {lo:g}-{hi:g} kV (SpekPy tungsten anode), got {kvp:g}")
+    check_filtration(filtration_mm, filtration_where)
+
+
+def check_filtration(filtration_mm: dict[str, float], where: str = "filtration_mm") -> None:
+    """Refuse a filter material not in :data:`FILTER_MATERIALS` or a negative / non-finite thickness."""
+    for material, mm in filtration_mm.items():
+        if material not in FILTER_MATERIALS:
+            raise InputError(where, f"unknown filter material {material!r}; known: {', '.join(FILTER_MATERIALS)}")
+        try:
+            value = float(mm)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not (np.isfinite(value) and value >= 0):
+            raise InputError(where, f"{material} thickness must be a finite number of mm >= 0, got {mm!r}")
+
+
+def parse_filtration(text: str, where: str = "--filtration") -> dict[str, float]:
+    """``"Al=0.5,Cu=0.1"`` -> ``{"Al": 0.5, "Cu": 0.1}`` (mm, the sidecar's ``filtration_mm``); ``"none"`` -> ``{}``.
+
+    Raises:
+        InputError: a malformed item, a material given twice, an unknown material or a bad thickness.
+    """
+    if text.strip().lower() == "none":
+        return {}
+    out: dict[str, float] = {}
+    for item in text.split(","):
+        material, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not material:
+            raise InputError(where, f"expected MATERIAL=MM[,MATERIAL=MM...] (e.g. Al=0.5,Cu=0.1), got {text!r}")
+        if material in out:
+            raise InputError(where, f"{material} given twice in {text!r}")
+        try:
+            out[material] = float(value)
+        except ValueError:
+            raise InputError(where, f"{material} thickness must be a number of mm, got {value!r}") from None
+    check_filtration(out, where)
+    return out
 
 
 def _default_photons() -> float:
@@ -67,8 +126,8 @@ class AcquisitionConfig:
     """Everything about the scan; the sidecar repeats it.
 
     Attributes:
-        kvp: tube voltage, kV (tungsten anode, SpekPy).
-        filtration_mm: added filtration, SpekPy material -> mm.
+        kvp: tube voltage, kV (tungsten anode, SpekPy; within :data:`KVP_RANGE`).
+        filtration_mm: added filtration, material (:data:`FILTER_MATERIALS`) -> mm.
         orientations_deg: grating orientations w, degrees (>= 3 distinct mod 180 for a directional fit).
         n_angles: projection angles over [0, 180) deg (CT).
         photons_per_pixel: detected counts per pixel and exposure, summed over phase steps, in the
@@ -118,6 +177,8 @@ class AcquisitionConfig:
             raise InputError("phase_steps", f"need at least 3 phase steps, got {self.phase_steps}")
         if self.air_columns < 0:
             raise InputError("air_columns", f"must be >= 0, got {self.air_columns}")
+        if self.monochromatic_kev is None:
+            check_tube(float(self.kvp), dict(self.filtration_mm))
 
     def spectrum(self) -> Spectrum:
         """The detector-weighted spectrum (:class:`dfseg.physics.Spectrum`)."""

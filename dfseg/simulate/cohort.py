@@ -63,7 +63,8 @@ def subject_ids(index: int, geometry: str) -> tuple[str, str]:
 
 
 def simulate_subject(index: int, *, size: int, voxel_mm: float, seed: int, variant: str = "standard",
-                     acquisition: AcquisitionConfig | None = None, has_tumour: bool = True) -> dict[str, Any]:
+                     acquisition: AcquisitionConfig | None = None, has_tumour: bool = True,
+                     kvp: float | None = None, filtration_mm: dict[str, float] | None = None) -> dict[str, Any]:
     """Simulate one subject: anatomy, tumours, acquisition.
 
     Args:
@@ -74,6 +75,8 @@ def simulate_subject(index: int, *, size: int, voxel_mm: float, seed: int, varia
         variant: phantom variant name (micro-structure, spectrum, tumour model).
         acquisition: base acquisition settings; the variant's kVp and filtration replace its own.
         has_tumour: insert 1..k tumours (False: tumour-free subject).
+        kvp, filtration_mm: tube voltage (kV) and added filtration (material -> mm) replacing the
+            variant's (None: the variant's).
 
     Returns:
         dict with ``images`` (name -> array as written to disk, channels last), ``projections``
@@ -81,7 +84,8 @@ def simulate_subject(index: int, *, size: int, voxel_mm: float, seed: int, varia
     """
     var = get_variant(variant)
     base = acquisition or AcquisitionConfig()
-    config = replace(base, kvp=var.kvp, filtration_mm=dict(var.filtration_mm))
+    config = replace(base, kvp=var.kvp if kvp is None else float(kvp),
+                     filtration_mm=dict(var.filtration_mm if filtration_mm is None else filtration_mm))
     geometry = config.geometry
     rng = subject_rng(seed, index)
     anatomy = build_anatomy(size, voxel_mm, rng, micro=var.micro, air_columns=config.air_columns)
@@ -182,8 +186,14 @@ def write_cohort(
     test_by: str = "subject",
     test_fraction: float = 0.2,
     test_variants: Sequence[str] = (),
+    kvp: float | None = None,
+    filtration_mm: dict[str, float] | None = None,
 ) -> Path:
     """Simulate a cohort and write scans, calibration phantoms and ``manifest.json``.
+
+    The phantoms are scanned at the spectrum given by ``kvp``/``filtration_mm``, else the first
+    variant's, so ``dfseg calibrate <out>/phantoms`` fits a calibration for the subjects at that
+    spectrum (and :func:`dfseg.calibration.check_spectrum` refuses it for any other).
 
     Args:
         out: output directory (refused when non-empty unless ``overwrite``).
@@ -204,9 +214,16 @@ def write_cohort(
         test_by: held-out test split of the manifest: ``"subject"``, ``"variant"`` or ``"none"``.
         test_fraction: share of subjects held out when ``test_by="subject"``.
         test_variants: variants held out when ``test_by="variant"``.
+        kvp, filtration_mm: one spectrum (tube voltage in kV, added filtration material -> mm) for
+            every subject and the phantoms, replacing the variants' spectra; the one not given is
+            the first variant's. Neither given: each subject keeps its variant's spectrum.
 
     Returns:
         the cohort directory.
+
+    Raises:
+        InputError: an unknown variant, a bad count, or a tube voltage or filtration dfseg cannot
+            simulate, before anything is written.
     """
     # reason: dfseg.data loads MONAI, which the spawned simulation workers (they import this module) never use
     from dfseg.data.manifest import build_manifest, scan_entries, write_manifest
@@ -218,12 +235,18 @@ def write_cohort(
     variants = [variant] if isinstance(variant, str) else list(variant)
     for v in variants:
         get_variant(v)  # unknown names fail before anything is written
-    base = replace(acquisition or AcquisitionConfig(), geometry=geometry)
+    first = get_variant(variants[0])
+    spectrum = None if kvp is None and filtration_mm is None else {
+        "kvp": first.kvp if kvp is None else float(kvp),
+        "filtration_mm": dict(first.filtration_mm if filtration_mm is None else filtration_mm)}
+    # the phantoms' spectrum; AcquisitionConfig refuses a tube dfseg cannot simulate
+    base = replace(acquisition or AcquisitionConfig(), geometry=geometry,
+                   **(spectrum or {"kvp": first.kvp, "filtration_mm": dict(first.filtration_mm)}))
     out = prepare_output_dir(out, overwrite=overwrite)
     free = tumour_free_subjects(subjects, seed)
     jobs = [{"index": i, "size": size, "voxel_mm": voxel_mm, "seed": seed, "variant": variants[i % len(variants)],
              "acquisition": base, "has_tumour": i not in free, "scans_dir": str(out / "scans"),
-             "projections": projections} for i in range(subjects)]
+             "projections": projections, **(spectrum or {})} for i in range(subjects)]
     # a bar on a terminal only: in a log file (CI, nohup) it is noise among the error lines
     bar = tqdm(total=subjects, desc="simulate", unit="subject", disable=not progress or not sys.stderr.isatty(),
                file=sys.stderr)

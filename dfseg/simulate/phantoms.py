@@ -2,12 +2,20 @@
 
 Four phantoms (radiographic projection stacks; a homogeneous wedge needs no CT):
 
-- ``water_wedge``: water step wedge, 16 steps 0-30 mm, at the acquisition's kVp.
-- ``aluminium_wedge``: aluminium step wedge, 16 steps 0-6 mm, at the acquisition's kVp.
-- ``microspheres_60kvp`` / ``microspheres_80kvp``: reference micro-structure phantom, a packed
+- ``water_wedge``: water step wedge, 16 steps 0-30 mm, at the acquisition's kVp and filtration.
+- ``aluminium_wedge``: aluminium step wedge, 16 steps 0-6 mm, at the acquisition's kVp and filtration.
+- ``microspheres_<k1>kvp`` / ``microspheres_<k2>kvp``: reference micro-structure phantom, a packed
   layer of polystyrene microspheres (radius 5 um, volume fraction 0.4, 3 mm thick) in air inside a
-  PMMA cuvette (2 mm of wall in the beam), next to an empty part of the same cuvette, at 60 and
-  80 kVp.
+  PMMA cuvette (2 mm of wall in the beam), next to an empty part of the same cuvette, at the two
+  tube voltages :func:`reference_kvps` picks (the acquisition's filtration).
+
+Which spectra. Beam hardening and water linearisation are properties of the spectrum, so the
+wedges are scanned at exactly the acquisition's kVp and filtration: the calibration they give
+applies to that spectrum only (:func:`dfseg.calibration.check_spectrum`). The energy exponent n
+(``DF ~ E^-n``) is a property of the micro-structure, measured as a local power law between two
+effective energies; the reference pair is scanned 20 kV apart around the acquisition's kVp,
+``(kVp - 10, kVp + 10)``, shifted to stay inside :data:`~dfseg.simulate.acquisition.KVP_RANGE`,
+so the pair brackets the spectrum the calibration is for (70 kVp -> 60/80, 80 kVp -> 70/90).
 
 Layout of each ``phantoms/<phantom_id>/``:
 
@@ -45,11 +53,34 @@ from dfseg.physics import (
     polychromatic_signals,
     tube_spectrum,
 )
+from dfseg.simulate.acquisition import KVP_RANGE, check_tube
 
-__all__ = ["PHANTOM_IDS", "REFERENCE_KVPS", "write_phantom_scans", "scan_phantom"]
+__all__ = ["PHANTOM_IDS", "REFERENCE_KVPS", "phantom_ids", "reference_kvps", "write_phantom_scans", "scan_phantom"]
 
-PHANTOM_IDS = ("water_wedge", "aluminium_wedge", "microspheres_60kvp", "microspheres_80kvp")
-REFERENCE_KVPS = (60.0, 80.0)
+#: tube voltage of the default acquisition (the ``standard`` variant), kV
+DEFAULT_KVP = 70.0
+#: kV between the two reference micro-structure scans
+REFERENCE_SPAN_KV = 20.0
+
+
+def reference_kvps(kvp: float) -> tuple[float, float]:
+    """The two tube voltages of the reference micro-structure scans for an acquisition at ``kvp``.
+
+    ``(kvp - 10, kvp + 10)``, shifted to stay inside :data:`KVP_RANGE`, so the pair brackets ``kvp``.
+    """
+    lo_limit, hi_limit = KVP_RANGE
+    lo = min(max(float(kvp) - REFERENCE_SPAN_KV / 2, lo_limit), hi_limit - REFERENCE_SPAN_KV)
+    return lo, lo + REFERENCE_SPAN_KV
+
+
+def phantom_ids(kvp: float) -> tuple[str, ...]:
+    """The phantom directory names for an acquisition at ``kvp``: two wedges, then the reference pair."""
+    return ("water_wedge", "aluminium_wedge", *(f"microspheres_{k:g}kvp" for k in reference_kvps(kvp)))
+
+
+#: the phantoms of the default acquisition
+PHANTOM_IDS = phantom_ids(DEFAULT_KVP)
+REFERENCE_KVPS = reference_kvps(DEFAULT_KVP)
 
 #: phantom scans average many frames: this many times the subjects' photons per pixel
 PHOTONS_FACTOR = 100.0
@@ -151,12 +182,16 @@ def write_phantom_scans(out_dir: str | Path, acquisition: Any, seed: int,
         progress: optional callback called with each phantom id as it starts.
 
     Returns:
-        the phantom directories written, in :data:`PHANTOM_IDS` order.
+        the phantom directories written, in :func:`phantom_ids` order (:data:`PHANTOM_IDS` at 70 kVp).
+
+    Raises:
+        InputError: a tube voltage or filtration dfseg cannot simulate (before anything is written).
     """
     out_dir = Path(out_dir)
-    kvp = float(_acq(acquisition, "kvp", 70.0))
+    kvp = float(_acq(acquisition, "kvp", DEFAULT_KVP))
     filt = _acq(acquisition, "filtration_mm", None)
     filt = None if filt is None else dict(filt)
+    check_tube(kvp, _default_filtration() if filt is None else filt)
     vis = _visibility(acquisition)
     orientations = [float(o) for o in _acq(acquisition, "orientations_deg", (0.0, 45.0, 90.0, 135.0))]
     air = int(_acq(acquisition, "air_columns", 4))
@@ -183,7 +218,8 @@ def write_phantom_scans(out_dir: str | Path, acquisition: Any, seed: int,
         "exposures": N_EXPOSURES, "layout": "proj_* on disk (A, U, Z, N): A exposures, U columns, Z rows, N orientations",
     }
     written: list[Path] = []
-    for index, pid in enumerate(PHANTOM_IDS):
+    ref_kvps = dict(zip(phantom_ids(kvp)[2:], reference_kvps(kvp)))
+    for index, pid in enumerate(phantom_ids(kvp)):
         if progress is not None:
             progress(pid)
         rng = np.random.default_rng([int(seed), index])
@@ -198,7 +234,7 @@ def write_phantom_scans(out_dir: str | Path, acquisition: Any, seed: int,
             extra = {"kind": "step_wedge", "material": material,
                      "steps": [{"thickness_mm": float(t), "rows": [z0, z1]} for t, (z0, z1) in zip(steps_mm, rows)]}
         else:
-            scan_kvp = REFERENCE_KVPS[0] if "60" in pid else REFERENCE_KVPS[1]
+            scan_kvp = ref_kvps[pid]
             half = z_total // 2
             holder = np.zeros((u_total, z_total))
             holder[column_mask, :] = HOLDER["thickness_mm"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dfseg.cli import main
+from dfseg.errors import InputError
 from dfseg.io import load_nifti, read_json
 from dfseg.simulate.acquisition import AcquisitionConfig
 from dfseg.simulate.cohort import write_cohort
@@ -77,7 +78,35 @@ def test_cli_refuses_non_empty_dir_and_writes_manifest(tmp_path, capsys):
 
 
 def test_unknown_variant_is_refused(tmp_path):
-    from dfseg.errors import InputError
-
     with pytest.raises(InputError, match="variant"):
         write_cohort(tmp_path / "x", 1, 32, 0.6, 0, variant="nope", progress=False)
+
+
+def _spectra(out: Path) -> dict[str, tuple[float, dict]]:
+    return {p.parent.name: (read_json(p)["kvp"], read_json(p)["filtration_mm"])
+            for p in sorted(out.glob("*/*/sidecar.json"))}
+
+
+def test_phantoms_follow_the_cohort_spectrum(tmp_path):
+    # no flags: the phantoms are scanned at the (first) variant's spectrum, here fine's 60 kVp + 0.5 mm Al
+    fine = _spectra(write_cohort(tmp_path / "fine", 2, 24, 0.8, 0, variant="fine", progress=False, acquisition=FAST,
+                                 folds=2, test_by="none"))
+    assert fine == {"sub-0000_ct": (60.0, {"Al": 0.5}), "sub-0001_ct": (60.0, {"Al": 0.5}),
+                    "water_wedge": (60.0, {"Al": 0.5}), "aluminium_wedge": (60.0, {"Al": 0.5}),
+                    "microspheres_50kvp": (50.0, {"Al": 0.5}), "microspheres_70kvp": (70.0, {"Al": 0.5})}
+    # kvp given: one spectrum for every subject, whatever its variant; the filtration not given is the first variant's
+    mixed = _spectra(write_cohort(tmp_path / "mixed", 2, 24, 0.8, 0, variant=["fine", "standard"], progress=False,
+                                  acquisition=FAST, folds=2, test_by="none", kvp=80.0))
+    assert {k: v for k, v in mixed.items() if k.startswith("sub-")} == {
+        "sub-0000_ct": (80.0, {"Al": 0.5}), "sub-0001_ct": (80.0, {"Al": 0.5})}
+    assert mixed["water_wedge"] == (80.0, {"Al": 0.5}) and "microspheres_90kvp" in mixed
+
+
+def test_bad_tube_is_refused_before_writing(tmp_path, capsys):
+    out = tmp_path / "c"
+    with pytest.raises(InputError, match=r"^kvp: tube voltage must be 20-500 kV"):
+        write_cohort(out, 2, 24, 0.8, 0, progress=False, kvp=10.0)
+    assert main(["simulate", "--out", str(out), "--subjects", "2", "--size", "24", "--filtration", "Al=-1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["dfseg simulate: error: --filtration: Al thickness must be a finite number of mm >= 0, got -1.0"]
+    assert not out.exists()
