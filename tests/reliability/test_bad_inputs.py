@@ -239,3 +239,86 @@ def test_bundle_train_bad_input(case, tmp_path):
     # ... with no traceback and nothing written
     assert "Traceback" not in r.stderr
     assert visible_files(out_dir) == []
+
+
+# -------------------------------------------------------------------------------------------------
+# dfseg import: a lab's folder of scans in other formats (MHA, DICOM series, TIFF stack)
+
+import numpy as np  # noqa: E402
+from image_formats import dicom_values, write_dicom_series, write_mha, write_tiff  # noqa: E402
+
+from dfseg.data.importer import TEMPLATE  # noqa: E402
+from dfseg.io import write_json  # noqa: E402
+
+_IMPORT_SHAPE = (6, 5, 8)
+
+
+def _lab_folder(root: Path) -> tuple[Path, Path]:
+    """Two clean scans (MHA; a DICOM attn folder with an MHA df) and an acquisition template."""
+    rng = np.random.default_rng(0)
+    for scan in ("a", "b"):
+        write_mha(root / "src" / scan / "df.mha", rng.uniform(0, 0.02, (*_IMPORT_SHAPE, 4)).astype(np.float32))
+    write_mha(root / "src" / "a" / "attn.mha", rng.uniform(0, 0.05, _IMPORT_SHAPE).astype(np.float32))
+    write_dicom_series(root / "src" / "b" / "attn", dicom_values(rng, _IMPORT_SHAPE))
+    template = root / "acq.json"
+    write_json(template, TEMPLATE)
+    return root / "src", template
+
+
+def _break_import(case: str, src: Path, template: Path) -> Expect:
+    """Break the lab folder as ``case`` says; return what the one error line must name."""
+    attn, df = src / "a" / "attn.mha", src / "a" / "df.mha"
+    if case == "missing_df":
+        df.unlink()
+        return Expect(src / "a", ("no df",))
+    if case == "corrupt_mha":
+        attn.write_bytes(attn.read_bytes()[:120])
+        return Expect(attn, ("cannot read", "truncated"))
+    if case == "nan_voxels":
+        write_mha(attn, np.full(_IMPORT_SHAPE, np.nan, np.float32))
+        return Expect(attn, ("nan/inf",))
+    if case == "spacing_mismatch":
+        write_mha(df, np.zeros((*_IMPORT_SHAPE, 4), np.float32), spacing=(0.5, 0.5, 0.5))
+        return Expect(df, ("voxel spacing",))
+    if case == "channels_disagree_with_sidecar":
+        write_mha(df, np.zeros((*_IMPORT_SHAPE, 3), np.float32))
+        return Expect(df, ("orientation channels",))
+    if case == "two_dicom_series":
+        write_dicom_series(src / "b" / "attn", dicom_values(np.random.default_rng(1), _IMPORT_SHAPE),
+                           series_uid="1.2.826.0.1.3680043.2.1125.9")
+        for k in range(_IMPORT_SHAPE[2]):  # the second series wrote over the first's names: rename it back in
+            (src / "b" / "attn" / f"slice{k:03d}.dcm").rename(src / "b" / "attn" / f"second{k:03d}.dcm")
+        write_dicom_series(src / "b" / "attn", dicom_values(np.random.default_rng(2), _IMPORT_SHAPE))
+        return Expect(src / "b" / "attn", ("2 dicom series",))
+    if case == "tiff_without_voxel_size":
+        attn.unlink()
+        write_tiff(src / "a" / "attn.tif", np.zeros(_IMPORT_SHAPE, np.float32))
+        return Expect(src / "a" / "attn.tif", ("without a voxel size",))
+    if case == "garbage_sidecar":
+        (src / "a" / "sidecar.json").write_text("{kvp: 70")
+        return Expect(src / "a" / "sidecar.json", ("not valid json",))
+    raise AssertionError(case)
+
+
+IMPORT_CASES = ["missing_df", "corrupt_mha", "nan_voxels", "spacing_mismatch", "channels_disagree_with_sidecar",
+                "two_dicom_series", "tiff_without_voxel_size", "garbage_sidecar"]
+
+
+def test_import_clean_lab_folder(tmp_path, capsys):
+    src, template = _lab_folder(tmp_path)
+    rc, out, err = run_cli(["import", str(src), "-o", str(tmp_path / "out"), "--sidecar-template", str(template)],
+                           capsys)
+    assert rc == 0, err
+    assert out.endswith("inference manifest, 2 scans, 2 subjects, 0 labelled\n") and err == ""
+
+
+@pytest.mark.parametrize("case", IMPORT_CASES)
+def test_import(case, tmp_path, capsys):
+    src, template = _lab_folder(tmp_path)
+    expect = _break_import(case, src, template)
+    before = snapshot(src)
+    out_dir = tmp_path / "out"
+    rc, out, err = run_cli(["import", str(src), "-o", str(out_dir), "--sidecar-template", str(template)], capsys)
+    assert_one_line_error(rc, out, err, expect, command="import")
+    assert visible_files(out_dir) == [], "partial output left behind"
+    assert snapshot(src) == before  # the scans are never touched
