@@ -2,7 +2,7 @@
 
 Projection domain: flux / reference normalization, detector drift, ``-ln``, beam hardening, FBP.
 Volume domain: first-order beam hardening, spectrum normalization, directional decomposition,
-feature maps, modality selection, synthetic tumours, histology registration.
+feature maps, lung mask from the images, modality selection, synthetic tumours, histology registration.
 :func:`projection_chain` and :func:`volume_chain` wire them into one ``Compose`` each.
 """
 
@@ -16,6 +16,8 @@ from dfseg.transforms.features import *  # noqa: F403
 from dfseg.transforms.features import __all__ as _feat
 from dfseg.transforms.flux import *  # noqa: F403
 from dfseg.transforms.flux import __all__ as _flux
+from dfseg.transforms.lung import *  # noqa: F403
+from dfseg.transforms.lung import __all__ as _lung
 from dfseg.transforms.modality import *  # noqa: F403
 from dfseg.transforms.modality import __all__ as _mod
 from dfseg.transforms.pipeline import *  # noqa: F403
@@ -29,4 +31,4 @@ from dfseg.transforms.spectrum import __all__ as _spec
 from dfseg.transforms.tumour import *  # noqa: F403
 from dfseg.transforms.tumour import __all__ as _tum
 
-__all__ = [*_bh, *_dec, *_feat, *_flux, *_mod, *_pipe, *_rec, *_reg, *_spec, *_tum]
+__all__ = [*_bh, *_dec, *_feat, *_flux, *_lung, *_mod, *_pipe, *_rec, *_reg, *_spec, *_tum]
