@@ -2,18 +2,23 @@
 
 Physics: the lungs are aerated tissue. Their attenuation lies between air (outside the body) and
 soft tissue, and their alveolar air-tissue interfaces give a strong dark-field, which solid tissue
-and air do not. So, with thresholds taken from the scan itself (Otsu's method, no fixed numbers):
+and air do not. So, with thresholds taken from the scan itself (no fixed numbers): each threshold
+splits its values into two classes with Otsu's method and cuts half-way between the two classes'
+medians, so a voxel on a blurred edge belongs to the class it is at least half made of; two classes
+less than ``min_contrast`` noise standard deviations apart mean the tissue is not there.
 
-1. **body**: ``attn`` above the Otsu threshold of the whole volume (air against tissue), holes
-   filled in every axial slice (the aerated lungs are enclosed by the chest wall in each slice);
-2. **lung candidates**: body voxels whose isotropic dark-field ``c0`` lies above the Otsu threshold
-   of ``c0`` inside the body (solid tissue against aerated lung);
+1. **body**: ``attn`` above the air/tissue threshold of the whole volume, holes filled in every
+   axial slice (the aerated lungs are enclosed by the chest wall in each slice);
+2. **lung candidates**: body voxels whose isotropic dark-field ``c0`` lies above the
+   solid/aerated threshold of ``c0`` inside the body;
 3. **morphology**, radii in mm so the result does not depend on the voxel size: an opening removes
    isolated speckles of noise, the ``max_components`` largest 26-connected components (the one
    labelling routine of dfseg, :func:`dfseg.evaluation.lesions.connected_components`) of at least
-   ``min_volume_mm3`` are kept, a closing and a 3-D hole fill put back what aerated lung encloses
-   or borders: vessels, airways and **tumours** (solid, so dark in ``c0``: a 3 mm nodule inside the
-   lung or against its wall is covered by the default closing radius of 1.5 mm).
+   ``min_volume_mm3`` are kept, then a closing of each component on its own (so it does not bridge
+   the mediastinum) and a 3-D hole fill put back what the aerated lung encloses or borders: vessels,
+   airways and **tumours** (solid, so dark in ``c0``). A nodule inside the lung is a hole and is
+   covered whatever its size; a nodule that replaces the lung's outer rim is covered only where it
+   lies within the lung's outline as the closing restores it (docs/lung_mask.md gives the numbers).
 
 Inputs are the corrected attenuation (1, X, Y, Z) and the isotropic dark-field ``c0`` (channel 0
 of the decomposed ``df``, :data:`dfseg.channels.DF_CHANNELS`); raw reconstructions work as well,
@@ -118,9 +123,9 @@ class LungMask(Transform):
 
     Args:
         opening_mm: radius of the opening that removes noise speckles, mm (0: none).
-        closing_mm: radius of the closing that covers tumours and vessels at the lung wall, mm
-            (0: none); the largest solid nodule that stays inside the mask has about twice this
-            diameter.
+        closing_mm: radius of the closing of each lung, mm (0: none): it fills dents in the lung's
+            outline narrower than about twice this radius (vessels and nodules at the wall); larger
+            radii also fill the lung's concave side around the heart.
         min_volume_mm3: components smaller than this are not lung.
         max_components: keep at most this many of the largest components (2: left and right lung;
             they may touch and form one).
@@ -197,10 +202,14 @@ class LungMask(Transform):
                                                f"of at least {self.min_volume_mm3:g} mm^3")
         selem = ball(self.closing_mm, voxel_mm)
         if selem is not None:  # each lung on its own, so the closing does not bridge the mediastinum
-            labels, n = connected_components(lung)
+            labels, _ = connected_components(lung)
             lung = np.zeros_like(lung)
-            for k in range(1, n + 1):
-                lung |= _closing(labels == k, selem)
+            margin = [s // 2 for s in selem.shape]
+            for k, box in enumerate(ndimage.find_objects(labels), start=1):
+                # the component's box and the closing's reach: same result as the whole volume, less work
+                box = tuple(slice(max(b.start - m, 0), min(b.stop + m, n)) for b, m, n in
+                            zip(box, margin, labels.shape, strict=True))
+                lung[box] |= _closing(labels[box] == k, selem)
         return ndimage.binary_fill_holes(lung)
 
     def _split(self, values: np.ndarray, where: str, absent: str) -> float:

@@ -90,7 +90,7 @@ def test_nodule_against_the_lung_wall_is_covered_in_part():
     assert 0.6 <= coverage(1.5) < coverage(2.0)
 
 
-def test_metatensor_keeps_its_affine_and_voxel_size_counts_in_mm():
+def test_metatensor_keeps_its_affine():
     attn, c0, lung, _ = _phantom()
     affine = torch.diag(torch.tensor([VOXEL, VOXEL, VOXEL, 1.0], dtype=torch.float64))
     affine[:3, 3] = torch.tensor([-4.0, 2.0, 7.5], dtype=torch.float64)
