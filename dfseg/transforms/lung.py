@@ -139,7 +139,8 @@ class LungMask(Transform):
     ``MetaTensor`` keeps its affine).
 
     Raises:
-        InputError: wrong shapes, non-finite values, no body or no lung found.
+        InputError: wrong shapes, a radiograph (fewer than 3 voxels along an axis), non-finite
+            values, no body or no lung found.
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -167,6 +168,9 @@ class LungMask(Transform):
         a, c = self._numpy(attn, where[0]), self._numpy(c0, where[1])
         if a.shape != c.shape:
             raise InputError(", ".join(where), f"spatial shapes differ: {a.shape} and {c.shape}")
+        if min(a.shape) < 3:
+            raise InputError(where[0], f"shape {a.shape} is not a CT volume; the lung mask works on volumes only "
+                                       "(not on radiographs)")
         vox = np.broadcast_to(np.asarray(as_floats(voxel_mm), dtype=float), (3,))
         if not np.all(vox > 0):
             raise InputError("voxel_mm", f"must be positive, got {list(vox)}")

@@ -122,6 +122,12 @@ def test_no_lung_is_one_line_input_error(case):
     assert "\n" not in str(err.value)
 
 
+def test_radiograph_is_refused():
+    attn, c0, _, _ = _phantom()
+    with pytest.raises(InputError, match=r"^attn: shape \(48, 48, 1\) is not a CT volume"):
+        LungMask()(attn[None, :, :, :1], c0[None, :, :, :1], VOXEL)
+
+
 @pytest.mark.parametrize("bad", ["shape", "nan", "channels"])
 def test_bad_input_names_the_image(bad):
     attn, c0, _, _ = _phantom()
