@@ -46,8 +46,9 @@ __all__ = [
     "LungMaskD",
     "LungMaskDict",
     "LungMaskd",
-    "ball",
+    "morphology",
     "otsu_threshold",
+    "reach",
 ]
 
 
@@ -84,30 +85,44 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[1 + int(np.argmax(between))])
 
 
-def ball(radius_mm: float, voxel_mm: float | Sequence[float]) -> np.ndarray | None:
-    """Boolean ellipsoidal structuring element of ``radius_mm`` on a grid of ``voxel_mm``.
-
-    Returns ``None`` when the radius is under one voxel along every axis (no morphology to do).
-    """
+def reach(radius_mm: float, voxel_mm: float | Sequence[float]) -> tuple[int, ...] | None:
+    """Voxels per axis a ball of ``radius_mm`` reaches on a grid of ``voxel_mm``; ``None`` when it is
+    under one voxel along every axis (no morphology to do)."""
     vox = np.broadcast_to(np.asarray(voxel_mm, dtype=float), (3,))
     r = np.floor(radius_mm / vox + 1e-9).astype(int)
-    if not r.any():
-        return None
-    axes = np.meshgrid(*[np.arange(-n, n + 1) * v for n, v in zip(r, vox, strict=True)], indexing="ij")
-    return sum(a ** 2 for a in axes) <= radius_mm ** 2 + 1e-9
+    return tuple(int(v) for v in r) if r.any() else None
 
 
-def _pad_width(selem: np.ndarray) -> list[tuple[int, int]]:
-    return [(s // 2, s // 2) for s in selem.shape]
+def morphology(mask: np.ndarray, radius_mm: float, voxel_mm: float | Sequence[float], kind: str) -> np.ndarray:
+    """Binary ``"opening"`` or ``"closing"`` of an (X, Y, Z) mask by a ball of ``radius_mm``.
 
+    Dilation and erosion by a ball are thresholds of the Euclidean distance transform (in mm, so
+    anisotropic voxels are handled), which costs the same for any radius: a 1.5 mm ball at 0.1 mm
+    voxels has 14,000 voxels, and a structuring-element filter would take minutes on a 192^3 scan.
+    The volume's faces are taken to continue the mask (edge padding), so a lung cut by the field of
+    view keeps its cut face.
+    """
+    r = reach(radius_mm, voxel_mm)
+    if r is None:
+        return mask.copy()
+    vox = np.broadcast_to(np.asarray(voxel_mm, dtype=float), (3,))
+    pad = [(n, n) for n in r]
+    x = np.pad(mask, pad, mode="edge")
+    tol = radius_mm + 1e-9
 
-def _closing(mask: np.ndarray, selem: np.ndarray) -> np.ndarray:
-    """Closing that treats the volume's faces as continuing the mask (edge padding), so a lung cut
-    by the field of view is not eaten from its cut face."""
-    pad = _pad_width(selem)
-    padded = np.pad(mask, pad, mode="edge")
-    closed = ndimage.binary_closing(padded, structure=selem)
-    return closed[tuple(slice(a, -b if b else None) for a, b in pad)]
+    def dilate(m: np.ndarray) -> np.ndarray:
+        return ndimage.distance_transform_edt(~m, sampling=vox) <= tol if m.any() else m
+
+    def erode(m: np.ndarray) -> np.ndarray:
+        return ndimage.distance_transform_edt(m, sampling=vox) > tol if not m.all() else m
+
+    if kind == "opening":
+        x = dilate(erode(x))
+    elif kind == "closing":
+        x = erode(dilate(x))
+    else:
+        raise ValueError(f"kind must be 'opening' or 'closing', got {kind!r}")
+    return x[tuple(slice(n, x.shape[i] - n) for i, n in enumerate(r))]
 
 
 def _fill_slices(mask: np.ndarray) -> np.ndarray:
@@ -197,23 +212,19 @@ class LungMask(Transform):
         body = _fill_slices(attn > t_body)
         t_lung = self._split(c0[body], where[1], "no aerated tissue (dark-field above solid tissue) in the body")
         lung = body & (c0 > t_lung)
-        selem = ball(self.opening_mm, voxel_mm)
-        if selem is not None:
-            lung = ndimage.binary_opening(lung, structure=selem)
-        lung = self._largest(lung, voxel_mm)
+        lung = self._largest(morphology(lung, self.opening_mm, voxel_mm, "opening"), voxel_mm)
         if not lung.any():
             raise InputError(", ".join(where), f"no lung found: no aerated region (strong dark-field inside the body) "
                                                f"of at least {self.min_volume_mm3:g} mm^3")
-        selem = ball(self.closing_mm, voxel_mm)
-        if selem is not None:  # each lung on its own, so the closing does not bridge the mediastinum
+        margin = reach(self.closing_mm, voxel_mm)
+        if margin is not None:  # each lung on its own, so the closing does not bridge the mediastinum
             labels, _ = connected_components(lung)
             lung = np.zeros_like(lung)
-            margin = [s // 2 for s in selem.shape]
             for k, box in enumerate(ndimage.find_objects(labels), start=1):
                 # the component's box and the closing's reach: same result as the whole volume, less work
-                box = tuple(slice(max(b.start - m, 0), min(b.stop + m, n)) for b, m, n in
+                box = tuple(slice(max(b.start - m, 0), min(b.stop + m, size)) for b, m, size in
                             zip(box, margin, labels.shape, strict=True))
-                lung[box] |= _closing(labels[box] == k, selem)
+                lung[box] |= morphology(labels[box] == k, self.closing_mm, voxel_mm, "closing")
         return ndimage.binary_fill_holes(lung)
 
     def _split(self, values: np.ndarray, where: str, absent: str) -> float:

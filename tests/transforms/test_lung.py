@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from scipy import ndimage
 
 from dfseg.calibration import save_calibration
 from dfseg.calibration.fit import fit_calibration
@@ -13,7 +14,7 @@ from dfseg.errors import InputError
 from dfseg.simulate.acquisition import AcquisitionConfig
 from dfseg.simulate.cohort import simulate_subject
 from dfseg.simulate.phantoms import write_phantom_scans
-from dfseg.transforms import LungMask, LungMaskd, otsu_threshold, volume_chain
+from dfseg.transforms import LungMask, LungMaskd, morphology, otsu_threshold, volume_chain
 
 N, VOXEL = 48, 0.3  # 14.4 mm field of view
 SOFT, LUNG_MU, LUNG_DF = 0.02, 0.008, 0.1
@@ -51,6 +52,19 @@ def test_otsu_threshold_splits_two_classes():
     values = np.concatenate([np.full(100, 1.0), np.full(50, 3.0)])
     assert 1.0 <= otsu_threshold(values) < 3.0
     assert np.isnan(otsu_threshold(np.ones(10)))
+
+
+@pytest.mark.parametrize("kind", ["opening", "closing"])
+def test_distance_transform_morphology_equals_a_ball_structuring_element(kind):
+    rng = np.random.default_rng(2)
+    mask = np.zeros((30, 30, 30), bool)
+    mask[8:22, 8:22, 8:22] = ndimage.gaussian_filter(rng.random((14, 14, 14)), 1.0) > 0.5
+    voxel = (0.2, 0.2, 0.3)  # anisotropic: the ball reaches 5, 5 and 3 voxels
+    axes = np.meshgrid(*[np.arange(-n, n + 1) * v for n, v in zip((5, 5, 3), voxel, strict=True)], indexing="ij")
+    ball = sum(a ** 2 for a in axes) <= 1.0 + 1e-9
+    expected = getattr(ndimage, f"binary_{kind}")(mask, structure=ball)
+    result = morphology(mask, 1.0, voxel, kind)
+    assert result.shape == mask.shape and np.array_equal(result, expected) and result.sum() != mask.sum()
 
 
 @pytest.mark.parametrize("as_torch", [False, True])
