@@ -29,7 +29,8 @@ Outputs, per scan, in ``OUT/<scan_id>/`` on the input's own grid and affine::
     prob.nii.gz        float32 tumour probability (the whole image; not gated by the lung mask)
     mask.nii.gz        uint8 prob >= threshold inside the lung
     lesions.nii.gz     uint16 lesion ids (0 = background), ids as in lesions.csv
-    lesions.seg.nrrd   the same labels as a 3D Slicer segmentation (one segment per lesion; ITK-SNAP opens it too)
+    lesions.seg.nrrd   the same labels as a 3D Slicer segmentation (one segment per lesion, up to
+                       SEG_NRRD_SEGMENTS; ITK-SNAP opens it too)
     lesions.csv        id, centroid (RAS world mm and voxel indices), volume_mm3, equivalent_diameter_mm,
                        max_prob, mean_prob
     lesions.png        attenuation and dark-field c0 through each lesion (at most MONTAGE_LESIONS)
@@ -96,6 +97,8 @@ CSV_COLUMNS: tuple[str, ...] = ("id", "centroid_x_mm", "centroid_y_mm", "centroi
                                 "mean_prob")
 #: Lesions drawn in ``lesions.png`` (the most probable ones).
 MONTAGE_LESIONS = 12
+#: Most lesions described as named segments in ``lesions.seg.nrrd`` (more: the labelmap alone).
+SEG_NRRD_SEGMENTS = 256
 #: Largest difference (mm) between two affines that still counts as one grid.
 GRID_TOL_MM = 1e-4
 #: Files that hold the pixel data of a header file (``attn.mhd`` + ``attn.raw``): never an image key's file.
@@ -492,7 +495,8 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[
 
 def _write_seg_nrrd(path: Path, labels: np.ndarray, affine: np.ndarray, rows: Sequence[Mapping[str, Any]]) -> None:
     """The lesion labels as a 3D Slicer segmentation (``.seg.nrrd``: a labelmap plus ``Segment<i>_*``
-    fields, one segment per lesion), on the scan's grid (RAS affine -> ITK's LPS)."""
+    fields, one segment per lesion; above :data:`SEG_NRRD_SEGMENTS` lesions the labelmap alone, which
+    Slicer and ITK-SNAP open as a label volume), on the scan's grid (RAS affine -> ITK's LPS)."""
     img = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(labels.astype(np.uint16), (2, 1, 0))))
     lps = np.asarray(affine, float).copy()
     lps[:2] *= -1
@@ -500,13 +504,15 @@ def _write_seg_nrrd(path: Path, labels: np.ndarray, affine: np.ndarray, rows: Se
     img.SetSpacing([float(s) for s in spacing])
     img.SetOrigin([float(v) for v in lps[:3, 3]])
     img.SetDirection([float(v) for v in (lps[:3, :3] / spacing).ravel()])
+    if len(rows) > SEG_NRRD_SEGMENTS:  # ITK writes thousands of header fields slowly; the labels alone then
+        rows = []
     img.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")
     img.SetMetaData("Segmentation_ContainedRepresentationNames", "Binary labelmap|")
     img.SetMetaData("Segmentation_ReferenceImageExtentOffset", "0 0 0")
+    boxes = ndimage.find_objects(labels)  # one pass over the volume, box i-1 holds lesion i
     for i, row in enumerate(rows):
-        where = np.argwhere(labels == row["id"])
-        lo, hi = where.min(0), where.max(0)
-        extent = " ".join(f"{int(a)} {int(b)}" for a, b in zip(lo, hi))
+        box = boxes[row["id"] - 1]
+        extent = " ".join(f"{int(b.start)} {int(b.stop) - 1}" for b in box)
         fields = {"ID": f"lesion_{row['id']}", "Name": f"lesion {row['id']}", "LabelValue": str(row["id"]),
                   "Layer": "0", "Color": "1 0.2 0.2", "Extent": extent,
                   "Tags": f"max_prob:{row['max_prob']:.3f}|"}
@@ -516,30 +522,49 @@ def _write_seg_nrrd(path: Path, labels: np.ndarray, affine: np.ndarray, rows: Se
         sitk.WriteImage(img, str(tmp), True)
 
 
+def _panel(volume: np.ndarray, k: int, window: np.ndarray, edge: np.ndarray | None) -> np.ndarray:
+    """One axial slice as RGB in [0, 1] (rows = Y from top to bottom, so anterior/up is up), the lesion
+    outline in red."""
+    lo, hi = window
+    grey = np.clip((volume[:, :, k] - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    if edge is not None:
+        rgb[edge] = (1.0, 0.1, 0.1)
+    return np.transpose(rgb, (1, 0, 2))[::-1]
+
+
 def _write_montage(path: Path, attn: np.ndarray, c0: np.ndarray, labels: np.ndarray,
                    rows: Sequence[Mapping[str, Any]], scan_id: str) -> None:
     """Attenuation and dark-field c0 side by side, the axial slice through each lesion's centroid
-    (lesion outline in red); the middle slice and "no lesion" when there is none."""
-    shown = list(rows[:MONTAGE_LESIONS])
-    n = max(len(shown), 1)
-    fig = Figure(figsize=(6.0, 3.0 * n), dpi=80)
-    FigureCanvasAgg(fig)
-    ranges = [np.percentile(v, (1, 99)) for v in (attn, c0)]
-    for r in range(n):
-        row = shown[r] if shown else None
+    (lesion outline in red), one row per lesion (at most :data:`MONTAGE_LESIONS`); the middle slice
+    and "no lesion" when there is none. The panels are tiled into one image (one ``imshow``: fast)."""
+    shown = list(rows[:MONTAGE_LESIONS]) or [None]
+    windows = [np.percentile(v, (1, 99)) for v in (attn, c0)]
+    gap = 2
+    x, y = attn.shape[:2]
+    tile = np.ones((len(shown) * (y + gap), 2 * x + gap, 3))
+    captions = []
+    for r, row in enumerate(shown):
         k = int(round(row["centroid_k"])) if row else attn.shape[2] // 2
-        for c, (volume, name) in enumerate(((attn, "attenuation"), (c0, "dark-field c0"))):
-            ax = fig.add_subplot(n, 2, 2 * r + c + 1)
-            lo, hi = ranges[c]
-            ax.imshow(volume[:, :, k].T, cmap="gray", origin="lower", vmin=lo, vmax=hi if hi > lo else lo + 1)
-            if row:
-                ax.contour((labels[:, :, k] == row["id"]).T, levels=[0.5], colors="red", linewidths=0.8)
-                ax.set_title(f"lesion {row['id']}: {name}, k={k}\n{row['equivalent_diameter_mm']:.2f} mm, "
-                             f"max p {row['max_prob']:.2f}", fontsize=8)
-            else:
-                ax.set_title(f"{scan_id}: {name}, k={k}\nno lesion above the threshold", fontsize=8)
-            ax.set_axis_off()
-    fig.tight_layout()
+        mask = labels[:, :, k] == row["id"] if row else None
+        edge = mask & ~ndimage.binary_erosion(mask) if row else None
+        for c, volume in enumerate((attn, c0)):
+            tile[r * (y + gap):r * (y + gap) + y, c * (x + gap):c * (x + gap) + x] = _panel(volume, k, windows[c], edge)
+        captions.append(f"lesion {row['id']}: slice k={k}, {row['equivalent_diameter_mm']:.2f} mm, "
+                        f"max p {row['max_prob']:.2f}" if row else f"{scan_id}: slice k={k}, no lesion above the threshold")
+    width = 6.0
+    height = width * tile.shape[0] / tile.shape[1] + 0.3
+    fig = Figure(figsize=(width, height), dpi=max(72, int(np.ceil(2 * x / width))))
+    FigureCanvasAgg(fig)
+    top = 1 - 0.3 / height
+    ax = fig.add_axes((0, 0, 1, top))
+    ax.imshow(tile, interpolation="nearest", aspect="auto")
+    ax.set_axis_off()
+    fig.text(0.25, 1 - 0.15 / height, "attenuation", ha="center", va="center", fontsize=8)
+    fig.text(0.75, 1 - 0.15 / height, "dark-field c0", ha="center", va="center", fontsize=8)
+    for r, caption in enumerate(captions):
+        fig.text(0.01, top * (1 - r / len(shown)) - 0.005, caption, ha="left", va="top", fontsize=6,
+                 color="yellow")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
 

@@ -20,8 +20,9 @@ import torch
 
 import dfseg.predict as predict_module
 from dfseg.cli import main
-from dfseg.io import load_nifti, voxel_size, write_json
+from dfseg.io import load_nifti, save_nifti, voxel_size, write_json
 from dfseg.predict import CSV_COLUMNS, lesion_table
+from dfseg.tomo import project, projection_angles
 from dfseg.training import build_network, run_info
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
@@ -165,6 +166,8 @@ def test_mha_scan_outputs_on_the_input_grid(trained, tmp_path, capsys):
     assert summary["lung_mask"].startswith("given")
     nrrd = sitk.ReadImage(str(folder / "lesions.seg.nrrd"))
     assert nrrd.GetMetaData("Segment1_LabelValue") == "2"
+    box = np.argwhere(labels == 1)
+    assert nrrd.GetMetaData("Segment0_Extent").split() == [str(v) for a, b in zip(box.min(0), box.max(0)) for v in (a, b)]
     assert (out / "scans.csv").read_text().splitlines()[1].startswith("mouse7,")
 
 
@@ -188,6 +191,39 @@ def test_raw_scan_goes_through_the_recorded_calibration(tmp_path, capsys):
     rc, err = _predict(["--model", run, scan, "-o", tmp_path / "out2", "--calibration", other], capsys)
     assert rc == 1 and "differs from the calibration the model was trained with" in err
     assert not (tmp_path / "out2").exists()
+
+
+def test_projection_domain_model_reconstructs_scans_with_projections(tmp_path, capsys):
+    """A model whose training scans were preprocessed in the projection domain: a raw scan that brings
+    proj_T/proj_D goes through the projection chain (FBP) with the recorded calibration."""
+    manifest = make_cohort(tmp_path / "cohort", n_subjects=4)
+    cal = raw_calibration(tmp_path / "calibration.json")
+    for sidecar in (tmp_path / "cohort" / "scans").glob("*/sidecar.json"):  # as dfseg preprocess records it
+        write_json(sidecar, json.loads(sidecar.read_text()) | {"preprocessing": {"domain": "projection",
+                                                                                   "calibration": str(cal)}})
+    run = make_run(tmp_path / "run", manifest)
+    plan = json.loads((run / "run_info.json").read_text())["predict"]["correction"]
+    assert plan["domain"] == "projection" and plan["calibration"]["path"] == str(cal.resolve())
+    n, px, angles = 16, 0.5, 24
+    x = (np.arange(n) - (n - 1) / 2) * px
+    disc = (x[:, None] ** 2 + x[None, :] ** 2 < 3**2)
+    t = np.exp(-project(0.03 * disc, projection_angles(angles), pixel_mm=px))
+    folder = tmp_path / "scan" / "p1"
+    t4 = np.broadcast_to(t[:, :, None, None], (angles, n, 2, 4)).astype(np.float32)
+    save_nifti(folder / "proj_T.nii.gz", t4, px)
+    save_nifti(folder / "proj_D.nii.gz", np.full_like(t4, np.exp(-0.02)), px)
+    save_nifti(folder / "attn.nii.gz", np.repeat(0.03 * disc[..., None], 2, -1).astype(np.float32), px)
+    save_nifti(folder / "df.nii.gz", np.full((n, n, 2, 4), 0.01, np.float32), px)
+    save_nifti(folder / "lung_mask.nii.gz", np.repeat(disc[..., None], 2, -1).astype(np.uint8), px)
+    write_json(folder / "sidecar.json", {
+        "subject_id": "m", "scan_id": "p1", "kvp": 50.0, "filtration_mm": {"Al": 0.5},
+        "visibility": {"v_max": 0.3, "design_energy_kev": 30.0, "width_kev": 10.0},
+        "orientations_deg": [0.0, 45.0, 90.0, 135.0], "air_columns": 2, "voxel_mm": px})
+    rc, err = _predict(["--model", run, folder, "-o", tmp_path / "out"], capsys)
+    assert rc == 0, err
+    summary = json.loads((tmp_path / "out" / "p1" / "summary.json").read_text())
+    assert summary["correction"] == f"projection chain of dfseg preprocess with {cal.resolve()}"
+    assert summary["n_lesions"] == 1 and summary["input"]["shape"] == [n, n, 2]
 
 
 def test_folder_of_scans_and_manifest(trained, tmp_path, capsys):
