@@ -13,7 +13,7 @@ of scan folders, manifests (every split) or one pair of image files. For each sc
    (:func:`dfseg.preprocess.build_chains`): the projection chain when the model's scans were
    preprocessed in the projection domain and the scan has ``proj_T``/``proj_D``, else the volume chain.
 3. **Lung mask**: the scan's own, else :class:`dfseg.transforms.lung.LungMaskd` on the corrected
-   image when that module is installed; otherwise the scan is refused.
+   image (docs/lung_mask.md); a scan in which neither finds a lung is refused.
 4. **Resample** attn and df to the training voxel size (``monai.transforms.Spacing``, which keeps
    origin and direction), build the network input with training's evaluation chain
    (:func:`dfseg.training.eval_transforms`: modality channels, channel-wise z-score), run
@@ -82,11 +82,7 @@ from dfseg.io import (
 from dfseg.preprocess import Chains, build_chains
 from dfseg.training import build_network, eval_transforms, load_checkpoint
 from dfseg.training.handlers import prediction_record
-
-try:  # the image-based lung mask (issue #16 item 2); without it a scan must bring its own lung mask
-    from dfseg.transforms.lung import LungMaskd
-except ImportError:  # pragma: no cover - depends on which modules are installed
-    LungMaskd = None
+from dfseg.transforms.lung import LungMaskd
 
 __all__ = ["CSV_COLUMNS", "MONTAGE_LESIONS", "Model", "find_scans", "lesion_table", "load_model", "predict",
            "predict_scan", "scan_from_files"]
@@ -401,17 +397,16 @@ def _lung(data: dict, entry: Mapping[str, Any]) -> tuple[np.ndarray, str]:
         lung = np.asarray(data["lung_mask"])[0] > 0
         source = f"given: {entry['lung_mask']}"
         where = entry["lung_mask"]
-    elif LungMaskd is not None:
+    else:
         spacing = tuple(float(v) for v in voxel_size(np.asarray(data["attn"].affine)))  # the file's grid, not the sidecar
-        made = LungMaskd(attn_key="attn", df_key="df", df_channel=DF_CHANNELS.index("c0"), output_key="lung_mask",
-                         voxel_mm=spacing)({"attn": data["attn"], "df": data["df"]})
+        try:
+            made = LungMaskd(attn_key="attn", df_key="df", df_channel=DF_CHANNELS.index("c0"), output_key="lung_mask",
+                             voxel_mm=spacing)({"attn": data["attn"], "df": data["df"]})
+        except InputError as err:  # name the scan's file, not the data-dict keys
+            raise InputError(entry["attn"], f"no lung mask given and none found in the image ({err.problem})") from None
         lung = np.asarray(made["lung_mask"])[0] > 0
         source = "from the image: dfseg.transforms.lung.LungMaskd"
         where = entry["attn"]
-    else:
-        raise InputError(entry.get("sidecar") or entry["attn"],
-                         "no lung mask given (lung_mask.* in the scan folder, --lung-mask, or the manifest's "
-                         "lung_mask), and this dfseg cannot segment the lung from the image yet")
     if not lung.any():
         raise InputError(where, "the lung mask is empty")
     return lung, source

@@ -18,7 +18,6 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-import dfseg.predict as predict_module
 from dfseg.cli import main
 from dfseg.io import load_nifti, save_nifti, voxel_size, write_json
 from dfseg.predict import CSV_COLUMNS, lesion_table
@@ -285,10 +284,6 @@ def test_scan_without_lung_mask(trained, tmp_path, capsys):
     run, _ = trained
     scan = write_scan(tmp_path / "nolung", lung=False)
     rc, err = _predict(["--model", run, scan, "-o", tmp_path / "out"], capsys)
-    if predict_module.LungMaskd is None:  # no image-based lung mask installed: refused, one line
-        assert rc == 1 and "no lung mask given" in err and len(err.strip().splitlines()) == 1
-        assert not (tmp_path / "out").exists()
-        return
     assert rc == 0, err
     summary = json.loads((tmp_path / "out" / "nolung" / "summary.json").read_text())
     assert summary["lung_mask"] == "from the image: dfseg.transforms.lung.LungMaskd"
@@ -332,3 +327,16 @@ def test_lesion_table_numbers_by_probability():
     lung[5:, 5:, 5:] = True
     labels, rows = lesion_table(prob, lung, affine, 0.5)
     assert len(rows) == 1 and labels.max() == 1 and labels[1, 1, 1] == 0
+
+
+def test_no_lung_in_the_image_names_the_file(trained, tmp_path, capsys):
+    """No lung mask given and a body without aerated lung: one line naming the attenuation file."""
+    run, _ = trained
+    rng = np.random.default_rng(2)
+    solid = np.full(SHAPE, 0.02) + rng.normal(0, 0.001, SHAPE)
+    flat_df = np.stack([np.full(SHAPE, 0.001)] * 5, -1) + rng.normal(0, 0.0001, SHAPE + (5,))
+    scan = write_scan(tmp_path / "solid", lung=False, attn=solid, df=flat_df)
+    rc, err = _predict(["--model", run, scan, "-o", tmp_path / "out"], capsys)
+    assert rc == 1 and len(err.strip().splitlines()) == 1, err
+    assert "solid/attn.mha: no lung mask given and none found in the image" in err, err
+    assert not (tmp_path / "out").exists()
