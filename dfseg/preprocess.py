@@ -58,15 +58,18 @@ class Chains:
     calibration_path: Path
     projection: Compose
     volume: Compose
+    aluminium_weight: float = 0.0
+    bone_correction: bool = False
 
 
 def build_chains(calibration_path: str | os.PathLike, *, aluminium_weight: float = 0.0,
                  bone_correction: bool = False) -> Chains:
     """Load the calibration and build the projection and volume chains (arguments as :func:`preprocess_cohort`)."""
     cal = load_calibration(calibration_path)
-    return Chains(cal, Path(calibration_path),
+    return Chains(cal, Path(calibration_path).resolve(),
                   projection_chain(cal, aluminium_weight=aluminium_weight, bone_correction=bone_correction),
-                  volume_chain(cal, aluminium_weight=aluminium_weight))
+                  volume_chain(cal, aluminium_weight=aluminium_weight),
+                  aluminium_weight=float(aluminium_weight), bone_correction=bool(bone_correction))
 
 
 def _copy_name(key: str, source: str | os.PathLike) -> str:
@@ -120,7 +123,8 @@ def preprocess_scan(entry: Mapping[str, Any], chains: Chains, domain: str, folde
                 shutil.copyfileobj(src, fh)
     meta["preprocessed"] = True  # the bundles skip the correction chain for these scans
     meta["preprocessing"] = {"domain": "projection" if use_projections else "volume",
-                             "df_channels": list(DF_CHANNELS), "calibration": str(chains.calibration_path)}
+                             "df_channels": list(DF_CHANNELS), "calibration": str(chains.calibration_path),
+                             "aluminium_weight": chains.aluminium_weight, "bone_correction": chains.bone_correction}
     write_json(folder / "sidecar.json", meta)
     new["sidecar"], new["meta"] = str(folder / "sidecar.json"), meta
     return new
