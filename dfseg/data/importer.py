@@ -268,7 +268,7 @@ def import_scans(src: str | os.PathLike, output: str | os.PathLike, *, layout: M
     """
     if purpose not in PURPOSES:
         raise InputError("--purpose", f"must be 'training' or 'inference', got {purpose!r}")
-    src, out = Path(src), Path(output)
+    src, out = Path(src).resolve(), Path(output)  # scan paths are made relative to the manifest's folder
     path = refuse_existing(out / "manifest.json", overwrite=overwrite)
     template = read_template(sidecar_template) if sidecar_template is not None else {}
     scans = find_scans(src, layout)

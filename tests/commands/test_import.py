@@ -222,3 +222,16 @@ def test_read_template_drops_comments_and_nulls(tmp_path):
     path = tmp_path / "t.json"
     write_json(path, {"_comments": {"kvp": "x"}, "kvp": 50.0, "voxel_mm": None})
     assert read_template(path) == {"kvp": 50.0}
+
+
+def test_import_with_relative_paths_from_the_working_directory(tmp_path, capsys, monkeypatch):
+    """A new user types relative paths: the manifest's paths must still point at the scans."""
+    _mha_scan(tmp_path / "lab" / "m1", 1)
+    template = _template(tmp_path, capsys)
+    monkeypatch.chdir(tmp_path)
+    assert main(["import", "lab", "-o", "cohort", "--sidecar-template", "acq.json"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["validate-manifest", "cohort/manifest.json"]) == 0
+    entry = json.loads((tmp_path / "cohort" / "manifest.json").read_text())["test"][0]
+    assert entry["attn"] == "../lab/m1/attn.mha"
+    assert template.is_file()
