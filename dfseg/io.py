@@ -67,8 +67,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
-    """Open a temporary file beside ``path``; rename it onto ``path`` only if the block succeeds."""
-    with atomic_path(path) as tmp, open(tmp, mode) as fh:
+    """Open a temporary file beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Text modes write UTF-8 whatever the process locale (a C library may have switched it to C).
+    """
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=None if "b" in mode else "utf-8") as fh:
         yield fh
 
 
@@ -127,7 +130,7 @@ def read_json(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise InputError(path, "file not found")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(path, f"not valid JSON ({err})") from None
 

@@ -6,6 +6,7 @@ spacing, origin and a 3x3 direction (row-major). :func:`ras_affine` is the affin
 
 from __future__ import annotations
 
+import locale
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,15 @@ def write_dicom_series(folder: Path, array_xyz: np.ndarray, spacing=SPACING, ori
                        direction=DIRECTION, series_uid: str = "1.2.826.0.1.3680043.2.1125.1") -> Path:
     """One DICOM file per z slice (SimpleITK's "DicomSeriesFromArray" example), int16 with a rescale slope."""
     folder.mkdir(parents=True, exist_ok=True)
-    img = _itk(np.asarray(array_xyz, np.float32), spacing, origin, direction)
+    saved = locale.setlocale(locale.LC_ALL)  # GDCM's writer switches the process locale to C; put it back
+    try:
+        _write_dicom_slices(folder, _itk(np.asarray(array_xyz, np.float32), spacing, origin, direction), series_uid)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+    return folder
+
+
+def _write_dicom_slices(folder: Path, img: sitk.Image, series_uid: str) -> None:
     d = img.GetDirection()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
@@ -72,7 +81,6 @@ def write_dicom_series(folder: Path, array_xyz: np.ndarray, spacing=SPACING, ori
             slice_.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
         writer.Execute(slice_)
-    return folder
 
 
 def write_tiff(path: Path, array_xyz: np.ndarray, spacing: tuple[float, float, float] | None = None) -> Path:

@@ -51,7 +51,7 @@ SPLITS: tuple[str, ...] = ("training", "validation", "test")
 @functools.cache
 def load_schema(name: str = "manifest") -> dict:
     """The JSON schema ``dfseg/schemas/<name>.schema.json`` (``manifest`` or ``sidecar``)."""
-    text = resources.files("dfseg").joinpath("schemas", f"{name}.schema.json").read_text()
+    text = resources.files("dfseg").joinpath("schemas", f"{name}.schema.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 
