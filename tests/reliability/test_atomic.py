@@ -350,3 +350,14 @@ def test_save_nifti_bytes_do_not_depend_on_the_path(tmp_path):
     save_nifti(tmp_path / "a.nii.gz", array, 0.1)
     save_nifti(tmp_path / "sub" / "other_name.nii.gz", array, 0.1)
     assert (tmp_path / "a.nii.gz").read_bytes() == (tmp_path / "sub" / "other_name.nii.gz").read_bytes()
+
+
+def test_text_outputs_are_utf8_under_a_c_locale(tmp_path):
+    """A C library (GDCM) can switch the process to the C locale; a report with a dash must still be written."""
+    code = ("import locale, sys\nlocale.setlocale(locale.LC_ALL, 'C')\nfrom dfseg.io import atomic_write\n"
+            "with atomic_write(sys.argv[1], 'w') as fh:\n    fh.write('0.5\\u20131 mm')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUTF8", "PYTHONIOENCODING")}
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "report.md")], capture_output=True,
+                            text=True, env={**env, "PYTHONUTF8": "0"}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "report.md").read_bytes() == "0.5\u20131 mm".encode()
