@@ -8,7 +8,7 @@ STAMP := $(VENV)/.dfseg-installed
 PIP := $(PY) -m pip --disable-pip-version-check -q
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-quick test test-fast bench lint install clean-venv
+.PHONY: demo demo-quick test test-fast bench lint install model clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ demo: $(STAMP)
 
 demo-quick: $(STAMP)
 	$(VENV)/bin/dfseg demo --quick
+
+# The model dfseg ships (bundles/dfseg_attention_unet/models): the demo's training run, packaged.
+model: $(STAMP)
+	$(VENV)/bin/dfseg demo --seed 0 --out runs/model --overwrite
+	$(PY) -c "from dfseg.resources import package_model; package_model('runs/model/train', 'runs/model/calibration.json', 'bundles/dfseg_attention_unet/models')"
+	cp runs/model/model_card/model_card.md bundles/dfseg_attention_unet/models/model_card.md
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

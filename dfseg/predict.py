@@ -153,6 +153,8 @@ def _calibration(correction: Mapping[str, Any], given: str | os.PathLike | None,
     if not recorded:
         return None
     path = Path(recorded["path"])
+    if not path.is_absolute():  # a packaged model names its calibration relative to its folder
+        path = info_path.parent / path
     if not path.is_file():
         return None  # only raw scans need it; Model.chains then says so
     if recorded.get("sha256") and sha256_file(path) != recorded["sha256"]:

@@ -1,13 +1,15 @@
-"""Where dfseg finds the files it ships beside the package (the MONAI bundles)."""
+"""Where dfseg finds the files it ships beside the package: the MONAI bundles and the shipped model."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from dfseg.errors import DfsegError
+from dfseg.io import atomic_write, read_json, sha256_file, write_json
 
 BUNDLES = ("dfseg_attention_unet", "dfseg_swinunetr")
 #: Config files of each bundle workflow, merged left to right: inference and evaluation are overlays
@@ -65,3 +67,40 @@ def run_bundle(bundle: str | os.PathLike, workflow: str, **overrides: object) ->
     if result.returncode != 0:
         raise DfsegError(f"{root.name}/configs/{WORKFLOWS[workflow][-1]}",
                          f"bundle run failed with exit code {result.returncode} (messages above)")
+
+
+#: The bundle whose ``models/`` folder holds the model dfseg ships (``dfseg predict``'s default).
+SHIPPED_BUNDLE = "dfseg_attention_unet"
+#: Files of a packaged model folder (a training run folder reduced to what ``dfseg predict`` reads).
+MODEL_FILES = ("model.pt", "run_info.json", "calibration.json")
+
+
+def shipped_model() -> Path:
+    """The model folder dfseg ships: ``bundles/dfseg_attention_unet/models`` (``make model`` writes it)."""
+    path = bundle_dir(SHIPPED_BUNDLE) / "models"
+    if not (path / "model.pt").is_file():
+        raise DfsegError(path, "no shipped model here; give --model RUN_DIR (a training run folder) or run make model")
+    return path
+
+
+def package_model(run_dir: str | os.PathLike, calibration: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Reduce a training run to a model folder that works on any machine: ``model.pt``,
+    ``run_info.json`` whose calibration is named relative to the folder, and ``calibration.json``.
+
+    Args:
+        run_dir: the training run folder (``model.pt``, ``run_info.json`` with a ``predict`` entry).
+        calibration: the calibration the run's scans were corrected with (its sha256 must match the record).
+        dest: the model folder to write (files in it are replaced).
+    """
+    run_dir, dest = Path(run_dir), Path(dest)
+    record = read_json(run_dir / "run_info.json")
+    recorded = ((record.get("predict") or {}).get("correction") or {}).get("calibration") or {}
+    if recorded.get("sha256") and sha256_file(calibration) != recorded["sha256"]:
+        raise DfsegError(calibration, "is not the calibration the run recorded (sha256 differs)")
+    recorded["path"] = "calibration.json"
+    with open(run_dir / "model.pt", "rb") as src, atomic_write(dest / "model.pt") as fh:
+        shutil.copyfileobj(src, fh)
+    with open(calibration, "rb") as src, atomic_write(dest / "calibration.json") as fh:
+        shutil.copyfileobj(src, fh)
+    write_json(dest / "run_info.json", record)
+    return dest

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dfseg.errors import InputError
 from dfseg.predict import predict
+from dfseg.resources import shipped_model
 
 HELP = "run a trained model on scans: probability map, lesion masks, lesion list (CSV), montage, summary"
 
@@ -23,8 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", type=Path, metavar="INPUT",
                         help="scan folder (attn.*, df.*, sidecar.json, optional lung_mask.*), folder of scan folders, "
                              "or manifest.json")
-    parser.add_argument("--model", type=Path, required=True, metavar="RUN_DIR",
-                        help="training run folder with model.pt and run_info.json (e.g. <dfseg demo out>/train)")
+    parser.add_argument("--model", type=Path, metavar="RUN_DIR",
+                        help="training run folder with model.pt and run_info.json (e.g. <dfseg demo out>/train); "
+                             "default: the model dfseg ships (bundles/dfseg_attention_unet/models)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder (one sub-folder per scan)")
     parser.add_argument("--attn", type=Path, help="one scan from files: the attenuation image")
     parser.add_argument("--df", type=Path, help="one scan from files: the dark-field image (orientations or 5 "
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
                   "lung_mask": args.lung_mask, "scan_id": args.scan_id}
         if args.attn is None:
             raise InputError(single["attn"], "no attenuation image given with it (--attn)")
-    summaries = predict(args.inputs, args.output, args.model, single=single, threshold=args.threshold,
+    summaries = predict(args.inputs, args.output, args.model or shipped_model(), single=single, threshold=args.threshold,
                         calibration=args.calibration, device=args.device, sw_batch_size=args.sw_batch_size,
                         overwrite=args.overwrite)
     for s in summaries:

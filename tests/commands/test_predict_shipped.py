@@ -1,0 +1,86 @@
+"""The model dfseg ships (bundles/dfseg_attention_unet/models, made by ``make model``) on scans it did not write.
+
+A held-out mouse of the demo cohort (seed 0, subject 21: not in the model's training or validation
+folds) is simulated at the demo protocol and written the way a lab would hand it over: attenuation
+and dark-field only, no label, no lung mask, no projections, as MHA with a scanner's origin and
+direction, as a DICOM series (attenuation) with an MHA dark-field, and as TIFF stacks. ``dfseg
+predict`` with no ``--model`` must list every tumour of at least 1 mm, on the input's own grid.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from image_formats import DICOM_SLOPE, ras_affine, write_dicom_series, write_mha, write_tiff
+from scipy import ndimage
+
+from dfseg.cli import main
+from dfseg.io import load_nifti
+from dfseg.resources import shipped_model
+from dfseg.simulate.acquisition import AcquisitionConfig
+from dfseg.simulate.cohort import simulate_subject
+
+VOXEL = 0.4
+ORIGIN = (-12.0, 7.5, 30.0)
+DIRECTION = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # 90 degrees about z
+
+
+@pytest.fixture(scope="module")
+def mouse():
+    """Subject 21 of the demo cohort (64^3 at 0.4 mm, 120 angles), simulated as the demo does."""
+    result = simulate_subject(21, size=64, voxel_mm=VOXEL, seed=0, acquisition=AcquisitionConfig(n_angles=120))
+    side = {k: v for k, v in result["sidecar"].items() if k not in ("tumours", "has_tumour")}
+    return result["images"], side, result["sidecar"]["tumours"]
+
+
+def _write(folder: Path, images: dict, side: dict, fmt: str) -> Path:
+    folder.mkdir(parents=True)
+    spacing = (VOXEL,) * 3
+    if fmt == "mha":
+        write_mha(folder / "attn.mha", images["attn"], spacing, ORIGIN, DIRECTION)
+        write_mha(folder / "df.mha", images["df"], spacing, ORIGIN, DIRECTION)
+    elif fmt == "dicom":  # a DICOM series holds one scalar volume: the orientations come as MHA
+        attn = np.round(images["attn"] / DICOM_SLOPE) * DICOM_SLOPE
+        write_dicom_series(folder / "attn", attn, spacing, ORIGIN, DIRECTION)
+        write_mha(folder / "df.mha", images["df"], spacing, ORIGIN, DIRECTION)
+    else:  # TIFF stacks carry a spacing but no origin or direction
+        write_tiff(folder / "attn.tif", images["attn"], spacing)
+        write_tiff(folder / "df.tif", images["df"], spacing)
+    (folder / "sidecar.json").write_text(json.dumps(side))
+    return folder
+
+
+@pytest.mark.parametrize("fmt", ["mha", "dicom", "tiff"])
+def test_shipped_model_lists_every_tumour_of_1mm(mouse, fmt, tmp_path, capsys):
+    images, side, tumours = mouse
+    scan = _write(tmp_path / "lab" / "mouse21", images, side, fmt)
+    out = tmp_path / "results"
+    assert main(["predict", str(scan), "-o", str(out)]) == 0, capsys.readouterr().err
+    folder = out / side["scan_id"]
+    lesions, affine = load_nifti(folder / "lesions.nii.gz")
+    expected = ras_affine((VOXEL,) * 3, ORIGIN, DIRECTION) if fmt != "tiff" else np.diag([VOXEL] * 3 + [1.0])
+    np.testing.assert_allclose(affine, expected, atol=1e-6)
+    assert lesions.shape == images["attn"].shape
+    # the simulator's label (X, Y, Z), read on the same voxel grid: each tumour >= 1 mm overlaps a lesion
+    label, n = ndimage.label(images["label"] > 0)
+    sizes = ndimage.sum(images["label"] > 0, label, range(1, n + 1))
+    big = [i + 1 for i, s in enumerate(sizes) if s * VOXEL**3 >= np.pi / 6 * 1.0**3]  # volume of a 1 mm sphere
+    assert len(big) >= 2 and any(t["diameter_mm"] < 1 for t in tumours)  # the case is not trivial
+    for component in big:
+        assert (lesions[label == component] > 0).any(), f"tumour component {component} not found ({fmt})"
+    rows = list(csv.DictReader(open(folder / "lesions.csv")))
+    assert len(rows) <= len(big) + 1  # at most one false-positive component on this mouse
+    for row in rows:  # each CSV centroid lies in its own lesion
+        ijk = tuple(int(round(float(row[f"centroid_{a}"]))) for a in "ijk")
+        assert lesions[ijk] == int(row["id"])
+
+
+def test_shipped_model_is_packaged():
+    model = shipped_model()
+    record = json.loads((model / "run_info.json").read_text())
+    assert record["predict"]["correction"]["calibration"]["path"] == "calibration.json"
+    assert (model / "model.pt").stat().st_size < 5 * 2**20
