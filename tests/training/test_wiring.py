@@ -30,6 +30,7 @@ from dfseg.training import (
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cohort import VOXEL_MM, make_cohort  # noqa: E402
+from image_formats import ras_affine, write_mha  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +121,18 @@ def test_cohort_value_refuses_mixed_scans(tmp_path):
     manifest.write_text(json.dumps(doc))
     with pytest.raises(InputError, match=r"mixes preprocessed values \['False', 'True'\]; preprocess the whole"):
         is_preprocessed(manifest)
+
+
+def test_bundle_chains_read_mha_with_the_scanner_geometry(manifest, tmp_path):
+    """A scan converted to MHA with an oblique direction and an origin: the bundles' chains read it on its grid."""
+    item = dict(datalist(manifest, 0, "train")[0])
+    spacing, origin = (VOXEL_MM,) * 3, (4.0, -2.0, 9.0)
+    direction = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+    reference = eval_transforms("combined", preprocessed=True)(dict(item))
+    for key in ("attn", "df", "label", "lung_mask"):
+        array, _ = load_nifti(item[key])
+        item[key] = str(write_mha(tmp_path / f"{key}.mha", array, spacing, origin, direction))
+    out = eval_transforms("combined", preprocessed=True)(item)
+    np.testing.assert_allclose(out["image"].affine.numpy(), ras_affine(spacing, origin, direction), atol=1e-6)
+    torch.testing.assert_close(out["image"].as_tensor(), reference["image"].as_tensor())
+    torch.testing.assert_close(out["label"].as_tensor(), reference["label"].as_tensor())
