@@ -47,6 +47,11 @@ def ddp(network: torch.nn.Module, device: torch.device) -> torch.nn.parallel.Dis
 
 
 def destroy_distributed() -> None:
-    """Leave the process group, if one was joined."""
+    """Leave the process group, if one was joined, once every rank has reached this point.
+
+    Without the barrier a rank that finishes first can tear down gloo's connections while another
+    still uses them, and that rank aborts ("terminate called without an active exception").
+    """
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
