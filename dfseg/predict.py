@@ -65,6 +65,7 @@ from tqdm import tqdm
 
 from dfseg.calibration import check_spectrum
 from dfseg.channels import DF_CHANNELS
+from dfseg.data.importer import resolve_image
 from dfseg.data.manifest import SPLITS, load_manifest
 from dfseg.data.scan import LoadScand, scan_meta
 from dfseg.errors import InputError
@@ -98,7 +99,6 @@ SEG_NRRD_SEGMENTS = 256
 #: Largest difference (mm) between two affines that still counts as one grid.
 GRID_TOL_MM = 1e-4
 #: Files that hold the pixel data of a header file (``attn.mhd`` + ``attn.raw``): never an image key's file.
-_DATA_SUFFIXES = (".raw", ".zraw", ".img")
 _RUN_FILES = "a training run folder (model.pt and run_info.json, as a bundle's output_dir or <demo out>/train)"
 
 
@@ -227,15 +227,6 @@ def load_model(run_dir: str | os.PathLike, *, calibration: str | os.PathLike | N
 
 # -- finding scans --------------------------------------------------------------------------------
 
-def _image_in(folder: Path, key: str) -> Path | None:
-    """The image of ``key`` in a scan folder: ``<key>.<any extension>`` or a ``<key>/`` series folder."""
-    found = [p for p in sorted(folder.iterdir()) if not p.name.startswith(".") and p.name.split(".")[0] == key
-             and not p.name.lower().endswith(_DATA_SUFFIXES) and (p.is_file() or p.name == key)]
-    if len(found) > 1:
-        raise InputError(folder, f"{len(found)} candidate {key} images ({', '.join(p.name for p in found)}); keep one")
-    return found[0] if found else None
-
-
 def _sidecar_id(sidecar: Path, fallback: str) -> str:
     meta = read_json(sidecar)
     if not isinstance(meta, Mapping):
@@ -262,7 +253,7 @@ def scan_from_files(attn: str | os.PathLike, df: str | os.PathLike | None, sidec
 
 
 def _scan_folder(folder: Path) -> dict:
-    attn, df = _image_in(folder, "attn"), _image_in(folder, "df")
+    attn, df = resolve_image(folder, "attn", "attn"), resolve_image(folder, "df", "df")
     if df is None:
         raise InputError(folder, "no df.* image (the dark-field reconstruction) in the scan folder")
     sidecar = folder / "sidecar.json"
@@ -271,7 +262,7 @@ def _scan_folder(folder: Path) -> dict:
                                  "voxel size)")
     entry = {"attn": str(attn), "df": str(df), "sidecar": str(sidecar), "scan_id": _sidecar_id(sidecar, folder.name)}
     for key in ("lung_mask", "proj_T", "proj_D"):
-        path = _image_in(folder, key)
+        path = resolve_image(folder, key, key)
         if path is not None:
             entry[key] = str(path)
     return entry
@@ -292,11 +283,11 @@ def find_scans(inputs: Sequence[str | os.PathLike]) -> list[dict]:
         if item.is_file() and item.suffix.lower() == ".json":
             doc = load_manifest(item)
             entries += [{k: v for k, v in e.items() if k != "label"} for split in SPLITS for e in doc.get(split) or []]
-        elif item.is_dir() and _image_in(item, "attn") is not None:
+        elif item.is_dir() and resolve_image(item, "attn", "attn") is not None:
             entries.append(_scan_folder(item))
         elif item.is_dir():
             subs = [d for d in sorted(item.iterdir()) if d.is_dir() and not d.name.startswith(".")
-                    and _image_in(d, "attn") is not None]
+                    and resolve_image(d, "attn", "attn") is not None]
             if not subs:
                 raise InputError(item, "neither a scan folder (attn.*, df.*, sidecar.json) nor a folder of scan folders")
             entries += [_scan_folder(d) for d in subs]

@@ -127,7 +127,7 @@ def _pattern_regex(pattern: str) -> re.Pattern:
     return re.compile(out, re.IGNORECASE)
 
 
-def _resolve(src: Path, relative: str, key: str) -> Path | None:
+def resolve_image(src: Path, relative: str, key: str) -> Path | None:
     """The file (or DICOM folder) a filled-in pattern names, ``None`` when there is none."""
     base = src / relative
     if _has_ending(relative) or base.exists():
@@ -162,7 +162,7 @@ def find_scans(src: str | os.PathLike, layout: Mapping[str, str] | None = None) 
     for key, pattern in patterns.items():
         _check_pattern(key, pattern)
     single = re.search(r"\{(scan|subject)\}", patterns["attn"]) is None
-    if (layout is None or "attn" not in layout) and _resolve(src, "attn", "attn") is not None:
+    if (layout is None or "attn" not in layout) and resolve_image(src, "attn", "attn") is not None:
         # the default layout, and the source folder holds attn.* itself: it is one scan
         patterns = {k: p.replace("{scan}/", "") for k, p in patterns.items()}
         single = True
@@ -184,7 +184,7 @@ def find_scans(src: str | os.PathLike, layout: Mapping[str, str] | None = None) 
                                  "folder": attn.parent}
         for key in LAYOUT_KEYS[1:]:
             rel = patterns[key].format(**fill)
-            path = _resolve(src, rel, key)
+            path = resolve_image(src, rel, key)
             if path is None and key == "df":
                 raise InputError(src / Path(rel).parent, f"scan {scan_id!r} has attn but no df ({_expected(rel, key)})")
             if path is not None:
