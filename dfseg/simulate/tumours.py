@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from dfseg.errors import InputError
+from dfseg.evaluation.lesions import equivalent_diameter_mm, size_bin
 from dfseg.simulate.anatomy import Anatomy, grid_coordinates
 
 SHAPE_MODELS = ("smooth", "lobulated", "spiculated")
@@ -159,12 +160,53 @@ def occupancy(shape_grid: tuple[int, int, int], voxel_mm: float | tuple[float, f
     return box, frac
 
 
+def label_voxels(f: np.ndarray) -> np.ndarray:
+    """The tumour label of an occupancy box: partial-volume aware rasterisation.
+
+    Rule: the label holds every voxel of occupancy ``f >= 0.5``; when that gives fewer voxels than
+    the tumour's partial-volume volume in voxels, ``n = floor(sum(f) + 0.5)`` (at least 1 when any
+    voxel has ``f > 0``), the voxels of highest occupancy are taken until the label has exactly
+    ``n`` voxels (ties: lower flat index of the box first, a stable sort by ``(-f, index)``). So a
+    tumour with any occupancy has label voxels, a small tumour's label volume matches its volume
+    (neither dropped nor inflated), and a tumour whose ``f >= 0.5`` set is already as large as its
+    volume keeps exactly that set (it is never shrunk). The ``f >= 0.5`` voxels come first in the
+    order, so the label always contains them.
+
+    Args:
+        f: occupancy fractions in [0, 1] (any shape).
+
+    Returns:
+        Boolean array of ``f``'s shape.
+    """
+    f = np.asarray(f)
+    sel = f >= 0.5
+    if not (f > 0).any():
+        return sel
+    target = max(int(np.floor(float(f.sum(dtype=np.float64)) + 0.5)), 1)
+    if int(sel.sum()) >= target:
+        return sel
+    flat = f.ravel()
+    order = np.lexsort((np.arange(flat.size), -flat.astype(np.float64)))  # last key is the primary one
+    out = np.zeros(flat.size, dtype=bool)
+    out[order[:target]] = True
+    return out.reshape(f.shape)
+
+
 def insert_tumour(anatomy: Anatomy, centre_mm, diameter_mm: float, shape: TumourShape | None = None) -> Anatomy:
     """Insert one tumour into ``anatomy`` in place (and return it).
 
-    Deterministic: the same arguments give the same voxels. The label is occupancy >= 0.5
-    (inside the body); aerated micro-structure is replaced by solid tissue in proportion to the
-    occupancy.
+    Deterministic: the same arguments give the same voxels. Aerated micro-structure is replaced
+    by solid tissue in proportion to the occupancy ``f`` (inside the body). The label is
+    partial-volume aware (:func:`label_voxels`): the voxels with ``f >= 0.5``, topped up with the
+    voxels of highest occupancy until the label has ``round(sum f)`` voxels (at least 1) when the
+    ``f >= 0.5`` set is smaller than that -- so every tumour with occupancy inside the body has
+    label voxels, however small or badly placed on the grid.
+
+    The tumour's record (appended to ``anatomy.tumours``) holds ``centre_mm``, ``diameter_mm``
+    (nominal equivalent diameter), ``shape_model``, ``label_voxels`` (its labelled voxels),
+    ``label_diameter_mm`` and ``size_bin``: the equivalent diameter and size bin of those voxels
+    computed by :mod:`dfseg.evaluation.lesions` (the evaluation's own functions, so a lesion's
+    bin is the same in the simulator's records and in the evaluation).
 
     Args:
         anatomy: phantom to modify.
@@ -192,19 +234,19 @@ def insert_tumour(anatomy: Anatomy, centre_mm, diameter_mm: float, shape: Tumour
             m[box] += f * rho
     anatomy.air_fraction[box] *= 1 - f
     anatomy.anisotropy[box] *= 1 - f
-    anatomy.label[box] |= (f >= 0.5).astype(np.uint8)
+    lab = label_voxels(f)
+    anatomy.label[box] |= lab.astype(np.uint8)
+    n = int(lab.sum())
+    d_label = equivalent_diameter_mm(n, anatomy.voxel_mm)
     anatomy.tumours.append({
         "centre_mm": [float(v) for v in centre_mm],
         "diameter_mm": float(diameter_mm),
         "shape_model": shape.model,
-        "voxels": int((f >= 0.5).sum()),
+        "label_voxels": n,
+        "label_diameter_mm": d_label,
+        "size_bin": size_bin(d_label),
     })
     return anatomy
-
-
-def equivalent_diameter_mm(mask: np.ndarray, voxel_mm: float) -> float:
-    """Diameter (mm) of the sphere with the volume of ``mask``."""
-    return float((6 * mask.sum() * voxel_mm**3 / np.pi) ** (1 / 3))
 
 
 def sample_tumours(
