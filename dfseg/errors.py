@@ -18,6 +18,10 @@ class DfsegError(Exception):
         self.problem = problem
         super().__init__(f"{self.where}: {problem}" if self.where else problem)
 
+    def __reduce__(self):
+        # rebuilt from (where, problem), so the error crosses a process boundary (worker pools) intact
+        return (type(self), (self.where, self.problem))
+
 
 class InputError(DfsegError, ValueError):
     """Bad input data: missing or corrupt file, wrong shape, NaN/Inf, inconsistent metadata."""

@@ -13,7 +13,10 @@ from dfseg.simulate.acquisition import (
     check_tube,
     parse_filtration,
 )
+from dfseg.simulate.anatomy import anatomy_grid
 from dfseg.simulate.cohort import write_cohort
+from dfseg.simulate.executors import EXECUTORS
+from dfseg.simulate.protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol
 from dfseg.simulate.variants import VARIANTS
 
 HELP = "simulate a dark-field CT (or radiograph) mouse cohort with calibration phantoms"
@@ -22,17 +25,35 @@ HELP = "simulate a dark-field CT (or radiograph) mouse cohort with calibration p
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output cohort directory (must be empty unless --overwrite)")
     parser.add_argument("--subjects", type=int, default=12, help="number of simulated mice (default 12)")
-    parser.add_argument("--size", type=int, default=64, help="voxels per axis of the S^3 grid (default 64)")
-    parser.add_argument("--voxel-mm", type=float, default=0.4, help="isotropic voxel size in mm (default 0.4)")
+    parser.add_argument("--protocol", default=None, choices=sorted(PROTOCOLS),
+                        help="acquisition protocol: voxel size, grid, angles; "
+                             + "; ".join(f"{p.name}: {p.summary}" for p in PROTOCOLS.values())
+                             + f" (default {DEFAULT_PROTOCOL})")
+    parser.add_argument("--voxel-mm", type=float, default=None,
+                        help="isotropic voxel size in mm, replacing the protocol's (the grid is re-sized so the "
+                             "true-size mouse keeps its size)")
+    parser.add_argument("--length-mm", type=float, default=None,
+                        help="cranio-caudal extent of the grid in mm, replacing the protocol's (16 = the whole thorax)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="a small S^3 cube instead of the protocol's grid, the body scaled down to fit "
+                             "(fast tests only: the mouse is then not true-size)")
     parser.add_argument("--seed", type=int, default=0, help="cohort seed; the same seed gives byte-identical files")
     parser.add_argument("--variant", nargs="+", default=["standard"], choices=sorted(VARIANTS),
                         help="phantom variant(s); several are dealt to subjects in turn (default standard)")
     parser.add_argument("--geometry", choices=("ct", "radiograph"), default="ct",
                         help="3D directional dark-field CT or single-view 2D radiographs (default ct)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes; files are byte-identical whatever the count (each subject runs single-threaded torch)")
-    parser.add_argument("--angles", type=int, default=None, help="CT projection angles over 180 deg (default 180)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (or local Dask workers); files are byte-identical whatever the count (each subject runs single-threaded torch)")
+    parser.add_argument("--executor", choices=EXECUTORS, default="local",
+                        help="where subjects are simulated: local processes, or a Dask cluster (docs/distributed.md); default local")
+    parser.add_argument("--scheduler", default=None,
+                        help="Dask scheduler address (tcp://host:8786) or scheduler file, with --executor dask "
+                             "(default: a local cluster of --workers processes)")
+    parser.add_argument("--angles", type=int, default=None, help="CT projection angles over 180 deg (default: the protocol's)")
+    parser.add_argument("--fluence", type=float, default=None,
+                        help="dose: detected counts per mm^2 and exposure over all phase steps; the counts per pixel "
+                             "follow from the pixel area (default 6e5)")
     parser.add_argument("--photons", type=float, default=None,
-                        help="detected photons per pixel and exposure over all phase steps (default 2e4)")
+                        help="detected counts per pixel and exposure, overriding --fluence (legacy cohorts, tests)")
     parser.add_argument("--kvp", type=float, default=None,
                         help=f"tube voltage in kV, {KVP_RANGE[0]:g}-{KVP_RANGE[1]:g}, for every subject and the "
                              "phantoms (default: the variant's, 70 for standard)")
@@ -54,24 +75,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.subjects < 1:
         raise InputError("--subjects", f"need at least one subject, got {args.subjects}")
-    if args.size < 16:
+    if args.size is not None and args.size < 16:
         raise InputError("--size", f"need at least 16 voxels per axis, got {args.size}")
-    if not args.voxel_mm > 0:
+    if args.size is not None and args.protocol is not None:
+        raise InputError("--size", "a cube grid replaces the protocol's grid; give --size or --protocol, not both")
+    if args.voxel_mm is not None and not args.voxel_mm > 0:
         raise InputError("--voxel-mm", f"must be positive, got {args.voxel_mm}")
+    if args.length_mm is not None and not args.length_mm > 0:
+        raise InputError("--length-mm", f"must be positive, got {args.length_mm}")
+    if args.scheduler is not None and args.executor != "dask":
+        raise InputError("--scheduler", "a scheduler needs --executor dask")
     filtration = None if args.filtration is None else parse_filtration(args.filtration, "--filtration")
     if args.kvp is not None:
         check_tube(args.kvp, filtration or {}, kvp_where="--kvp", filtration_where="--filtration")
     config = AcquisitionConfig(geometry=args.geometry)
+    if args.size is not None:  # a legacy cube: 0.4 mm and 180 angles unless given
+        protocol, voxel_mm, size, z_centre = None, args.voxel_mm or 0.4, args.size, 0.0
+    else:
+        proto = get_protocol(args.protocol or DEFAULT_PROTOCOL)
+        protocol, voxel_mm, z_centre = proto.name, args.voxel_mm or proto.voxel_mm, proto.z_centre_mm
+        size = anatomy_grid(voxel_mm, air_columns=config.air_columns, length_mm=args.length_mm or proto.length_mm)
+        config = replace(config, n_angles=proto.n_angles)
     if args.angles is not None:
         config = replace(config, n_angles=args.angles)
+    if args.fluence is not None:
+        if not args.fluence > 0:
+            raise InputError("--fluence", f"must be positive, got {args.fluence}")
+        config = replace(config, fluence_per_mm2=args.fluence)
     if args.photons is not None:
         config = replace(config, photons_per_pixel=args.photons)
     out = write_cohort(
-        args.out, args.subjects, args.size, args.voxel_mm, args.seed, variant=args.variant,
+        args.out, args.subjects, size, voxel_mm, args.seed, variant=args.variant,
         geometry=args.geometry, workers=args.workers, overwrite=args.overwrite, progress=not args.no_progress,
         acquisition=config, projections=not args.no_projections, phantoms=not args.no_phantoms,
         folds=args.folds, test_by=args.test_by, test_fraction=args.test_fraction, test_variants=args.test_variants,
-        kvp=args.kvp, filtration_mm=filtration,
+        kvp=args.kvp, filtration_mm=filtration, z_centre_mm=z_centre, protocol=protocol,
+        executor=args.executor, scheduler=args.scheduler,
     )
-    print(f"wrote {args.subjects} subjects to {out} (manifest {out / 'manifest.json'})")
+    grid = f"{size}^3" if isinstance(size, int) else " x ".join(map(str, size))
+    print(f"wrote {args.subjects} subjects ({grid} voxels of {voxel_mm} mm"
+          f"{f', protocol {protocol}' if protocol else ''}) to {out} (manifest {out / 'manifest.json'})")
     return 0

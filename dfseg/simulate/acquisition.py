@@ -19,19 +19,27 @@ Radiograph: one view along +y; the detector plane is (x, z) and the grating sens
 of orientation w is ``s(w) = cos w * x + sin w * z``. ``attn = -ln T`` and ``df = -ln D`` (line
 integrals, unitless), images (X, Z).
 
-Dose (an estimate, not a measurement). The default ``photons_per_pixel`` is
-:data:`dfseg.physics.DEFAULT_PHOTONS_PER_PIXEL` = 2e4 detected counts per pixel and exposure,
-summed over the phase steps. Cross-check: an 85 mGy-class preclinical dark-field CT (Umkehrer
-et al. 2019) at a mean energy near 40 keV (soft-tissue mu_en/rho ~ 0.07 cm^2/g) corresponds to
-~2e11 photons/cm^2 incident over the scan, i.e. ~2e6 per mm^2 per exposure over 4 x 180
-exposures; after the analyser grating (~50 %) and detector (~60 %) that is ~6e5 counts per mm^2,
-or 2e4-1e5 counts for 0.2-0.4 mm pixels. The flat field (reference) is taken as
-``reference_exposures`` averaged exposures. A radiograph uses the same per-exposure fluence.
+Dose is stated per area, so the counts per pixel follow from the pixel size. The default
+``fluence_per_mm2`` is :data:`DEFAULT_FLUENCE_PER_MM2` = 6e5 detected counts per mm^2 and exposure
+(summed over the phase steps, open beam); a pixel of ``p`` mm gets ``fluence * p^2`` counts
+(1.35e4 at 0.15 mm, 6e3 at 0.10 mm). Where it comes from: an 85 mGy-class preclinical dark-field
+CT (Umkehrer et al. 2019) at a mean energy near 40 keV (soft-tissue mu_en/rho ~ 0.07 cm^2/g)
+corresponds to ~2e11 photons/cm^2 incident over the scan, i.e. ~2.8e6 per mm^2 per exposure over
+4 x 180 exposures; after the analyser grating (~50 %) and detector (~60 %) that is ~8e5 counts
+per mm^2, rounded down to 6e5. The sidecar records the fluence, the counts per pixel and the
+fluence summed over all exposures. ``photons_per_pixel`` overrides the per-area statement (tests,
+legacy cohorts). The flat field (reference) is taken as ``reference_exposures`` averaged
+exposures. A radiograph uses the same per-exposure fluence.
+
+Memory: the CT is acquired in slabs of :data:`SLAB_SLICES` slices (parallel-beam slices are
+independent), so the sinograms, the noisy measurement and the reconstruction's temporaries are
+bounded by the slab, not the grid; the noise of slab after slab comes from the same generator,
+so a scan is the same whoever runs it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -39,7 +47,6 @@ import torch
 
 from dfseg.errors import InputError
 from dfseg.physics import (
-    DEFAULT_PHOTONS_PER_PIXEL,
     Spectrum,
     VisibilitySpectrum,
     monochromatic,
@@ -66,6 +73,12 @@ FILTER_MATERIALS: tuple[str, ...] = ("Al", "Be", "Cu", "Mo", "Rh", "Ag", "Sn", "
 
 #: Smallest T or D taken into the logarithm (a pixel with no counts would give -ln 0).
 _LOG_FLOOR = 1e-6
+
+#: Detected counts per mm^2 and exposure, over all phase steps, in the open beam (module docstring).
+DEFAULT_FLUENCE_PER_MM2 = 6.0e5
+
+#: CT slices simulated together (fixed: the noise depends on it, the machine must not).
+SLAB_SLICES = 16
 
 
 def check_tube(kvp: float, filtration_mm: dict[str, float], *, kvp_where: str = "kvp",
@@ -117,10 +130,6 @@ def parse_filtration(text: str, where: str = "--filtration") -> dict[str, float]
     return out
 
 
-def _default_photons() -> float:
-    return float(DEFAULT_PHOTONS_PER_PIXEL)
-
-
 @dataclass(frozen=True)
 class AcquisitionConfig:
     """Everything about the scan; the sidecar repeats it.
@@ -130,8 +139,10 @@ class AcquisitionConfig:
         filtration_mm: added filtration, material (:data:`FILTER_MATERIALS`) -> mm.
         orientations_deg: grating orientations w, degrees (>= 3 distinct mod 180 for a directional fit).
         n_angles: projection angles over [0, 180) deg (CT).
-        photons_per_pixel: detected counts per pixel and exposure, summed over phase steps, in the
-            open beam (see the module docstring for where the default comes from).
+        fluence_per_mm2: detected counts per mm^2 and exposure, summed over phase steps, in the
+            open beam (the dose statement; see the module docstring for where the default comes from).
+        photons_per_pixel: counts per pixel and exposure; None (default) derives them from
+            ``fluence_per_mm2`` and the pixel area (:meth:`at_pixel`), a number overrides that.
         reference_exposures: exposures averaged into the flat-field (reference) scan.
         phase_steps: M phase steps per exposure.
         visibility: :class:`dfseg.physics.VisibilitySpectrum` parameters (v_max, design_energy_kev,
@@ -150,7 +161,8 @@ class AcquisitionConfig:
     filtration_mm: dict[str, float] = field(default_factory=lambda: {"Al": 1.0})
     orientations_deg: tuple[float, ...] = (0.0, 45.0, 90.0, 135.0)
     n_angles: int = 180
-    photons_per_pixel: float = field(default_factory=_default_photons)
+    fluence_per_mm2: float = DEFAULT_FLUENCE_PER_MM2
+    photons_per_pixel: float | None = None
     reference_exposures: int = 10
     phase_steps: int = 5
     visibility: dict[str, float] = field(default_factory=lambda: {
@@ -171,7 +183,9 @@ class AcquisitionConfig:
             raise InputError("orientations_deg", "need at least one grating orientation")
         if self.n_angles < 1:
             raise InputError("n_angles", f"need at least one projection angle, got {self.n_angles}")
-        if not self.photons_per_pixel > 0:
+        if not self.fluence_per_mm2 > 0:
+            raise InputError("fluence_per_mm2", f"must be positive, got {self.fluence_per_mm2}")
+        if self.photons_per_pixel is not None and not self.photons_per_pixel > 0:
             raise InputError("photons_per_pixel", f"must be positive, got {self.photons_per_pixel}")
         if self.phase_steps < 3:
             raise InputError("phase_steps", f"need at least 3 phase steps, got {self.phase_steps}")
@@ -179,6 +193,16 @@ class AcquisitionConfig:
             raise InputError("air_columns", f"must be >= 0, got {self.air_columns}")
         if self.monochromatic_kev is None:
             check_tube(float(self.kvp), dict(self.filtration_mm))
+
+    def counts_per_pixel(self, pixel_mm: float) -> float:
+        """Detected counts per pixel and exposure: ``photons_per_pixel`` if set, else fluence x pixel area."""
+        if self.photons_per_pixel is not None:
+            return float(self.photons_per_pixel)
+        return float(self.fluence_per_mm2) * float(pixel_mm) ** 2
+
+    def at_pixel(self, pixel_mm: float) -> AcquisitionConfig:
+        """This acquisition with ``photons_per_pixel`` fixed for pixels of ``pixel_mm``."""
+        return replace(self, photons_per_pixel=self.counts_per_pixel(pixel_mm))
 
     def spectrum(self) -> Spectrum:
         """The detector-weighted spectrum (:class:`dfseg.physics.Spectrum`)."""
@@ -222,14 +246,14 @@ def _gain(config: AcquisitionConfig, n_exposures: tuple[int, int], rng: np.rando
 
 
 def _measure(T: np.ndarray, D: np.ndarray, gain: np.ndarray, config: AcquisitionConfig, v_ref: float,
-             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+             rng: np.random.Generator, pixel_mm: float) -> tuple[np.ndarray, np.ndarray]:
     T = np.broadcast_to(T, np.broadcast_shapes(T.shape, D.shape))
     if not config.noise:
         return (T * gain).astype(np.float32), D.astype(np.float32)
+    counts = config.counts_per_pixel(pixel_mm)
     return phase_stepping_measurement(
-        T, D, v_ref=v_ref, photons_per_pixel=config.photons_per_pixel, rng=rng,
-        phase_steps=config.phase_steps, gain=gain,
-        ref_photons_per_pixel=config.photons_per_pixel * config.reference_exposures,
+        T, D, v_ref=v_ref, photons_per_pixel=counts, rng=rng, phase_steps=config.phase_steps, gain=gain,
+        ref_photons_per_pixel=counts * config.reference_exposures,
     )
 
 
@@ -258,6 +282,9 @@ def acquire_ct(anatomy: Anatomy, config: AcquisitionConfig, rng: np.random.Gener
                ) -> dict[str, Any]:
     """Simulate a directional dark-field CT scan and its uncorrected FBP reconstruction.
 
+    The scan is simulated in slabs of :data:`SLAB_SLICES` slices (module docstring); the flux and
+    drift of every exposure are drawn once for the whole scan first.
+
     Args:
         anatomy: the phantom (X = Y required: U = X detector columns).
         config: acquisition settings.
@@ -282,34 +309,38 @@ def acquire_ct(anatomy: Anatomy, config: AcquisitionConfig, rng: np.random.Gener
     k = h.shape[0]
     angles = projection_angles(config.n_angles)
     w = np.deg2rad(np.asarray(config.orientations_deg, dtype=np.float64))
-    n_or = w.size
-
-    # one batched projection of all maps (materials + tensor components) of all slices
-    maps = np.concatenate([np.stack([anatomy.materials[m] for m in names]), s6.reshape(k * 6, nx, ny, nz)])
-    maps_t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(maps, -1, 1))).to(dev)  # (C, Z, X, Y)
-    sino = project(maps_t, angles, pixel_mm=anatomy.voxel_mm)  # (C, Z, A, U)
-    sino = sino.permute(0, 2, 3, 1).cpu().numpy()  # (C, A, U, Z)
-    lines = sino[: len(names)]  # (M, A, U, Z) path lengths, mm
-    comp = sino[len(names):].reshape(k, 6, *sino.shape[1:])  # (K, 6, A, U, Z)
+    n_or, n_a = w.size, config.n_angles
     wts = tensor_projection_weights(angles, w).astype(np.float32)  # (N, A, 6)
-    p_k = np.einsum("kcauz,nac->knauz", comp, wts)  # (K, N, A, U, Z)
-    t_exp, d_exp = polychromatic_signals_oriented(spectrum, vis, lines, mu_e, p_k, h, device=dev)  # (1|N, A, U, Z)
-
     v_ref = float(np.sum(spectrum.weights * vis(e)) / np.sum(spectrum.weights))
-    gain = _gain(config, (n_or, config.n_angles), rng)
-    t_hat, d_hat = _measure(t_exp, d_exp, gain[:, :, None, None], config, v_ref, rng)
+    gain = _gain(config, (n_or, n_a), rng)
 
-    # uncorrected FBP of all orientations and slices in one call
-    logs = np.stack([_neg_log(t_hat), _neg_log(d_hat)]).astype(np.float32)  # (2, N, A, U, Z)
-    logs_t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(logs, -1, 2))).to(dev)  # (2, N, Z, A, U)
-    rec = fbp(logs_t, angles, (nx, ny), pixel_mm=anatomy.voxel_mm).cpu().numpy()  # (2, N, Z, X, Y)
-    attn = np.moveaxis(rec[0].mean(axis=0), 0, -1)  # (X, Y, Z)
-    df = np.moveaxis(rec[1], (0, 1), (3, 2))  # (X, Y, Z, N)
-    return {
-        "proj_T": np.asarray(t_hat, np.float32), "proj_D": np.asarray(d_hat, np.float32),
-        "attn": np.ascontiguousarray(attn, np.float32), "df": np.ascontiguousarray(df, np.float32),
-        "spectrum": spectrum, "v_ref": v_ref, "gain": gain,
-    }
+    proj_t = np.empty((n_or, n_a, nx, nz), np.float32)
+    proj_d = np.empty((n_or, n_a, nx, nz), np.float32)
+    attn = np.empty((nx, ny, nz), np.float32)
+    df = np.empty((nx, ny, nz, n_or), np.float32)
+    for z0 in range(0, nz, SLAB_SLICES):
+        zs = slice(z0, min(z0 + SLAB_SLICES, nz))
+        # one batched projection of all maps (materials + tensor components) of the slab's slices
+        maps = np.concatenate([np.stack([anatomy.materials[m][..., zs] for m in names]),
+                               s6[..., zs].reshape(k * 6, nx, ny, -1)])
+        maps_t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(maps, -1, 1))).to(dev)  # (C, z, X, Y)
+        sino = project(maps_t, angles, pixel_mm=anatomy.voxel_mm)  # (C, z, A, U)
+        sino = sino.permute(0, 2, 3, 1).cpu().numpy()  # (C, A, U, z)
+        lines = sino[: len(names)]  # (M, A, U, z) path lengths, mm
+        comp = sino[len(names):].reshape(k, 6, *sino.shape[1:])  # (K, 6, A, U, z)
+        p_k = np.einsum("kcauz,nac->knauz", comp, wts)  # (K, N, A, U, z)
+        t_exp, d_exp = polychromatic_signals_oriented(spectrum, vis, lines, mu_e, p_k, h, device=dev)
+        t_hat, d_hat = _measure(t_exp, d_exp, gain[:, :, None, None], config, v_ref, rng, anatomy.voxel_mm)
+        proj_t[..., zs], proj_d[..., zs] = t_hat, d_hat
+        # uncorrected FBP: the attenuation of the orientation-averaged -ln T (FBP is linear),
+        # the dark-field of every orientation
+        logs = np.concatenate([_neg_log(t_hat).mean(axis=0, keepdims=True), _neg_log(d_hat)]).astype(np.float32)
+        logs_t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(logs, -1, 1))).to(dev)  # (1+N, z, A, U)
+        rec = fbp(logs_t, angles, (nx, ny), pixel_mm=anatomy.voxel_mm).cpu().numpy()  # (1+N, z, X, Y)
+        attn[..., zs] = np.moveaxis(rec[0], 0, -1)
+        df[:, :, zs] = np.moveaxis(rec[1:], (0, 1), (3, 2))
+    return {"proj_T": proj_t, "proj_D": proj_d, "attn": attn, "df": df, "spectrum": spectrum, "v_ref": v_ref,
+            "gain": gain}
 
 
 def radiograph_weights(orientations_rad: np.ndarray) -> np.ndarray:
@@ -348,7 +379,7 @@ def acquire_radiograph(anatomy: Anatomy, config: AcquisitionConfig, rng: np.rand
     t_exp, d_exp = polychromatic_signals(spectrum, vis, att_terms, df_terms)  # (N, 1, X, Z)
     v_ref = float(np.sum(spectrum.weights * vis(e)) / np.sum(spectrum.weights))
     gain = _gain(config, (t_exp.shape[0], 1), rng)
-    t_hat, d_hat = _measure(t_exp, d_exp, gain[:, :, None, None], config, v_ref, rng)
+    t_hat, d_hat = _measure(t_exp, d_exp, gain[:, :, None, None], config, v_ref, rng, anatomy.voxel_mm)
     attn = _neg_log(t_hat[:, 0]).mean(axis=0)
     df = np.moveaxis(_neg_log(d_hat[:, 0]), 0, -1)
     return {

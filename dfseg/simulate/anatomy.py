@@ -1,9 +1,15 @@
 """Mouse thorax on a voxel grid: materials, lung micro-structure and per-voxel scattering tensors.
 
 The phantom is built from smooth signed-distance shapes (partial-volume fractions at the edges)
-on an (X, Y, Z) grid with isotropic voxels, Z cranio-caudal. A nominal mouse thorax is 25 mm
-wide; when the field of view is smaller the whole body is scaled down so it fits inside the
-reconstruction circle with ``air_columns`` air-only detector columns on each side.
+on an (X, Y, Z) grid with isotropic voxels, Z cranio-caudal. The mouse has its true size: the
+thorax is :data:`MOUSE_WIDTH_MM` wide and :data:`THORAX_LENGTH_MM` long (the lungs' full
+cranio-caudal extent, about 14 mm, lies inside it), and by default the grid is sized from that
+anatomy (:func:`anatomy_grid`): X = Y hold the body inside the reconstruction circle with
+``air_columns`` air-only detector columns on each side, Z holds the thorax. A grid given
+explicitly may instead be a slab of the thorax (Z shorter than the thorax, centred on
+``z_centre_mm``), or, with ``fit="shrink"``, a small cube into which the whole body is scaled
+down (fast tests only: the anatomy then depends on the voxel size, and the sidecar's
+``anatomy.scale`` says so).
 
 Materials (names of :data:`dfseg.physics.materials.MATERIALS`) are stored as volume fractions
 (a fraction above 1 means denser than the nominal material, e.g. a dense tumour region):
@@ -38,8 +44,13 @@ from scipy import ndimage
 from dfseg.errors import InputError
 from dfseg.physics import linear_diffusion_coefficient
 
-#: Nominal mouse thorax width (left-right), mm.
+#: Mouse thorax width (left-right), mm.
 MOUSE_WIDTH_MM = 25.0
+#: Thorax length (cranio-caudal) simulated for a whole mouse, mm: the lungs (about 14 mm) and a margin.
+THORAX_LENGTH_MM = 16.0
+#: How a grid and the mouse are fitted together: ``"true"`` keeps the mouse's size (the grid must
+#: hold it), ``"shrink"`` scales the body down into a small cubic grid (fast tests).
+FITS = ("true", "shrink")
 
 #: Tensor component order used everywhere: (Sxx, Syy, Szz, Sxy, Sxz, Syz).
 TENSOR_COMPONENTS = ("xx", "yy", "zz", "xy", "xz", "yz")
@@ -126,6 +137,12 @@ def _ellipsoid_distance(x, y, z, centre, semi_axes) -> np.ndarray:
 def smooth_field(shape: tuple[int, ...], voxel_mm: float, correlation_mm: float, rng: np.random.Generator) -> np.ndarray:
     """Gaussian random field with unit standard deviation and a correlation length in mm.
 
+    White noise is smoothed by a Gaussian of sigma ``correlation_mm``. When voxels are finer
+    than a quarter of that length, the noise lives on a coarse grid of ``correlation_mm / 4``
+    cells (the field has no detail finer than that), is smoothed there and interpolated
+    linearly onto the voxel centres: the cost then does not grow with the voxel count's
+    smoothing kernel.
+
     Args:
         shape: grid shape.
         voxel_mm: voxel size, mm.
@@ -135,8 +152,18 @@ def smooth_field(shape: tuple[int, ...], voxel_mm: float, correlation_mm: float,
     Returns:
         float64 array of ``shape``, mean ~0, std 1.
     """
-    noise = rng.standard_normal(shape)
-    f = ndimage.gaussian_filter(noise, sigma=max(correlation_mm / voxel_mm, 0.5), mode="wrap")
+    cell = correlation_mm / 4
+    if cell <= voxel_mm:
+        noise = rng.standard_normal(shape)
+        f = ndimage.gaussian_filter(noise, sigma=max(correlation_mm / voxel_mm, 0.5), mode="wrap")
+    else:
+        coarse = tuple(int(np.ceil((n - 1) * voxel_mm / cell)) + 2 for n in shape)
+        f = ndimage.gaussian_filter(rng.standard_normal(coarse), sigma=correlation_mm / cell, mode="wrap")
+        for axis, n in enumerate(shape):  # separable linear interpolation onto the voxel centres
+            pos = np.arange(n) * (voxel_mm / cell)
+            i0 = np.minimum(np.floor(pos).astype(np.int64), coarse[axis] - 2)
+            w = (pos - i0).reshape([-1 if k == axis else 1 for k in range(len(shape))])
+            f = np.take(f, i0, axis=axis) * (1 - w) + np.take(f, i0 + 1, axis=axis) * w
     sd = f.std()
     return (f - f.mean()) / (sd if sd > 0 else 1.0)
 
@@ -154,41 +181,95 @@ def body_semi_axes_mm(size: int, voxel_mm: float, air_columns: int) -> float:
     return min(MOUSE_WIDTH_MM / 2, avail)
 
 
+def anatomy_grid(voxel_mm: float, *, air_columns: int = 4, length_mm: float | None = None) -> tuple[int, int, int]:
+    """The grid of a true-size mouse: ``(X, X, Z)`` voxels at ``voxel_mm``.
+
+    X is the smallest even count whose reconstruction circle holds the 25 mm wide body with
+    ``air_columns`` air-only columns on each side (:func:`body_semi_axes_mm`); Z covers
+    ``length_mm`` (default the whole thorax, :data:`THORAX_LENGTH_MM`). At 0.15 mm this is
+    (178, 178, 107), at 0.10 mm (260, 260, 160).
+
+    Raises:
+        InputError: a non-positive voxel size or length.
+    """
+    if not voxel_mm > 0:
+        raise InputError("voxel_mm", f"must be positive, got {voxel_mm}")
+    length = THORAX_LENGTH_MM if length_mm is None else float(length_mm)
+    if not length > 0:
+        raise InputError("length_mm", f"must be positive, got {length_mm}")
+    x = 2 * int(np.ceil(MOUSE_WIDTH_MM / 2 / voxel_mm + air_columns + 1))
+    return x, x, max(1, int(round(length / voxel_mm)))
+
+
+def _grid_shape(grid: int | tuple[int, int, int] | None, voxel_mm: float, air_columns: int) -> tuple[int, int, int]:
+    if grid is None:
+        return anatomy_grid(voxel_mm, air_columns=air_columns)
+    if isinstance(grid, int | np.integer):
+        return (int(grid),) * 3
+    shape = tuple(int(n) for n in grid)
+    if len(shape) != 3:
+        raise InputError("grid", f"expected S or (X, Y, Z), got {grid!r}")
+    return shape  # type: ignore[return-value]
+
+
 def build_anatomy(
-    size: int,
+    size: int | tuple[int, int, int] | None,
     voxel_mm: float,
     rng: np.random.Generator,
     *,
     micro: MicroStructure | None = None,
     air_columns: int = 4,
     n_vessels: int = 8,
+    fit: str | None = None,
+    z_centre_mm: float = 0.0,
 ) -> Anatomy:
-    """Build a random mouse thorax (no tumours) on a ``size^3`` grid.
+    """Build a random mouse thorax (no tumours).
 
     Args:
-        size: voxels per axis (X = Y = Z).
+        size: the grid: None sizes it from a true-size mouse (:func:`anatomy_grid`), an int S
+            gives S^3, ``(X, Y, Z)`` any grid (Z shorter than the thorax: a slab of it).
         voxel_mm: voxel size, mm.
         rng: random generator (all randomness of the phantom comes from it).
         micro: lung micro-structure parameters (default :class:`MicroStructure`).
-        air_columns: detector columns that must stay air-only on each side (sets the body scale).
+        air_columns: detector columns that must stay air-only on each side.
         n_vessels: large vessels/airways per lung (solid tubes in the parenchyma, radiating from the hilum).
+        fit: ``"true"`` keeps the mouse's size (the grid's X must hold the body, else InputError);
+            ``"shrink"`` scales the body down to fit the grid and stretches the thorax over its Z
+            (fast tests on small cubes). Default: ``"shrink"`` for an int ``size``, else ``"true"``.
+        z_centre_mm: cranio-caudal position of the grid's centre in the thorax (true size only;
+            0 is the thorax's middle, the lungs lie within about +-7 mm).
 
     Returns:
-        An :class:`Anatomy` without tumours.
+        An :class:`Anatomy` without tumours; ``info`` records the grid, scale and fit.
     """
-    if size < 16:
-        raise InputError("size", f"grid must be at least 16 voxels per axis, got {size}")
+    fit = fit or ("shrink" if isinstance(size, int | np.integer) else "true")
+    if fit not in FITS:
+        raise InputError("fit", f"unknown fit {fit!r}; choose {' or '.join(FITS)}")
     if not voxel_mm > 0:
         raise InputError("voxel_mm", f"must be positive, got {voxel_mm}")
+    shape = _grid_shape(size, voxel_mm, air_columns)
+    if min(shape[:2]) < 16 or shape[2] < 1:
+        raise InputError("size", f"grid must be at least 16 voxels across, got {shape}")
+    if shape[0] != shape[1]:
+        raise InputError("size", f"the slice must be square (X = Y) for CT, got {shape}")
     micro = micro or MicroStructure()
-    shape = (size, size, size)
     x, y, z = grid_coordinates(shape, voxel_mm)
-    ax = body_semi_axes_mm(size, voxel_mm, air_columns)
-    scale = ax / (MOUSE_WIDTH_MM / 2)  # < 1 when the field of view is too small for a full mouse
+    if fit == "true":
+        avail = (shape[0] / 2 - air_columns - 1) * voxel_mm
+        if avail < MOUSE_WIDTH_MM / 2:
+            need = anatomy_grid(voxel_mm, air_columns=air_columns)[0]
+            raise InputError("size", f"a {shape[0]}-voxel slice at {voxel_mm} mm is too narrow for a true-size "
+                                     f"mouse ({MOUSE_WIDTH_MM:g} mm); need at least {need} voxels")
+        ax, scale = MOUSE_WIDTH_MM / 2, 1.0
+        zh = THORAX_LENGTH_MM / 2
+        z = z + float(z_centre_mm)
+    else:
+        ax = body_semi_axes_mm(shape[0], voxel_mm, air_columns)
+        scale = ax / (MOUSE_WIDTH_MM / 2)  # < 1 when the field of view is too small for a full mouse
+        zh = shape[2] * voxel_mm / 2  # the thorax fills the grid's length
     # small random variation between subjects (mouse size and shape)
     ax *= 1.0 - 0.06 * rng.random()
     ay = ax * (0.78 + 0.06 * rng.random())
-    zh = size * voxel_mm / 2  # the grid's half-length along z; the thorax fills it
 
     rn = np.sqrt((x / ax) ** 2 + (y / ay) ** 2)  # normalised radius of the body cross-section
     body = np.broadcast_to(_fraction((rn - 1.0) * ay, voxel_mm), shape).astype(np.float64)
@@ -240,16 +321,27 @@ def build_anatomy(
 
     # large vessels/airways: solid tubes (no alveoli) from the hilum outwards
     vessel = np.zeros(shape)
+    axes = (x[:, 0, 0], y[0, :, 0], z[0, 0, :])
     for _ in range(2 * n_vessels):
         d = rng.standard_normal(3)
         d[1] *= 0.6
         d /= np.linalg.norm(d)
         length = (0.5 + 0.5 * rng.random()) * ax
         radius = (0.15 + 0.2 * rng.random()) * max(scale, 0.5)
-        p = np.stack(np.broadcast_arrays(x - hilum[0], y - hilum[1], z - hilum[2]), axis=-1)
+        # only the vessel's bounding box (segment hilum -> hilum + length d, widened by its radius)
+        box = []
+        for k in range(3):
+            ends = (hilum[k], hilum[k] + length * d[k])
+            lo, hi = min(ends) - radius - 2 * voxel_mm, max(ends) + radius + 2 * voxel_mm
+            box.append(slice(int(np.searchsorted(axes[k], lo)), int(np.searchsorted(axes[k], hi, side="right"))))
+        if any(b.stop <= b.start for b in box):
+            continue
+        box = tuple(box)
+        p = np.stack(np.broadcast_arrays(axes[0][box[0], None, None] - hilum[0], axes[1][None, box[1], None] - hilum[1],
+                                         axes[2][None, None, box[2]] - hilum[2]), axis=-1)
         t = np.clip(p @ d, 0.0, length)
         dist = np.linalg.norm(p - t[..., None] * d, axis=-1)
-        vessel = np.maximum(vessel, _fraction(dist - radius * (1 - 0.5 * t / length), voxel_mm))
+        vessel[box] = np.maximum(vessel[box], _fraction(dist - radius * (1 - 0.5 * t / length), voxel_mm))
     vessel_in_lung = vessel * lung
 
     # assemble material fractions (they sum to the body fraction)
@@ -274,7 +366,8 @@ def build_anatomy(
         lung_mask=lung_mask,
         body_mask=body >= 0.5,
         label=np.zeros(shape, np.uint8),
-        info={"body_semi_axes_mm": [float(ax), float(ay)], "scale": float(scale),
+        info={"body_semi_axes_mm": [float(ax), float(ay)], "scale": float(scale), "fit": fit,
+              "grid": [int(n) for n in shape], "z_centre_mm": float(z_centre_mm) if fit == "true" else 0.0,
               "micro_structure": micro.__dict__.copy()},
     )
 

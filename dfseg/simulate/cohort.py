@@ -13,11 +13,9 @@ of workers or the order they finish in; NIfTI files are gzip'd without a timesta
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from dfseg.errors import InputError
 from dfseg.io import prepare_output_dir, save_nifti, write_json
 from dfseg.simulate.acquisition import AcquisitionConfig, acquire
 from dfseg.simulate.anatomy import build_anatomy
+from dfseg.simulate.executors import map_jobs
 from dfseg.simulate.phantoms import write_phantom_scans
 from dfseg.simulate.tumours import sample_tumours
 from dfseg.simulate.variants import get_variant
@@ -62,14 +61,17 @@ def subject_ids(index: int, geometry: str) -> tuple[str, str]:
     return subject, f"{subject}_{'ct' if geometry == 'ct' else 'rad'}"
 
 
-def simulate_subject(index: int, *, size: int, voxel_mm: float, seed: int, variant: str = "standard",
-                     acquisition: AcquisitionConfig | None = None, has_tumour: bool = True,
-                     kvp: float | None = None, filtration_mm: dict[str, float] | None = None) -> dict[str, Any]:
+def simulate_subject(index: int, *, size: int | tuple[int, int, int] | None, voxel_mm: float, seed: int,
+                     variant: str = "standard", acquisition: AcquisitionConfig | None = None, has_tumour: bool = True,
+                     kvp: float | None = None, filtration_mm: dict[str, float] | None = None,
+                     z_centre_mm: float = 0.0, protocol: str | None = None) -> dict[str, Any]:
     """Simulate one subject: anatomy, tumours, acquisition.
 
     Args:
         index: subject index (with ``seed`` it fixes every random number).
-        size: grid size S (S^3 voxels).
+        size: the grid (:func:`dfseg.simulate.anatomy.build_anatomy`): None sizes it from a
+            true-size mouse, ``(X, Y, Z)`` is a true-size mouse on that grid (a slab when Z is
+            short), an int S a small S^3 cube with the body scaled to fit (tests).
         voxel_mm: voxel size, mm.
         seed: cohort seed.
         variant: phantom variant name (micro-structure, spectrum, tumour model).
@@ -77,6 +79,8 @@ def simulate_subject(index: int, *, size: int, voxel_mm: float, seed: int, varia
         has_tumour: insert 1..k tumours (False: tumour-free subject).
         kvp, filtration_mm: tube voltage (kV) and added filtration (material -> mm) replacing the
             variant's (None: the variant's).
+        z_centre_mm: cranio-caudal position of the grid's centre in the thorax (true size).
+        protocol: the protocol's name, recorded in the sidecar.
 
     Returns:
         dict with ``images`` (name -> array as written to disk, channels last), ``projections``
@@ -86,9 +90,11 @@ def simulate_subject(index: int, *, size: int, voxel_mm: float, seed: int, varia
     base = acquisition or AcquisitionConfig()
     config = replace(base, kvp=var.kvp if kvp is None else float(kvp),
                      filtration_mm=dict(var.filtration_mm if filtration_mm is None else filtration_mm))
+    config = config.at_pixel(voxel_mm)
     geometry = config.geometry
     rng = subject_rng(seed, index)
-    anatomy = build_anatomy(size, voxel_mm, rng, micro=var.micro, air_columns=config.air_columns)
+    anatomy = build_anatomy(size, voxel_mm, rng, micro=var.micro, air_columns=config.air_columns,
+                            z_centre_mm=z_centre_mm)
     if has_tumour:
         lo, hi = TUMOUR_COUNT[geometry]
         sample_tumours(anatomy, rng, count=int(rng.integers(lo, hi + 1)),
@@ -112,7 +118,10 @@ def simulate_subject(index: int, *, size: int, voxel_mm: float, seed: int, varia
         "visibility": dict(config.visibility),
         "orientations_deg": [float(w) for w in config.orientations_deg],
         "voxel_mm": float(voxel_mm),
+        "protocol": protocol,
+        "fluence_per_mm2": float(config.fluence_per_mm2) if base.photons_per_pixel is None else None,
         "photons_per_pixel": float(config.photons_per_pixel),
+        "exposures": int(len(config.orientations_deg) * (config.n_angles if geometry == "ct" else 1)),
         "phase_steps": int(config.phase_steps),
         "n_angles": int(config.n_angles if geometry == "ct" else 1),
         "air_columns": int(config.air_columns),
@@ -121,8 +130,8 @@ def simulate_subject(index: int, *, size: int, voxel_mm: float, seed: int, varia
         "simulator_version": __version__,
         "seed": int(seed),
         "has_tumour": bool(images["label"].any()),
-        "tumours": [{"centre_mm": t["centre_mm"], "diameter_mm": t["diameter_mm"], "shape_model": t["shape_model"]}
-                    for t in anatomy.tumours],
+        "tumours": [{k: t[k] for k in ("centre_mm", "diameter_mm", "shape_model", "label_voxels",
+                                       "label_diameter_mm", "size_bin")} for t in anatomy.tumours],
         "spectrum": {**spectrum.describe(), "v_ref": scan["v_ref"], "monochromatic": config.monochromatic_kev is not None},
         "acquisition": {"flux_sigma": config.flux_sigma, "drift_amplitude": config.drift_amplitude,
                         "reference_exposures": config.reference_exposures, "n_basis": config.n_basis},
@@ -170,7 +179,7 @@ def _simulate_and_write(job: dict[str, Any]) -> str:
 def write_cohort(
     out: str | os.PathLike,
     subjects: int,
-    size: int,
+    size: int | tuple[int, int, int] | None,
     voxel_mm: float,
     seed: int,
     variant: str | Sequence[str] = "standard",
@@ -188,6 +197,10 @@ def write_cohort(
     test_variants: Sequence[str] = (),
     kvp: float | None = None,
     filtration_mm: dict[str, float] | None = None,
+    z_centre_mm: float = 0.0,
+    protocol: str | None = None,
+    executor: str = "local",
+    scheduler: str | None = None,
 ) -> Path:
     """Simulate a cohort and write scans, calibration phantoms and ``manifest.json``.
 
@@ -198,13 +211,14 @@ def write_cohort(
     Args:
         out: output directory (refused when non-empty unless ``overwrite``).
         subjects: number of mice.
-        size: grid size S (S^3 voxels).
+        size: the grid of every subject (:func:`simulate_subject`): None (a true-size mouse's),
+            ``(X, Y, Z)``, or an int S (an S^3 cube with the body scaled to fit; tests).
         voxel_mm: voxel size, mm.
         seed: cohort seed (same seed -> byte-identical files).
         variant: a phantom variant name, or several (subjects are dealt to them in turn).
         geometry: ``"ct"`` or ``"radiograph"``.
-        workers: worker processes (the files do not depend on it: every subject runs with
-            :data:`SIMULATION_THREADS` torch threads).
+        workers: worker processes, or Dask workers of a local cluster (the files do not depend on
+            it: every subject runs with :data:`SIMULATION_THREADS` torch threads).
         overwrite: empty a non-empty ``out`` first.
         progress: show a tqdm progress bar on stderr.
         acquisition: base acquisition settings (geometry is taken from ``geometry``).
@@ -217,6 +231,12 @@ def write_cohort(
         kvp, filtration_mm: one spectrum (tube voltage in kV, added filtration material -> mm) for
             every subject and the phantoms, replacing the variants' spectra; the one not given is
             the first variant's. Neither given: each subject keeps its variant's spectrum.
+        z_centre_mm: cranio-caudal position of the grid's centre in the thorax, mm (a slab's place).
+        protocol: name of the protocol the settings came from (recorded in sidecars and manifest).
+        executor: ``"local"`` (this machine's processes) or ``"dask"`` (a Dask cluster, see
+            docs/distributed.md); :func:`dfseg.simulate.executors.map_jobs`.
+        scheduler: the Dask scheduler's address or scheduler file (``executor="dask"``; None
+            starts a local cluster of ``workers`` processes).
 
     Returns:
         the cohort directory.
@@ -245,29 +265,33 @@ def write_cohort(
     out = prepare_output_dir(out, overwrite=overwrite)
     free = tumour_free_subjects(subjects, seed)
     jobs = [{"index": i, "size": size, "voxel_mm": voxel_mm, "seed": seed, "variant": variants[i % len(variants)],
-             "acquisition": base, "has_tumour": i not in free, "scans_dir": str(out / "scans"),
-             "projections": projections, **(spectrum or {})} for i in range(subjects)]
+             "acquisition": base, "has_tumour": i not in free, "scans_dir": str((out / "scans").absolute()),
+             "projections": projections, "z_centre_mm": z_centre_mm, "protocol": protocol, **(spectrum or {})}
+            for i in range(subjects)]
     # a bar on a terminal only: in a log file (CI, nohup) it is noise among the error lines
     bar = tqdm(total=subjects, desc="simulate", unit="subject", disable=not progress or not sys.stderr.isatty(),
                file=sys.stderr)
-    if workers == 1:
-        for job in jobs:
-            _simulate_and_write(job)
-            bar.update(1)
-    else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            for _ in pool.map(_simulate_and_write, jobs):
-                bar.update(1)
+    map_jobs(_simulate_and_write, jobs, executor=executor, workers=workers, scheduler=scheduler,
+             progress=lambda: bar.update(1))
     bar.close()
     if phantoms:
-        _write_phantoms(out / "phantoms", base, voxel_mm, seed, progress)
+        _write_phantoms(out / "phantoms", base.at_pixel(voxel_mm), voxel_mm, seed, progress)
     manifest = build_manifest(
         scan_entries(out), out, num_folds=min(folds, subjects) if subjects >= 2 else 2, seed=seed,
         test_by=test_by, test_fraction=test_fraction, test_variants=test_variants,
-        name=out.name, description=f"dfseg simulate: {subjects} subjects, {size}^3 at {voxel_mm} mm, "
-                                  f"variant {','.join(variants)}, geometry {geometry}, seed {seed}")
+        name=out.name, description=f"dfseg simulate: {subjects} subjects, {_grid_text(size)} at {voxel_mm} mm"
+                                  f"{f', protocol {protocol}' if protocol else ''}, variant {','.join(variants)}, "
+                                  f"geometry {geometry}, seed {seed}")
     write_manifest(out / "manifest.json", manifest)
     return out
+
+
+def _grid_text(size: int | tuple[int, int, int] | None) -> str:
+    if size is None:
+        return "a true-size mouse's grid"
+    if isinstance(size, int):
+        return f"{size}^3"
+    return " x ".join(str(int(n)) for n in size)
 
 
 def _write_phantoms(out: Path, config: AcquisitionConfig, voxel_mm: float, seed: int, progress: bool) -> None:

@@ -260,8 +260,8 @@ def sample_tumours(
     """Draw and insert ``count`` tumours inside the lungs (non-overlapping where room allows).
 
     Diameters are log-uniform in ``diameter_range_mm`` (small nodules are as frequent as large
-    ones per octave). Centres are lung voxels at least one radius from the lung boundary and
-    from earlier tumours; where no such voxel exists the deepest lung voxel is used.
+    ones per octave). Centres are lung voxels at least one radius from the lung boundary, the
+    grid's faces and earlier tumours; where no such voxel exists the deepest lung voxel is used.
 
     Args:
         anatomy: phantom to modify (in place).
@@ -281,7 +281,8 @@ def sample_tumours(
     for _ in range(count):
         d = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
         free = anatomy.lung_mask & (anatomy.label == 0)
-        depth = ndimage.distance_transform_edt(free) * v
+        # the grid's faces count as boundary: a tumour lies wholly inside the grid (a slab's too)
+        depth = ndimage.distance_transform_edt(np.pad(free, 1))[1:-1, 1:-1, 1:-1] * v
         candidates = np.flatnonzero(depth.ravel() >= d / 2 + v)
         if candidates.size == 0:
             candidates = np.flatnonzero(depth.ravel() >= 0.999 * depth.max())
