@@ -30,7 +30,7 @@ from monai.utils import TransformBackends, convert_to_dst_type
 from dfseg.channels import DF_CHANNELS
 from dfseg.data.scan import scan_value
 from dfseg.errors import InputError
-from dfseg.simulate.tumours import SHAPE_MODELS, TumourShape, occupancy, sample_shape
+from dfseg.simulate.tumours import SHAPE_MODELS, TumourShape, label_voxels, occupancy, sample_shape
 
 __all__ = [
     "RandSyntheticTumourD",
@@ -210,7 +210,9 @@ class SyntheticTumour(Transform):
             return None
         lab = _as_torch(label).clone()
         b = box4 if lab.ndim == 4 else box4[1:]
-        inside = (occ >= 0.5).expand_as(lab[b])
+        # the simulator's partial-volume rule: a lesion of any size gets label voxels of its volume
+        keep = torch.from_numpy(label_voxels(occ.detach().cpu().numpy().astype(np.float64))).to(occ.device)
+        inside = keep.reshape(occ.shape).expand_as(lab[b])
         lab[b] = torch.where(inside, torch.ones_like(lab[b]), lab[b])
         return convert_to_dst_type(lab, label)[0]
 
