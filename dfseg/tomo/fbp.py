@@ -1,4 +1,9 @@
-"""Filtered back-projection for the parallel-beam geometry of :mod:`dfseg.tomo.projector`."""
+"""Filtered back-projection for the parallel-beam geometry of :mod:`dfseg.tomo.projector`.
+
+The ramp filter and the pixel-driven back-projection run block by block over the angles and in
+batches of sinograms that fit the projector's memory budget, so no filtered copy of the whole
+input is held.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import numpy as np
 import torch
 
 from dfseg.errors import InputError
-from dfseg.tomo.projector import _angles_array, _as_tensor, _out, _size_xy, apply_matrix, system_matrix
+from dfseg.tomo.projector import _angles_array, _as_tensor, _out, _size_xy, apply_operator
 
 FILTERS = ("ramp", "shepp-logan", "hann")
 
@@ -55,7 +60,7 @@ def filter_sinogram(sino: torch.Tensor, filter_name: str = "ramp") -> torch.Tens
     return torch.fft.irfft(spec, n=p, dim=-1)[..., :n_det]
 
 
-def fbp(sino, angles, size, *, pixel_mm: float = 1.0, filter_name: str = "ramp"):
+def fbp(sino, angles, size, *, pixel_mm: float = 1.0, filter_name: str = "ramp", budget_bytes: int | None = None):
     """Filtered back-projection: sinograms of line integrals -> images in 1/mm.
 
     Args:
@@ -64,6 +69,8 @@ def fbp(sino, angles, size, *, pixel_mm: float = 1.0, filter_name: str = "ramp")
         size: X (square) or ``(X, Y)``; U must equal X.
         pixel_mm: pixel size in mm.
         filter_name: ``"ramp"``, ``"shepp-logan"`` or ``"hann"``.
+        budget_bytes: memory budget of the back-projector blocks, their cache and the dense
+            temporaries (default :data:`dfseg.tomo.projector.OPERATOR_BUDGET_BYTES`).
 
     Returns:
         ``(..., X, Y)`` reconstruction in 1/mm; numpy in -> numpy out, tensors stay on their device.
@@ -73,8 +80,22 @@ def fbp(sino, angles, size, *, pixel_mm: float = 1.0, filter_name: str = "ramp")
     a = _angles_array(angles)
     if s.ndim < 2 or s.shape[-2:] != (a.size, nx):
         raise InputError("fbp", f"sinogram shape {tuple(s.shape)} does not end in (A={a.size}, U={nx})")
-    q = filter_sinogram(s, filter_name)
-    mat = system_matrix("fbp", nx, ny, a, s.dtype, s.device)
-    img = apply_matrix(mat, q.reshape(*s.shape[:-2], a.size * nx), a.size * nx)
-    img = img * (math.pi / a.size / pixel_mm)
+    resp = ramp_filter(nx, filter_name, dtype=s.dtype, device=s.device)
+    p = 2 * (resp.shape[0] - 1)
+
+    def filtered(seg: torch.Tensor, n_angles: int) -> torch.Tensor:
+        """Filter a block's sinogram columns ``(n, n_angles*U)`` along U."""
+        spec = torch.fft.rfft(seg.reshape(-1, n_angles, nx), n=p, dim=-1)
+        spec.mul_(resp)
+        q = torch.fft.irfft(spec, n=p, dim=-1)
+        del spec
+        return q[..., :nx].reshape(-1, n_angles * nx)
+
+    # per sinogram row: the complex spectrum, the padded filtered row, its U bins and their transpose
+    row_bytes = s.element_size() * ((p + 2) + p + 2 * nx)
+    img = apply_operator(
+        "fbp", s.reshape(-1, a.size * nx), nx, ny, a, budget_bytes=budget_bytes,
+        prepare=filtered, prepare_bytes=row_bytes,
+    )
+    img.mul_(math.pi / a.size / pixel_mm)
     return _out(img.reshape(*s.shape[:-2], nx, ny), was_numpy)
