@@ -17,6 +17,7 @@ from dfseg.cli import main
 from dfseg.errors import DfsegError
 from dfseg.io import prepare_output_dir, read_json, write_json
 from dfseg.resources import bundle_dir, run_bundle
+from dfseg.simulate.protocols import get_protocol
 
 HELP = "run the whole pipeline on a built-in simulated cohort"
 
@@ -26,9 +27,7 @@ class DemoConfig:
     """Demo-size cohort and training budget (simulator physics stays at its defaults)."""
 
     subjects: int = 40
-    size: int = 64
-    voxel_mm: float = 0.4
-    n_angles: int = 120
+    protocol: str = "demo"
     folds: int = 5
     max_epochs: int = 60
     val_interval: int = 5
@@ -42,7 +41,7 @@ class DemoConfig:
 
 DEFAULT = DemoConfig()
 SUMMARY_METRICS = ("volume_auroc", "volume_sens_at_95spec", "volume_sensitivity", "volume_specificity", "dice")
-QUICK = DemoConfig(subjects=12, size=48, voxel_mm=0.5, n_angles=72, folds=3, max_epochs=4, val_interval=2)
+QUICK = DemoConfig(subjects=12, protocol="quick", folds=3, max_epochs=4, val_interval=2)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,15 +77,16 @@ def run(args: argparse.Namespace) -> int:
     # on a CPU, data-loader worker processes only steal cores from the network's own threads
     loader_workers = 2 if device == "cuda" else 0
     write_json(out / "demo_config.json", {**asdict(cfg), "device": device, "quick": bool(args.quick)})
-    print(f"dfseg demo -> {out}  ({'quick, ' if args.quick else ''}{cfg.subjects} mice, {cfg.size}^3 at "
-          f"{cfg.voxel_mm} mm, {cfg.max_epochs} epochs, device {device})")
+    proto = get_protocol(cfg.protocol)
+    print(f"dfseg demo -> {out}  ({'quick, ' if args.quick else ''}{cfg.subjects} mice, protocol {proto.name}: "
+          f"{' x '.join(map(str, proto.grid()))} voxels of {proto.voxel_mm} mm, {cfg.max_epochs} epochs, device {device})")
     total, times = 7, {}
     cohort, pre, train_dir = out / "cohort", out / "preprocessed", out / "train"
     bundle = bundle_dir("dfseg_attention_unet")
 
     t = _stage(1, total, "simulate: mouse thorax phantoms, tumours, Talbot-Lau CT acquisition, phantoms")
-    _dfseg("simulate", "--out", cohort, "--subjects", cfg.subjects, "--size", cfg.size, "--voxel-mm", cfg.voxel_mm,
-           "--angles", cfg.n_angles, "--seed", cfg.seed, "--workers", args.workers, "--folds", cfg.folds)
+    _dfseg("simulate", "--out", cohort, "--subjects", cfg.subjects, "--protocol", cfg.protocol,
+           "--seed", cfg.seed, "--workers", args.workers, "--folds", cfg.folds)
     times["simulate"] = time.perf_counter() - t
 
     t = _stage(2, total, "calibrate: beam-hardening curves and energy exponent from the phantom scans")
