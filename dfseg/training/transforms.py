@@ -10,7 +10,8 @@ Chain (keys ``attn``, ``df``, ``label``, ``lung_mask``)::
       -> SelectModalityd(modality) -> "image" (attn 1, df 4, combined 5 channels)
       -> NormalizeIntensityd(image, channel-wise z-score over the volume)
       -> [spatial_dims=2 only] squeeze the singleton Z axis of radiographs: (C, X, Y, 1) -> (C, X, Y)
-      -> [training only, random] RandCropByLabelClassesd(patch; outside lung / lung / tumour), flips,
+      -> [training only, random] RandWeightedCropd(patch; centres weighted outside lung / lung /
+         tumour, each lesion alike: SamplingMapd), flips,
          90-degree rotations
 
 Everything up to the first random transform is deterministic, so ``CacheDataset`` caches it.
@@ -40,12 +41,13 @@ from monai.transforms import (
     EnsureTyped,
     MapTransform,
     NormalizeIntensityd,
-    RandCropByLabelClassesd,
     RandFlipd,
     RandRotate90d,
+    RandWeightedCropd,
     SpatialPadd,
     SqueezeDimd,
 )
+from scipy import ndimage
 
 from dfseg.channels import MODALITY_CHANNELS
 from dfseg.data.scan import LoadScand
@@ -74,21 +76,50 @@ def in_channels(modality: str) -> int:
 
 
 class SamplingMapd(MapTransform):
-    """Add ``d["sampling"]``: 0 outside the lung, 1 lung parenchyma, 2 tumour (from label and lung mask).
+    """Add ``d["sampling"]``: the weight of each voxel as a training patch centre.
 
-    Patch sampling by these classes puts the negatives where the hard negatives are (vessels and
-    airways in the lung, which look like nodules in attenuation) instead of in the air around the mouse.
+    Three classes: outside the lung, lung parenchyma, tumour (from label and lung mask). Class c
+    gets the total weight ``ratios[c]`` (a class absent from the volume gets none), spread evenly
+    over its voxels, except the tumour class, whose weight is split evenly among its lesions (26-
+    connected components) and then over each lesion's voxels: a 0.5 mm nodule of 20 voxels is a
+    patch centre as often as a 3 mm one of 4000. Negatives go where the hard negatives are (vessels
+    and airways in the lung, which look like nodules in attenuation) rather than the air around the
+    mouse. :class:`monai.transforms.RandWeightedCropd` draws the centres from this map.
+
+    Args:
+        label_key, mask_key: tumour label and lung mask keys.
+        output_key: key of the (1, *spatial) float32 weight map.
+        ratios: total weight of the outside-lung, lung and tumour classes.
     """
 
-    def __init__(self, label_key: str = "label", mask_key: str = "lung_mask", output_key: str = "sampling") -> None:
+    def __init__(self, label_key: str = "label", mask_key: str = "lung_mask", output_key: str = "sampling",
+                 ratios: Sequence[float] = (1.0, 2.0, 3.0)) -> None:
         super().__init__(keys=label_key)
         self.label_key, self.mask_key, self.output_key = label_key, mask_key, output_key
+        self.ratios = tuple(float(r) for r in ratios)
+        if len(self.ratios) != 3 or min(self.ratios) < 0 or sum(self.ratios) <= 0:
+            raise InputError("class_ratios", f"expected 3 non-negative weights, not all 0, got {list(ratios)}")
 
     def __call__(self, data: Any) -> Any:
         d = dict(data)
-        label = torch.as_tensor(d[self.label_key]) > 0
-        lung = torch.as_tensor(d[self.mask_key]) > 0 if self.mask_key in d else torch.zeros_like(label)
-        d[self.output_key] = torch.where(label, 2, lung.to(torch.int64)).to(torch.uint8)
+        label = np.asarray(torch.as_tensor(d[self.label_key]).cpu()) > 0
+        lung = (np.asarray(torch.as_tensor(d[self.mask_key]).cpu()) > 0) if self.mask_key in d else np.zeros_like(label)
+        lung &= ~label
+        outside = ~(lung | label)
+        weight = np.zeros(label.shape, np.float64)
+        for mask, ratio in ((outside, self.ratios[0]), (lung, self.ratios[1])):
+            n = int(mask.sum())
+            if n:
+                weight[mask] = ratio / n
+        spatial = label[0]  # (1, *spatial): components over the spatial axes
+        components, n_lesions = ndimage.label(spatial, structure=np.ones((3,) * spatial.ndim))
+        if n_lesions:
+            sizes = np.bincount(components.ravel(), minlength=n_lesions + 1).astype(np.float64)
+            per_voxel = np.zeros_like(sizes)
+            per_voxel[1:] = self.ratios[2] / n_lesions / np.maximum(sizes[1:], 1)
+            weight[0] = np.where(components > 0, per_voxel[components], weight[0])
+        d[self.output_key] = torch.from_numpy((weight / weight.max() if weight.max() > 0 else weight + 1.0)
+                                              .astype(np.float32))
         return d
 
 
@@ -149,9 +180,10 @@ def train_transforms(modality: str, patch_size: Sequence[int] | int, *, preproce
         patch_size: training patch in voxels (int or 3 ints); SwinUNETR needs multiples of 32.
         preprocessed: scans already corrected and decomposed by ``dfseg preprocess``.
         calibration: ``calibration.json`` for raw reconstructions.
-        num_samples: patches per volume and iteration (``RandCropByLabelClassesd``).
+        num_samples: patches per volume and iteration (``RandWeightedCropd``).
         class_ratios: relative frequency of patches centred outside the lung, in the lung
-            parenchyma and on a tumour (:class:`SamplingMapd`); a class absent from a volume is skipped.
+            parenchyma and on a tumour, the tumour share split evenly among the lesions
+            (:class:`SamplingMapd`); a class absent from a volume is skipped.
         synthetic_tumour_prob: probability of inserting a synthetic tumour (``RandSyntheticTumourd``).
         synthetic_diameter_mm: diameter range of synthetic tumours, mm.
         spatial_dims: 3 (CT volumes) or 2 (radiographs stored as (X, Y, 1); Z is squeezed, no
@@ -170,10 +202,8 @@ def train_transforms(modality: str, patch_size: Sequence[int] | int, *, preproce
         *(_synthetic(synthetic_tumour_prob, synthetic_diameter_mm) if dims == 3 else []),
         *_select(modality),
         *_squeeze_z(("image", "label", "lung_mask"), dims),
-        SamplingMapd(),
-        RandCropByLabelClassesd(keys=("image", "label"), label_key="sampling", spatial_size=patch,
-                                ratios=[float(r) for r in class_ratios], num_classes=3,
-                                num_samples=int(num_samples), allow_smaller=True, warn=False),
+        SamplingMapd(ratios=class_ratios),
+        RandWeightedCropd(keys=("image", "label"), w_key="sampling", spatial_size=patch, num_samples=int(num_samples)),
         # volumes smaller than the patch (allow_smaller keeps them whole) are padded with the
         # normalised mean 0: SwinUNETR needs its full patch (>= 64 voxels, see its bundle).
         SpatialPadd(keys=("image", "label"), spatial_size=patch),
