@@ -20,14 +20,14 @@ of scan folders, manifests (every split) or one pair of image files. For each sc
    ``monai.inferers.sliding_window_inference`` with the training ROI (Gaussian blending, overlap
    0.25, as the bundles' inferer; CUDA when present, AMP only on CUDA), sigmoid, and resample the
    probabilities back onto the input grid (``ResampleToMatch``).
-5. **Lesions**: ``prob >= threshold`` inside the lung, 26-connected components
-   (:func:`dfseg.evaluation.lesions.connected_components`), numbered by decreasing maximum
-   probability. The presence score is the maximum probability inside the lung.
+5. **Lesions**: ``prob >= threshold`` inside the lung, 26-connected components of at least
+   half a 0.5 mm sphere (:func:`dfseg.evaluation.lesions.lesion_mask`, the evaluation's rule),
+   numbered by decreasing maximum probability. The presence score is the maximum probability inside the lung.
 
 Outputs, per scan, in ``OUT/<scan_id>/`` on the input's own grid and affine::
 
     prob.nii.gz        float32 tumour probability (the whole image; not gated by the lung mask)
-    mask.nii.gz        uint8 prob >= threshold inside the lung
+    mask.nii.gz        uint8 prob >= threshold inside the lung, lesions of at least MIN_LESION_MM3
     lesions.nii.gz     uint16 lesion ids (0 = background), ids as in lesions.csv
     lesions.seg.nrrd   the same labels as a 3D Slicer segmentation (one segment per lesion, up to
                        SEG_NRRD_SEGMENTS; ITK-SNAP opens it too)
@@ -69,7 +69,7 @@ from dfseg.data.importer import resolve_image
 from dfseg.data.manifest import SPLITS, load_manifest
 from dfseg.data.scan import LoadScand, scan_meta
 from dfseg.errors import InputError
-from dfseg.evaluation.lesions import connected_components, equivalent_diameter_mm
+from dfseg.evaluation.lesions import connected_components, equivalent_diameter_mm, lesion_mask
 from dfseg.io import (
     atomic_directory,
     atomic_path,
@@ -432,14 +432,16 @@ def _probabilities(data: dict, lung: np.ndarray, model: Model, sw_batch_size: in
 
 
 def lesion_table(prob: np.ndarray, lung: np.ndarray, affine: np.ndarray, threshold: float) -> tuple[np.ndarray, list[dict]]:
-    """Lesions of one scan: ``prob >= threshold`` inside ``lung``, 26-connected components.
+    """Lesions of one scan: ``prob >= threshold`` inside ``lung``, 26-connected components of at
+    least :data:`dfseg.evaluation.lesions.MIN_LESION_MM3` (:func:`~dfseg.evaluation.lesions.lesion_mask`).
 
     Returns:
         ``(labels, rows)``: uint16 (X, Y, Z) lesion ids 1..n, numbered by decreasing maximum
         probability (then size), and one row per lesion with the :data:`CSV_COLUMNS` (centroid in
         RAS world mm through ``affine``, and in voxel indices).
     """
-    mask = (prob >= threshold) & lung
+    spacing = tuple(float(v) for v in np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0))
+    mask = lesion_mask((prob >= threshold) & lung, spacing)
     labels, n = connected_components(mask)
     if n > np.iinfo(np.uint16).max:
         raise InputError("--threshold", f"{n} components above {threshold}; too many to label (raise the threshold)")

@@ -31,9 +31,10 @@ def score_scan(prob: np.ndarray, label: np.ndarray, lung_mask: np.ndarray, voxel
                n_bins: int = m.N_CALIBRATION_BINS, surface_tolerance_mm: float | None = None) -> Record:
     """Reduce one scan to its evaluation record.
 
-    Lesions are searched where ``dfseg predict`` searches them: the probability outside the lung
-    mask is taken as 0 for every metric (the model's own output is scored, gated as the product
-    gates it; the simulator keeps tumours inside the lung mask).
+    The model's output is scored as ``dfseg predict`` reports it: the probability outside the lung
+    mask, and in components above ``threshold`` smaller than
+    :data:`dfseg.evaluation.lesions.MIN_LESION_MM3` (:func:`~dfseg.evaluation.lesions.lesion_mask`),
+    is taken as 0 for every metric (the simulator keeps tumours inside the lung mask).
 
     Args:
         prob: (X, Y, Z) tumour probabilities in [0, 1].
@@ -58,6 +59,8 @@ def score_scan(prob: np.ndarray, label: np.ndarray, lung_mask: np.ndarray, voxel
     spacing = [float(v) for v in np.broadcast_to(np.asarray(voxel_mm, float), (3,))]
     tol = float(max(spacing)) if surface_tolerance_mm is None else float(surface_tolerance_mm)
     prob = np.where(lung, prob, 0.0)
+    above = prob >= threshold
+    prob = np.where(above & ~les.lesion_mask(above, spacing), 0.0, prob)
     pred = prob >= threshold
 
     matched = les.match_lesions(prob, label, threshold, spacing)

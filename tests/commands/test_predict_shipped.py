@@ -23,16 +23,19 @@ from dfseg.io import load_nifti
 from dfseg.resources import shipped_model
 from dfseg.simulate.acquisition import AcquisitionConfig
 from dfseg.simulate.cohort import simulate_subject
+from dfseg.simulate.protocols import get_protocol
 
-VOXEL = 0.4
+DEMO = get_protocol("demo")
+VOXEL = DEMO.voxel_mm
 ORIGIN = (-12.0, 7.5, 30.0)
 DIRECTION = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # 90 degrees about z
 
 
 @pytest.fixture(scope="module")
 def mouse():
-    """Subject 21 of the demo cohort (64^3 at 0.4 mm, 120 angles), simulated as the demo does."""
-    result = simulate_subject(21, size=64, voxel_mm=VOXEL, seed=0, acquisition=AcquisitionConfig(n_angles=120))
+    """Subject 21 of the demo cohort (the demo protocol: 178 x 178 x 32 at 0.15 mm), simulated as the demo does."""
+    result = simulate_subject(21, size=DEMO.grid(), voxel_mm=VOXEL, seed=0, protocol=DEMO.name,
+                              acquisition=AcquisitionConfig(n_angles=DEMO.n_angles))
     side = {k: v for k, v in result["sidecar"].items() if k not in ("tumours", "has_tumour")}
     return result["images"], side, result["sidecar"]["tumours"]
 

@@ -3,7 +3,8 @@
 Cohort (16^3 voxels of 0.1 mm, lung = [2:14]^3, 3 subjects):
 - s0 (m0): lesion [4:8]^3, probability 0.9 exactly on it -> detected, Dice 1.
 - s1 (m1): lesion [8:12]^3, probability 0.05 everywhere -> missed, Dice 0.
-- s2 (m2): no lesion, a 0.7 blob at [10:12]^3 -> one false-positive component.
+- s2 (m2): no lesion, a 0.7 blob at [10:14]x[10:14]x[10:13] (0.048 mm^3, above the smallest lesion
+  reported) -> one false-positive component.
 - s3 (m2): no lesion, 0.05 everywhere.
 """
 
@@ -46,7 +47,7 @@ def make_cohort(root: Path) -> tuple[Path, Path, dict]:
         if i == 1:
             label[8:12, 8:12, 8:12] = 1
         if i == 2:
-            prob[10:12, 10:12, 10:12] = 0.7
+            prob[10:14, 10:14, 10:13] = 0.7
         save_nifti(d / "label.nii.gz", label, 0.1)
         save_nifti(d / "lung_mask.nii.gz", lung, 0.1)
         save_nifti(d / "attn.nii.gz", rng.random(SHAPE).astype(np.float32), 0.1)
@@ -90,7 +91,7 @@ def test_metrics_match_hand_computation(evaluated):
     # negatives = 7 (s0) + 8 (s2, one at 0.7) + 8 (s3) = 22 at 0.05 + 1 at 0.7
     # AUROC = (23 + 8 * 22 * 0.5) / (9 * 23)
     assert m["patch_auroc"]["estimate"] == pytest.approx(111 / 207)
-    assert doc["confusion"]["voxel"] == {"tp": 64, "fp": 8, "fn": 64, "tn": 4 * 16**3 - 136}
+    assert doc["confusion"]["voxel"] == {"tp": 64, "fp": 48, "fn": 64, "tn": 4 * 16**3 - 176}
     assert doc["confusion"]["lesion"] == {"tp": 1, "fp": 1, "fn": 1, "tn": None}
     # Brier over lung voxels, computed directly
     sq = [((p - y) ** 2)[lung > 0].sum() for p, y, lung in arrays.values()]

@@ -68,3 +68,16 @@ def test_froc_candidates_dedupe_hits():
     assert lesion_scores[0] == pytest.approx(0.95)
     assert lesion_scores[1] == -np.inf
     assert sorted(fp_scores) == pytest.approx([0.6, 0.9])
+
+
+def test_lesion_mask_drops_components_below_half_a_half_millimetre_sphere():
+    from dfseg.evaluation.lesions import MIN_LESION_MM3, lesion_mask
+
+    assert MIN_LESION_MM3 == pytest.approx(0.5 * np.pi / 6 * 0.125)
+    mask = np.zeros((30, 30, 30), bool)
+    mask[2:4, 2:4, 2:4] = True  # 8 voxels of 0.15 mm: 0.027 mm^3, a speck
+    mask[10:13, 10:13, 10:12] = True  # 18 voxels: 0.061 mm^3, a 0.49 mm sphere's volume
+    kept = lesion_mask(mask, 0.15)
+    assert not kept[2:4, 2:4, 2:4].any() and kept[10:13, 10:13, 10:12].all() and kept.sum() == 18
+    assert lesion_mask(mask, 0.4).sum() == 26  # at 0.4 mm every voxel is 0.064 mm^3: all kept
+    assert lesion_mask(mask, (0.15, 0.15, 0.3)).sum() == 26  # anisotropic: the speck is 0.054 mm^3
