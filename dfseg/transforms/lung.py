@@ -7,7 +7,8 @@ splits its values into two classes with Otsu's method and cuts half-way between 
 medians, so a voxel on a blurred edge belongs to the class it is at least half made of; two classes
 less than ``min_contrast`` noise standard deviations apart mean the tissue is not there.
 
-0. both inputs are smoothed by a Gaussian of ``smoothing_mm`` (fixed in mm, not in voxels);
+0. the dark-field ``c0`` is smoothed by a Gaussian of ``smoothing_mm`` (fixed in mm, not in voxels:
+   at a fixed dose a voxel's dark-field noise grows as the voxel shrinks);
 1. **body**: ``attn`` above the air/tissue threshold of the whole volume, holes filled in every
    axial slice (the aerated lungs are enclosed by the chest wall in each slice);
 2. **lung candidates**: body voxels whose isotropic dark-field ``c0`` lies above the
@@ -149,9 +150,9 @@ class LungMask(Transform):
             apart (upper-class median minus lower-class median over the lower class's robust standard
             deviation); Otsu's method splits pure noise too (at about 2.3), an image with a body and
             lungs gives 7 to 15 on the simulator.
-        smoothing_mm: sigma of a Gaussian applied to both inputs first, mm (0: none). Its size in
-            mm, not voxels, keeps the noise the thresholds see about the same at any voxel size
-            (at a fixed dose a voxel's noise grows as the voxel shrinks).
+        smoothing_mm: sigma of a Gaussian applied to ``c0`` first, mm (0: none). Its size in mm,
+            not voxels, keeps the noise the dark-field threshold sees about the same at any voxel
+            size (at a fixed dose a voxel's noise grows as the voxel shrinks).
 
     Call with ``attn`` (1, X, Y, Z), ``c0`` (1, X, Y, Z) and the voxel size (mm, scalar or per
     axis); returns a (1, X, Y, Z) 0/1 mask, uint8, of the type and device of ``attn`` (a
@@ -165,7 +166,7 @@ class LungMask(Transform):
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
     def __init__(self, *, opening_mm: float = 0.5, closing_mm: float = 1.5, min_volume_mm3: float = 2.0,
-                 max_components: int = 2, min_contrast: float = 4.0, smoothing_mm: float = 0.25) -> None:
+                 max_components: int = 2, min_contrast: float = 4.0, smoothing_mm: float = 0.15) -> None:
         if min(opening_mm, closing_mm, min_volume_mm3, min_contrast, smoothing_mm) < 0:
             raise ValueError("opening_mm, closing_mm, min_volume_mm3, min_contrast and smoothing_mm must be >= 0")
         self.smoothing_mm = float(smoothing_mm)
@@ -214,8 +215,7 @@ class LungMask(Transform):
                 where: tuple[str, str] = ("attn", "df")) -> np.ndarray:
         """The method on (X, Y, Z) float arrays; returns an (X, Y, Z) boolean mask."""
         if self.smoothing_mm > 0:  # a Gaussian of fixed size in mm: fine voxels are noisier at a fixed dose
-            sigma = tuple(self.smoothing_mm / v for v in voxel_mm)
-            attn, c0 = ndimage.gaussian_filter(attn, sigma), ndimage.gaussian_filter(c0, sigma)
+            c0 = ndimage.gaussian_filter(c0, tuple(self.smoothing_mm / v for v in voxel_mm))
         t_body = self._split(attn, where[0], "no body (attenuation above air)")
         body = _fill_slices(attn > t_body)
         t_lung = self._split(c0[body], where[1], "no aerated tissue (dark-field above solid tissue) in the body")
