@@ -141,7 +141,7 @@ def _write_calibration(path: Path, doc: dict) -> None:
 def make_cohort(root: Path, n_subjects: int = 4, scans_per_subject: int = 2, seed: int = 0) -> Cohort:
     """Write a clean corpus cohort under ``root``.
 
-    Even subjects carry a 2^3-voxel tumour in every scan; the manifest has 2 folds and holds one
+    Even subjects carry a 4 x 4 x 3-voxel tumour (0.048 mm^3, above the smallest lesion dfseg reports) in every scan; the manifest has 2 folds and holds one
     subject out as test, so every split and fold is populated.
     """
     rng = np.random.default_rng(seed)
@@ -156,7 +156,7 @@ def make_cohort(root: Path, n_subjects: int = 4, scans_per_subject: int = 2, see
             has = s % 2 == 0
             label = np.zeros((N,) * 3, np.uint8)
             if has:
-                label[5:7, 5:7, 5:7] = 1
+                label[4:8, 4:8, 4:7] = 1
             attn = rng.uniform(0.01, 0.05, (N,) * 3) + 0.02 * label
             df = rng.uniform(0.002, 0.02, (N,) * 3 + (len(ORIENTATIONS),)) * (1 - 0.8 * label[..., None])
             save_nifti(folder / "attn.nii.gz", attn.astype(np.float32), VOXEL_MM)

@@ -293,7 +293,7 @@ def test_spine_below_noise_with_lung_scattering_on_simulated_subject(tmp_path):
 
 
     size, px = 40, 0.6
-    cfg = AcquisitionConfig(n_angles=90)
+    cfg = AcquisitionConfig(n_angles=90, photons_per_pixel=2e4)  # the count these thresholds were set at
     root = tmp_path
     write_phantom_scans(root, {**cfg.describe(), "noise": False, "voxel_mm": px}, seed=0)
     cal_s = fit_calibration(root)
