@@ -195,11 +195,14 @@ def write_phantom_scans(out_dir: str | Path, acquisition: Any, seed: int,
     vis = _visibility(acquisition)
     orientations = [float(o) for o in _acq(acquisition, "orientations_deg", (0.0, 45.0, 90.0, 135.0))]
     air = int(_acq(acquisition, "air_columns", 4))
-    photons = float(_acq(acquisition, "photons_per_pixel", 2e4)) * PHOTONS_FACTOR
     steps_m = int(_acq(acquisition, "phase_steps", 5))
     flux_sigma = float(_acq(acquisition, "flux_sigma", 0.01))
     drift = float(_acq(acquisition, "drift_amplitude", _acq(acquisition, "drift", 0.02)))
     voxel_mm = float(_acq(acquisition, "voxel_mm", 0.1))
+    # counts per pixel: given, else the dose per area over the pixel (as the subjects get them)
+    fluence = _acq(acquisition, "fluence_per_mm2", None)
+    per_pixel = _acq(acquisition, "photons_per_pixel", None if fluence is None else float(fluence) * voxel_mm**2)
+    photons = float(2e4 if per_pixel is None else per_pixel) * PHOTONS_FACTOR
     noise = bool(_acq(acquisition, "noise", True))
     ref_exposures = int(_acq(acquisition, "reference_exposures", 1))
 
