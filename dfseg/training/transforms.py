@@ -105,21 +105,22 @@ class SamplingMapd(MapTransform):
         label = np.asarray(torch.as_tensor(d[self.label_key]).cpu()) > 0
         lung = (np.asarray(torch.as_tensor(d[self.mask_key]).cpu()) > 0) if self.mask_key in d else np.zeros_like(label)
         lung &= ~label
-        outside = ~(lung | label)
-        weight = np.zeros(label.shape, np.float64)
-        for mask, ratio in ((outside, self.ratios[0]), (lung, self.ratios[1])):
-            n = int(mask.sum())
-            if n:
-                weight[mask] = ratio / n
-        spatial = label[0]  # (1, *spatial): components over the spatial axes
-        components, n_lesions = ndimage.label(spatial, structure=np.ones((3,) * spatial.ndim))
-        if n_lesions:
+        n_lung, n_label = int(lung.sum()), int(label.sum())
+        n_out = label.size - n_lung - n_label
+        w_out = self.ratios[0] / n_out if n_out else 0.0
+        w_lung = self.ratios[1] / n_lung if n_lung else 0.0
+        weight = np.where(lung, np.float32(w_lung), np.float32(w_out)).astype(np.float32)
+        if n_label:  # lesions: components within the label's bounding box only (they are small)
+            box = ndimage.find_objects(label.astype(np.uint8))[0]
+            sub = label[box][0] if label.ndim > 1 else label[box]
+            components, n_lesions = ndimage.label(sub, structure=np.ones((3,) * sub.ndim))
             sizes = np.bincount(components.ravel(), minlength=n_lesions + 1).astype(np.float64)
             per_voxel = np.zeros_like(sizes)
             per_voxel[1:] = self.ratios[2] / n_lesions / np.maximum(sizes[1:], 1)
-            weight[0] = np.where(components > 0, per_voxel[components], weight[0])
-        d[self.output_key] = torch.from_numpy((weight / weight.max() if weight.max() > 0 else weight + 1.0)
-                                              .astype(np.float32))
+            region = weight[box]
+            region[0] = np.where(components > 0, per_voxel[components].astype(np.float32), region[0])
+        top = float(weight.max())
+        d[self.output_key] = torch.from_numpy(weight / top if top > 0 else weight + 1.0)
         return d
 
 
