@@ -12,7 +12,10 @@ shell 1-3 voxels (CT: 3D; radiograph: 2D footprint) around the tumour; its stand
 both photon noise and anatomical variation (vessels, micro-structure fields, overlapping lung in
 radiographs). DF uses the mean over grating orientations.
 
-Usage: ``python bench/cnr.py [--size 64] [--voxel-mm 0.4] [--seeds 2]``; prints JSON.
+Usage: ``python bench/cnr.py [--size 64] [--voxel-mm 0.4] [--seeds 2]`` (a cube grid, the body
+scaled to fit), or ``python bench/cnr.py --protocol demo [--seeds 2]``: a true-size mouse at the
+protocol's voxel size, angles and dose, on the whole thorax (the tumours need 4 mm between them,
+more than a slab holds); prints JSON.
 """
 
 from __future__ import annotations
@@ -35,10 +38,9 @@ def _place(anatomy, rng, diameters):
     masks = []
     for d in sorted(diameters, reverse=True):
         free = anatomy.lung_mask.copy()
-        for c in placed:  # keep 4 mm (and shells) apart in every direction, and in z for the radiograph
-            zc = int(round(c[2] / v + (anatomy.shape[2] - 1) / 2))
-            lo, hi = max(zc - int(3.5 / v), 0), zc + int(3.5 / v) + 1
-            free[:, :, lo:hi] = False
+        x, _, z = (np.asarray(c) for c in anatomy.coordinates_mm())
+        for c in placed:  # 3.5 mm apart in (x, z), whatever y: the radiograph footprints must not touch
+            free &= ((x - c[0]) ** 2 + (z - c[2]) ** 2 >= 3.5**2)
         depth = ndimage.distance_transform_edt(free) * v
         idx = np.unravel_index(int(np.argmax(depth + 1e-3 * rng.random(depth.shape))), depth.shape)
         centre = tuple((np.asarray(idx) - (np.asarray(anatomy.shape) - 1) / 2) * v)
@@ -65,17 +67,24 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--voxel-mm", type=float, default=0.4)
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--protocol", default=None, help="a named protocol instead of --size/--voxel-mm")
     args = parser.parse_args()
 
     from dfseg.simulate.acquisition import AcquisitionConfig, acquire_ct, acquire_radiograph
-    from dfseg.simulate.anatomy import build_anatomy
+    from dfseg.simulate.anatomy import anatomy_grid, build_anatomy
+    from dfseg.simulate.protocols import get_protocol
 
+    if args.protocol:
+        proto = get_protocol(args.protocol)
+        grid, voxel, ct_cfg = anatomy_grid(proto.voxel_mm), proto.voxel_mm, AcquisitionConfig(n_angles=proto.n_angles)
+    else:
+        grid, voxel, ct_cfg = args.size, args.voxel_mm, AcquisitionConfig()
     results = {"ct": {}, "radiograph": {}}
     for seed in range(args.seeds):
         rng = np.random.default_rng(np.random.SeedSequence([seed, 77]))
-        a = build_anatomy(args.size, args.voxel_mm, rng)
+        a = build_anatomy(grid, voxel, rng)
         masks = _place(a, rng, SIZES_MM)
-        ct = acquire_ct(a, AcquisitionConfig(), rng)
+        ct = acquire_ct(a, ct_cfg, rng)
         rad = acquire_radiograph(a, AcquisitionConfig(geometry="radiograph"), rng)
         lung2d = a.lung_mask.any(axis=1)
         for d, m in masks:
@@ -93,8 +102,9 @@ def main() -> None:
     summary = {g: {d: {"cnr_attn_mean": float(np.mean([r["cnr_attn"] for r in rs])),
                        "cnr_df_mean": float(np.mean([r["cnr_df"] for r in rs])), "runs": rs}
                    for d, rs in res.items()} for g, res in results.items()}
-    print(json.dumps({"size": args.size, "voxel_mm": args.voxel_mm, "seeds": args.seeds,
-                      "photons_per_pixel": AcquisitionConfig().photons_per_pixel, "results": summary}, indent=1))
+    print(json.dumps({"protocol": args.protocol, "grid": list(a.shape), "voxel_mm": voxel, "seeds": args.seeds,
+                      "angles": ct_cfg.n_angles, "photons_per_pixel": ct_cfg.counts_per_pixel(voxel),
+                      "results": summary}, indent=1))
 
 
 if __name__ == "__main__":
