@@ -14,7 +14,7 @@ from dfseg.simulate.acquisition import (
     parse_filtration,
 )
 from dfseg.simulate.anatomy import anatomy_grid
-from dfseg.simulate.cohort import write_cohort
+from dfseg.simulate.cohort import grid_text, write_cohort
 from dfseg.simulate.executors import EXECUTORS
 from dfseg.simulate.protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol
 from dfseg.simulate.variants import VARIANTS
@@ -112,7 +112,6 @@ def run(args: argparse.Namespace) -> int:
         kvp=args.kvp, filtration_mm=filtration, z_centre_mm=z_centre, protocol=protocol,
         executor=args.executor, scheduler=args.scheduler,
     )
-    grid = f"{size}^3" if isinstance(size, int) else " x ".join(map(str, size))
-    print(f"wrote {args.subjects} subjects ({grid} voxels of {voxel_mm} mm"
+    print(f"wrote {args.subjects} subjects ({grid_text(size)} voxels of {voxel_mm} mm"
           f"{f', protocol {protocol}' if protocol else ''}) to {out} (manifest {out / 'manifest.json'})")
     return 0

@@ -168,13 +168,18 @@ def smooth_field(shape: tuple[int, ...], voxel_mm: float, correlation_mm: float,
     return (f - f.mean()) / (sd if sd > 0 else 1.0)
 
 
-def body_semi_axes_mm(size: int, voxel_mm: float, air_columns: int) -> float:
-    """Largest left-right semi-axis (mm) that keeps the body inside the reconstruction circle.
+def fov_half_width_mm(size: int, voxel_mm: float, air_columns: int) -> float:
+    """Largest distance (mm) from the rotation axis a body may reach on a ``size``-voxel slice.
 
-    Every projection must leave ``air_columns`` air-only detector columns on each side, so the
-    body's largest distance from the rotation axis is at most ``(size/2 - air_columns - 1) * voxel``.
+    Every projection must leave ``air_columns`` air-only detector columns on each side and one
+    margin voxel: ``(size/2 - air_columns - 1) * voxel``. :func:`anatomy_grid` inverts it.
     """
-    avail = (size / 2 - air_columns - 1) * voxel_mm
+    return (size / 2 - air_columns - 1) * voxel_mm
+
+
+def body_semi_axes_mm(size: int, voxel_mm: float, air_columns: int) -> float:
+    """Largest left-right semi-axis (mm) of a body scaled to fit (:func:`fov_half_width_mm`), at most the mouse's."""
+    avail = fov_half_width_mm(size, voxel_mm, air_columns)
     if avail <= 1.0:
         raise InputError("size/voxel_mm", f"field of view {size} x {voxel_mm} mm leaves no room for a body "
                                           f"inside {air_columns} air columns; use a larger --size or --voxel-mm")
@@ -185,7 +190,7 @@ def anatomy_grid(voxel_mm: float, *, air_columns: int = 4, length_mm: float | No
     """The grid of a true-size mouse: ``(X, X, Z)`` voxels at ``voxel_mm``.
 
     X is the smallest even count whose reconstruction circle holds the 25 mm wide body with
-    ``air_columns`` air-only columns on each side (:func:`body_semi_axes_mm`); Z covers
+    ``air_columns`` air-only columns on each side (:func:`fov_half_width_mm`); Z covers
     ``length_mm`` (default the whole thorax, :data:`THORAX_LENGTH_MM`). At 0.15 mm this is
     (178, 178, 107), at 0.10 mm (260, 260, 160).
 
@@ -255,8 +260,7 @@ def build_anatomy(
     micro = micro or MicroStructure()
     x, y, z = grid_coordinates(shape, voxel_mm)
     if fit == "true":
-        avail = (shape[0] / 2 - air_columns - 1) * voxel_mm
-        if avail < MOUSE_WIDTH_MM / 2:
+        if fov_half_width_mm(shape[0], voxel_mm, air_columns) < MOUSE_WIDTH_MM / 2:
             need = anatomy_grid(voxel_mm, air_columns=air_columns)[0]
             raise InputError("size", f"a {shape[0]}-voxel slice at {voxel_mm} mm is too narrow for a true-size "
                                      f"mouse ({MOUSE_WIDTH_MM:g} mm); need at least {need} voxels")

@@ -279,14 +279,15 @@ def write_cohort(
     manifest = build_manifest(
         scan_entries(out), out, num_folds=min(folds, subjects) if subjects >= 2 else 2, seed=seed,
         test_by=test_by, test_fraction=test_fraction, test_variants=test_variants,
-        name=out.name, description=f"dfseg simulate: {subjects} subjects, {_grid_text(size)} at {voxel_mm} mm"
+        name=out.name, description=f"dfseg simulate: {subjects} subjects, {grid_text(size)} at {voxel_mm} mm"
                                   f"{f', protocol {protocol}' if protocol else ''}, variant {','.join(variants)}, "
                                   f"geometry {geometry}, seed {seed}")
     write_manifest(out / "manifest.json", manifest)
     return out
 
 
-def _grid_text(size: int | tuple[int, int, int] | None) -> str:
+def grid_text(size: int | tuple[int, int, int] | None) -> str:
+    """A grid for messages: ``"64^3"``, ``"178 x 178 x 32"`` or, for None, the true-size mouse's."""
     if size is None:
         return "a true-size mouse's grid"
     if isinstance(size, int):
