@@ -16,6 +16,7 @@ from pathlib import Path
 from dfseg.errors import InputError
 from dfseg.evaluation.compare import compare_models, load_records
 from dfseg.evaluation.plots import plot_roc_multi
+from dfseg.evaluation.presence import PATCH_SIZE
 from dfseg.io import atomic_write, prepare_output_dir, write_json
 from dfseg.reporting.comparison import render_comparison_table, render_study
 from dfseg.reporting.evaluation import evaluate_predictions
@@ -40,11 +41,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="extra bundle override (repeatable)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="subject-bootstrap resamples (default 1000)")
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold for sensitivity/specificity")
-    parser.add_argument("--seed", type=int, default=0, help="training and bootstrap seed (default 0)")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds, e.g. 0,1,2: one model per input "
+                        "and seed; tables give the mean over seeds with subject-bootstrap CIs (default 0)")
+    parser.add_argument("--patch-size", type=int, default=PATCH_SIZE,
+                        help=f"edge in voxels of the per-patch detection patches (default {PATCH_SIZE})")
     parser.add_argument("-o", "--output", type=Path, default=None, help="output folder (default runs/study-<timestamp>)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     group.add_argument("--resume", action="store_true", help="keep finished models; training resumes from checkpoints")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; refuses repeats and anything but non-negative integers."""
+    try:
+        seeds = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise InputError("--seeds", f"expected comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise InputError("--seeds", f"need distinct non-negative integers, got {text!r}")
+    return seeds
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     bad = [m for m in modalities if m not in MODALITIES]
     if bad or not modalities:
         raise InputError("--modalities", f"unknown {bad}; choose from {', '.join(MODALITIES)}")
+    seeds = parse_seeds(args.seeds)
     manifest = args.manifest.resolve()
     geometry = str(cohort_value(manifest, "geometry", "ct", mixed="a study needs one geometry"))
     if args.geometry and args.geometry != geometry:
@@ -67,23 +83,26 @@ def run(args: argparse.Namespace) -> int:
         key, _, value = item.partition("=")
         common[key] = value
 
-    records = {}
-    for i, modality in enumerate(modalities, 1):
-        run_dir, eval_dir = out / modality, out / modality / "evaluation"
-        print(f"\n[{i}/{len(modalities)}] {modality}: train -> infer -> evaluate ({run_dir})", flush=True)
+    records: dict[str, list[list[dict]]] = {}
+    jobs = [(modality, seed) for modality in modalities for seed in seeds]
+    for i, (modality, seed) in enumerate(jobs, 1):
+        run_dir = out / modality if len(seeds) == 1 else out / modality / f"seed-{seed}"
+        eval_dir = run_dir / "evaluation"
+        print(f"\n[{i}/{len(jobs)}] {modality}, seed {seed}: train -> infer -> evaluate ({run_dir})", flush=True)
         if not (eval_dir / "records.json").is_file():
-            run_bundle(bundle, "train", **common, modality=modality, output_dir=run_dir, seed=args.seed,
+            run_bundle(bundle, "train", **common, modality=modality, output_dir=run_dir, seed=seed,
                        max_epochs=args.max_epochs)
             run_bundle(bundle, "inference", **common, modality=modality, output_dir=run_dir,
                        split=args.split, predictions_dir=run_dir / "predictions")
             evaluate_predictions(run_dir / "predictions", manifest, eval_dir, split=args.split,
-                                 threshold=args.threshold, n_bootstrap=args.bootstrap, seed=args.seed,
-                                 overwrite=True)
-        records[modality] = load_records(eval_dir)
+                                 threshold=args.threshold, n_bootstrap=args.bootstrap, seed=seeds[0],
+                                 patch_size=args.patch_size, overwrite=True)
+        records.setdefault(modality, []).append(load_records(eval_dir))
 
-    comparison = compare_models(records, threshold=args.threshold, n_bootstrap=args.bootstrap, seed=args.seed)
+    comparison = compare_models(records, threshold=args.threshold, n_bootstrap=args.bootstrap, seed=seeds[0])
     write_json(out / "study.json", {"geometry": geometry, "manifest": str(manifest), "bundle": bundle.name,
-                                    "fold": args.fold, "split": args.split, **comparison})
+                                    "fold": args.fold, "split": args.split, "training_seeds": seeds,
+                                    "patch_size": args.patch_size, **comparison})
     roc_png = plot_roc_multi(comparison, out / "roc_modalities.png", title=f"Per-patch ROC by input ({geometry})")
     with atomic_write(out / "study.md", "w") as fh:
         fh.write(render_study(comparison, geometry=geometry, manifest=manifest, bundle=bundle.name, roc_png=roc_png))

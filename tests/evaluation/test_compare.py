@@ -54,3 +54,29 @@ def test_better_model_wins_and_table_says_so(tmp_path):
 def test_models_on_different_scans_are_refused():
     with pytest.raises(InputError, match="different scans"):
         compare_models({"a": _records(True, 4), "b": _records(True, 6)}, n_bootstrap=5)
+
+
+def test_several_seeds_give_the_seed_mean_with_each_seed_listed():
+    good, bad = _records(True), _records(False)
+    cmp = compare_models({"combined": [good, bad, good], "attn": [bad, bad, bad]}, n_bootstrap=100, seed=0)
+    sens = cmp["results"]["combined"]["patch_sensitivity"]
+    assert sens["per_seed"] == pytest.approx([1.0, 0.0, 1.0])
+    assert sens["estimate"] == pytest.approx(2 / 3)
+    assert sens["ci_low"] == pytest.approx(2 / 3) and sens["ci_high"] == pytest.approx(2 / 3)  # resamples without a lesion are dropped
+    assert cmp["n_seeds"] == {"combined": 3, "attn": 3}
+    diff = next(p for p in cmp["paired"] if p["metric"] == "patch_sensitivity")
+    assert diff["difference"] == pytest.approx(2 / 3)
+    # pooled ROC over the seeds' patches: every seed still ranks its lesion (0.9 or 0.2) above 0.1
+    assert cmp["roc"]["combined"]["auroc"] == pytest.approx(1.0)
+
+
+def test_one_seed_as_a_list_equals_the_plain_record_list():
+    recs = _records(True)
+    a = compare_models({"df": recs, "attn": _records(False)}, n_bootstrap=50, seed=1)
+    b = compare_models({"df": [recs], "attn": [_records(False)]}, n_bootstrap=50, seed=1)
+    assert a["results"] == b["results"] and a["paired"] == b["paired"]
+
+
+def test_a_seed_scored_on_other_scans_is_named():
+    with pytest.raises(InputError, match=r"b \(run 1\).*different scans"):
+        compare_models({"a": [_records(True, 4)] * 2, "b": [_records(True, 4), _records(True, 6)]}, n_bootstrap=5)

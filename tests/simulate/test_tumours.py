@@ -6,10 +6,18 @@ import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from dfseg.evaluation.lesions import connected_components, match_lesions
 from dfseg.simulate.anatomy import Anatomy
-from dfseg.simulate.tumours import TumourShape, insert_tumour, label_voxels, occupancy, sample_shape
+from dfseg.simulate.tumours import (
+    TumourShape,
+    boundary_depth,
+    insert_tumour,
+    label_voxels,
+    occupancy,
+    sample_shape,
+)
 
 
 def _block(n: int, voxel_mm: float) -> Anatomy:
@@ -108,3 +116,14 @@ def test_occupancy_outside_the_body_gets_no_label():
     a.body_mask[:, :, :8] = True  # only z < 0 is body
     insert_tumour(a, (0.0, 0.0, 0.0), 0.59)
     assert a.label.sum() >= 1 and not a.label[:, :, 8:].any()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_boundary_depth_equals_the_whole_grid_transform(seed):
+    rng = np.random.default_rng(seed)
+    free = np.zeros((30, 26, 20), dtype=bool)
+    free[4:25, 3:20, 0:14] = ndimage.binary_opening(rng.random((21, 17, 14)) < 0.8)  # touches z = 0
+    expected = ndimage.distance_transform_edt(np.pad(free, 1))[1:-1, 1:-1, 1:-1]
+    np.testing.assert_array_equal(boundary_depth(free), expected)
+    assert boundary_depth(free)[free].max() > 1
+    assert not boundary_depth(np.zeros((4, 4, 4), dtype=bool)).any()
