@@ -110,3 +110,38 @@ def paired_bootstrap(records_a: Sequence[Any], records_b: Sequence[Any], metric:
     p = float(min(1.0, 2.0 * min(np.mean(d <= 0), np.mean(d >= 0)))) if d.size else float("nan")
     return {"estimate_a": est_a, "estimate_b": est_b, "difference": est_a - est_b, "ci_low": lo, "ci_high": hi,
             "p_value": p, "n_boot": int(n_boot), "n_valid": int(d.size)}
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, at most 1) of a family of tests.
+
+    The i-th smallest of m p-values is multiplied by ``m - i`` (i from 0) and the running maximum
+    is kept, so rejecting where the adjusted p < alpha controls the family-wise error rate at alpha.
+    ``nan`` entries (undefined tests) stay ``nan`` and do not count in m.
+    """
+    p = np.asarray(p_values, float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = order.size
+    running = 0.0
+    for i, k in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p[k]))
+        out[k] = running
+    return out.tolist()
+
+
+def p_resolution(n_valid: int) -> float:
+    """Smallest two-sided p-value a bootstrap of ``n_valid`` resamples can tell from 0: ``2 / n_valid``."""
+    return 2.0 / n_valid if n_valid > 0 else float("nan")
+
+
+def format_p(p: float | None, n_valid: int, digits: int = 3) -> str:
+    """A bootstrap p-value at the resolution its resamples support: ``"< 0.002"`` when no resample
+    (of ``n_valid``) fell on the other side of 0, otherwise the value; ``"n/a"`` when undefined."""
+    if p is None or p != p:
+        return "n/a"
+    floor = p_resolution(n_valid)
+    if p < floor:
+        return f"< {floor:.{digits}g}"
+    return f"{p:.{digits}f}"

@@ -17,7 +17,7 @@ import numpy as np
 from dfseg.errors import InputError
 from dfseg.evaluation import metrics as m
 from dfseg.evaluation import records as rec
-from dfseg.evaluation.bootstrap import bootstrap_ci, paired_bootstrap
+from dfseg.evaluation.bootstrap import bootstrap_ci, holm, paired_bootstrap
 from dfseg.io import read_json
 
 
@@ -92,7 +92,9 @@ def compare_models(records_by_model: Mapping[str, Runs], *, metrics: Sequence[st
     A model trained with several seeds is given as a list of record lists, one per seed. Its metric is
     then the mean over seeds, and the bootstrap resamples subjects and recomputes that mean on every
     resample, so the CI covers the test mice's sampling; ``per_seed`` lists each seed's estimate (the
-    training variability). Paired differences compare seed means on the same resampled subjects.
+    training variability). Paired differences compare seed means on the same resampled subjects; their
+    p-values are also given Holm-adjusted over all the comparisons of the call (``p_holm``: one table
+    is one family).
 
     Args:
         records_by_model: model name (e.g. ``"attn"``) -> per-scan records of that model (same scans),
@@ -105,7 +107,7 @@ def compare_models(records_by_model: Mapping[str, Runs], *, metrics: Sequence[st
 
     Returns:
         ``{"models": [...], "metrics": [...], "results": {model: {metric: ci + {"per_seed"}}}, "paired":
-        [{"a", "b", "metric", "difference", "ci_low", "ci_high", "p_value", ...}], "roc": {model:
+        [{"a", "b", "metric", "difference", "ci_low", "ci_high", "p_value", "p_holm", ...}], "roc": {model:
         {"fpr", "tpr", "auroc"}} (patches of all seeds pooled), "n_scans", "n_subjects", "n_seeds",
         "n_bootstrap", "seed"}``.
     """
@@ -128,6 +130,8 @@ def compare_models(records_by_model: Mapping[str, Runs], *, metrics: Sequence[st
             cmp = paired_bootstrap(aligned[a], aligned[b], seed_mean(table[name]), groups=groups,
                                    n_boot=n_bootstrap, seed=seed)
             paired.append({"a": a, "b": b, "metric": name, **cmp})
+    for entry, adjusted in zip(paired, holm([p["p_value"] for p in paired]), strict=True):
+        entry["p_holm"] = adjusted
     roc = {}
     for model, rs in aligned.items():
         scores, labels = rec.patch_arrays([run for r in rs for run in r["runs"]])

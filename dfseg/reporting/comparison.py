@@ -1,9 +1,10 @@
 """Dey-style comparison table of models (one per input modality) with CIs and paired differences.
 
 Input: the dict of :func:`dfseg.evaluation.compare.compare_models`. The first table mirrors Dey et
-al. 2025 (sensitivity, specificity, AUROC, sensitivity at 95% specificity, Dice, per patch) with 95%
-subject-bootstrap CIs; the second lists every paired difference with its CI and p-value and says
-whether it is significant (CI excludes 0), in either direction.
+al. 2025 (sensitivity, specificity, AUROC, sensitivity at 95% and 97.6% specificity, Dice, per patch)
+with 95% subject-bootstrap CIs; the second lists every paired difference with its CI, its p-value
+raw and Holm-adjusted over the table, and says whether it is significant (adjusted p < alpha), in
+either direction.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from dfseg.evaluation.bootstrap import format_p
 from dfseg.evaluation.records import DEY_COLUMNS
 from dfseg.reporting.report import fmt
 
@@ -27,7 +29,8 @@ def render_comparison_table(comparison: Mapping, *, alpha: float = 0.05, digits:
 
     Args:
         comparison: result of :func:`dfseg.evaluation.compare.compare_models`.
-        alpha: significance level of the paired tests (p < alpha and the CI excludes 0).
+        alpha: family-wise significance level: a difference is significant when its Holm-adjusted
+            p-value (``p_holm``) is below it.
         digits: decimals.
     """
     names = list(comparison["metrics"])
@@ -58,15 +61,21 @@ def render_comparison_table(comparison: Mapping, *, alpha: float = 0.05, digits:
                 lines.append(f"| {model} | {LABELS.get(n, n)} | {', '.join(fmt(v, digits) for v in per)} | {spread} |")
         lines.append("")
     if comparison.get("paired"):
-        lines += ["| comparison | metric | difference | 95% CI | p | significant |", "|---|---|---:|---|---:|---|"]
+        lines += [f"Paired differences (row model minus column model) on the same resampled subjects; p is "
+                  f"two-sided, Holm-adjusted over the {len(comparison['paired'])} comparisons of this table; "
+                  f"a difference is called significant when the adjusted p < {alpha:g}. The CIs are not "
+                  "adjusted. A p-value below 2 / (resamples) is shown as < that bound.", "",
+                  "| comparison | metric | difference | 95% CI | p | p (Holm) | significant |",
+                  "|---|---|---:|---|---:|---:|---|"]
         for p in comparison["paired"]:
             lo, hi = p.get("ci_low"), p.get("ci_high")
-            sig = (lo is not None and hi is not None and lo == lo and (lo > 0 or hi < 0)
-                   and p.get("p_value") is not None and p["p_value"] < alpha)
+            adjusted = p.get("p_holm", p.get("p_value"))
+            sig = adjusted is not None and adjusted == adjusted and adjusted < alpha and p["difference"] != 0
             direction = ("yes, " + (f"{p['a']} higher" if p["difference"] > 0 else f"{p['b']} higher")) if sig else "no"
+            n_valid = int(p.get("n_valid", p.get("n_boot", 0)) or 0)
             lines.append(f"| {p['a']} - {p['b']} | {LABELS.get(p['metric'], p['metric'])} | "
                          f"{fmt(p['difference'], digits)} | [{fmt(lo, digits)}, {fmt(hi, digits)}] | "
-                         f"{fmt(p.get('p_value'), 3)} | {direction} |")
+                         f"{format_p(p.get('p_value'), n_valid)} | {format_p(adjusted, n_valid)} | {direction} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -80,3 +80,37 @@ def test_one_seed_as_a_list_equals_the_plain_record_list():
 def test_a_seed_scored_on_other_scans_is_named():
     with pytest.raises(InputError, match=r"b \(run 1\).*different scans"):
         compare_models({"a": [_records(True, 4)] * 2, "b": [_records(True, 4), _records(True, 6)]}, n_bootstrap=5)
+
+
+def test_holm_adjustment_in_numbers():
+    from dfseg.evaluation.bootstrap import holm
+    # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> running max 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    out = holm([float("nan"), 0.02, 0.04])  # nan is not a test: m = 2
+    assert np.isnan(out[0]) and out[1:] == pytest.approx([0.04, 0.04])
+
+
+def test_p_values_are_printed_at_the_resolution_of_the_resamples():
+    from dfseg.evaluation.bootstrap import format_p
+    assert format_p(0.0, 1000) == "< 0.002"
+    assert format_p(0.002, 1000) == "0.002"
+    assert format_p(0.0, 200) == "< 0.01"
+    assert format_p(float("nan"), 1000) == "n/a"
+
+
+def test_table_calls_significant_only_after_holm():
+    from dfseg.evaluation.bootstrap import format_p
+    cmp = compare_models({"df": _records(True), "attn": _records(False)}, n_bootstrap=200, seed=0)
+    sens = next(p for p in cmp["paired"] if p["metric"] == "patch_sensitivity")
+    assert sens["p_value"] == 0.0 and sens["p_holm"] == 0.0
+    assert all(p["p_holm"] >= p["p_value"] for p in cmp["paired"] if p["p_value"] == p["p_value"])
+    # a p of 0.03 in a family of 6 tests (Holm: at least 0.03 x 1, here 0.03 x 6 if it is the smallest)
+    fake = copy.deepcopy(cmp)
+    fake["paired"] = [dict(sens, p_value=0.03, p_holm=0.18)]
+    row = next(line for line in render_comparison_table(fake).splitlines() if line.startswith("| df - attn"))
+    assert row.endswith("| 0.030 | 0.180 | no |")
+    bound = format_p(0.0, sens["n_valid"])
+    assert bound == f"< {2 / sens['n_valid']:.3g}"
+    table = render_comparison_table(cmp)
+    assert f"| {bound} | {bound} | yes, df higher |" in table and "Holm-adjusted over the" in table
