@@ -56,6 +56,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
@@ -70,6 +71,7 @@ from dfseg.data.manifest import SPLITS, load_manifest
 from dfseg.data.scan import LoadScand, scan_meta
 from dfseg.errors import InputError
 from dfseg.evaluation.lesions import connected_components, equivalent_diameter_mm, lesion_mask
+from dfseg.evaluation.plots import PREDICTION_COLOUR
 from dfseg.io import (
     atomic_directory,
     atomic_path,
@@ -514,19 +516,19 @@ def _write_seg_nrrd(path: Path, labels: np.ndarray, affine: np.ndarray, rows: Se
 
 def _panel(volume: np.ndarray, k: int, window: np.ndarray, edge: np.ndarray | None) -> np.ndarray:
     """One axial slice as RGB in [0, 1] (rows = Y from top to bottom, so anterior/up is up), the lesion
-    outline in red."""
+    outline in the evaluation's colour-blind-safe prediction colour (Okabe-Ito orange)."""
     lo, hi = window
     grey = np.clip((volume[:, :, k] - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
     rgb = np.repeat(grey[..., None], 3, axis=-1)
     if edge is not None:
-        rgb[edge] = (1.0, 0.1, 0.1)
+        rgb[edge] = to_rgb(PREDICTION_COLOUR)
     return np.transpose(rgb, (1, 0, 2))[::-1]
 
 
 def _write_montage(path: Path, attn: np.ndarray, c0: np.ndarray, labels: np.ndarray,
                    rows: Sequence[Mapping[str, Any]], scan_id: str) -> None:
     """Attenuation and dark-field c0 side by side, the axial slice through each lesion's centroid
-    (lesion outline in red), one row per lesion (at most :data:`MONTAGE_LESIONS`); the middle slice
+    (lesion outline in orange), one row per lesion (at most :data:`MONTAGE_LESIONS`); the middle slice
     and "no lesion" when there is none. The panels are tiled into one image (one ``imshow``: fast)."""
     shown = list(rows[:MONTAGE_LESIONS]) or [None]
     windows = [np.percentile(v, (1, 99)) for v in (attn, c0)]

@@ -29,13 +29,14 @@ import numpy as np
 from tqdm import tqdm
 
 from dfseg import __version__
+from dfseg.channels import DF_CHANNELS
 from dfseg.data.manifest import SPLITS, load_manifest, manifest_hash
-from dfseg.data.scan import LoadScand, load_scan_image
+from dfseg.data.scan import LoadScand, load_scan_image, scan_meta
 from dfseg.data.validate import binary_problem, grid_problems, raise_first, tumour_problem, validate_manifest
 from dfseg.errors import InputError
+from dfseg.evaluation import bands, presence
 from dfseg.evaluation import lesions as les
 from dfseg.evaluation import metrics as m
-from dfseg.evaluation import presence
 from dfseg.evaluation import records as rec
 from dfseg.evaluation.bootstrap import bootstrap_ci
 from dfseg.io import voxel_size
@@ -44,11 +45,12 @@ CONFIDENCE = 0.95
 
 BOOTSTRAP_RULE = ("95% percentile bootstrap intervals resampling subjects with replacement (all scans of a "
                   "drawn subject enter the resample); resamples where a metric is undefined are dropped.")
-CALIBRATION_RULE = ("Brier score and ECE over voxels inside the lung mask (or the label), {n} equal-width "
-                    "probability bins (MONAI calibration_binning).")
-FROC_RULE = ("FROC candidates: 26-connected components of probability >= {floor}, scored by their maximum; "
-             "LUNA16 operating points 1/8..8 FP/scan, CPM = mean sensitivity there; several candidates on "
-             "one lesion count once, the others are ignored.")
+CALIBRATION_RULE = ("Voxel level: Brier score and ECE over voxels inside the lung mask (or the label). Volume "
+                    "level: Brier score and ECE of the per-volume presence score against 'the volume holds a "
+                    "tumour'. ECE over {n} equal-width probability bins (MONAI calibration_binning).")
+ROC_BAND_RULE = ("ROC bands: pointwise {pct}% percentile intervals of the TPR at each FPR of a 0.01 grid over "
+                 "the subject-bootstrap resamples (TPR at an FPR = best TPR of a threshold whose FPR does not "
+                 "exceed it); resamples that lose a class are dropped.")
 
 #: The images of a scan that scoring reads: the prediction, then the scan's own label and lung mask.
 SCORED_KEYS: tuple[str, ...] = ("prediction", "label", "lung_mask")
@@ -147,7 +149,7 @@ def load_scan(entry: Mapping, prediction: str | os.PathLike) -> tuple[np.ndarray
 
 def score_predictions(predictions_dir: str | os.PathLike, entries: Sequence[Mapping], *, threshold: float = 0.5,
                       progress: bool = False, patch_size: int = presence.PATCH_SIZE,
-                      min_patch_voxels: int = presence.MIN_TUMOUR_VOXELS, froc_floor: float = rec.FROC_FLOOR,
+                      min_patch_voxels: int = presence.MIN_TUMOUR_VOXELS, froc_floor: float = les.FROC_FLOOR,
                       n_bins: int = m.N_CALIBRATION_BINS, surface_tolerance_mm: float | None = None) -> list[dict]:
     """The per-scan record (:func:`.records.score_scan`) of every entry, in order.
 
@@ -173,7 +175,15 @@ def score_predictions(predictions_dir: str | os.PathLike, entries: Sequence[Mapp
 
 def summarise(records: Sequence[dict], *, threshold: float = 0.5, n_bootstrap: int = 1000, seed: int = 0,
               progress: bool = False) -> dict:
-    """Cohort metrics (with CIs), confusion matrices, FROC and reliability curve from scan records."""
+    """Cohort metrics (with CIs), confusion matrices, FROC, reliability curves and ROC bands from scan records.
+
+    Returns:
+        ``{"n_scans", "n_subjects", "n_lesions", "metrics", "confusion", "froc", "size_bins",
+        "reliability", "volume_reliability", "roc"}``: ``reliability`` per lung voxel and
+        ``volume_reliability`` per volume (``mean_prob``, ``frac_positive``, ``count`` per bin); ``roc``
+        per level (``volume``, ``patch``) the curve on an FPR grid with its subject-bootstrap band
+        (:func:`.bands.roc_band`), ``auroc`` and the ``counts`` a legend states (:func:`.bands.roc_counts`).
+    """
     groups = [r["subject_id"] for r in records]
     table = rec.metric_table(threshold)
     items = tqdm(list(table.items()), desc="bootstrap", unit="metric", file=sys.stderr, disable=not progress)
@@ -184,7 +194,15 @@ def summarise(records: Sequence[dict], *, threshold: float = 0.5, n_bootstrap: i
     lesion_c = rec.lesion_confusion(records)
     voxel_c = {k: sum(r["voxel"][k] for r in records) for k in ("tp", "fp", "fn", "tn")}
     mean_p, frac, count = m.reliability_curve(*rec.calibration_sums(records))
+    vol_p, vol_frac, vol_count = m.reliability_curve(*rec.volume_calibration(records))
     lesions = rec.all_lesions(records)
+    roc = {}
+    for level, arrays, unit, n_les in (("volume", rec.volume_arrays, "volumes", None),
+                                       ("patch", rec.patch_arrays, "patches", len(lesions))):
+        roc[level] = {**bands.roc_band(records, arrays, groups=groups, n_boot=n_bootstrap, seed=seed,
+                                       confidence=CONFIDENCE),
+                      "auroc": m.auroc(*arrays(records)),
+                      "counts": bands.roc_counts(records, arrays, groups=groups, unit=unit, n_lesions=n_les)}
     bins = {}
     for name in [b[0] for b in les.SIZE_BINS] + ["<0.5", ">=3"]:
         in_bin = [x for x in lesions if x["size_bin"] == name]
@@ -201,16 +219,19 @@ def summarise(records: Sequence[dict], *, threshold: float = 0.5, n_bootstrap: i
             "lesion": {"tp": lesion_c["tp"], "fp": lesion_c["fp"], "fn": lesion_c["fn"], "tn": None},
             "voxel": voxel_c,
         },
-        "froc": dict(rec.froc_of(records)),
+        "froc": dict(rec.froc_of(records, threshold)),
         "size_bins": bins,
         "reliability": {"mean_prob": mean_p.tolist(), "frac_positive": frac.tolist(), "count": count.tolist()},
+        "volume_reliability": {"mean_prob": vol_p.tolist(), "frac_positive": vol_frac.tolist(),
+                               "count": vol_count.tolist()},
+        "roc": roc,
     }
 
 
 def metrics_document(records: Sequence[dict], summary: Mapping, *, predictions_dir: str | os.PathLike,
                      manifest: Mapping, split: str, threshold: float, n_bootstrap: int, seed: int,
                      patch_size: int = presence.PATCH_SIZE, min_patch_voxels: int = presence.MIN_TUMOUR_VOXELS,
-                     froc_floor: float = rec.FROC_FLOOR, n_bins: int = m.N_CALIBRATION_BINS) -> dict:
+                     froc_floor: float = les.FROC_FLOOR, n_bins: int = m.N_CALIBRATION_BINS) -> dict:
     """The ``metrics.json`` document (figures and montage aside): inputs, parameters, rules, summary, per scan.
 
     Args:
@@ -235,8 +256,9 @@ def metrics_document(records: Sequence[dict], summary: Mapping, *, predictions_d
         "parameters": {"patch_size": patch_size, "min_patch_voxels": min_patch_voxels, "froc_floor": froc_floor,
                        "n_calibration_bins": n_bins, "surface_tolerance_mm": tolerance},
         "rules": {"matching": les.MATCHING_RULE, "presence": presence.presence_rule(patch_size, min_patch_voxels),
-                  "froc": FROC_RULE.format(floor=froc_floor), "calibration": CALIBRATION_RULE.format(n=n_bins),
-                  "bootstrap": BOOTSTRAP_RULE},
+                  "froc": les.FROC_RULE.format(floor=froc_floor, max_fp=les.FROC_MAX_FP),
+                  "calibration": CALIBRATION_RULE.format(n=n_bins), "bootstrap": BOOTSTRAP_RULE,
+                  "roc_bands": ROC_BAND_RULE.format(pct=round(100 * CONFIDENCE))},
         **summary,
         "per_scan": [{"scan_id": r["scan_id"], "subject_id": r["subject_id"], "has_tumour": r["has_tumour"],
                       "volume_score": r["volume_score"], "n_lesions": len(r["lesions"]),
@@ -248,12 +270,15 @@ def metrics_document(records: Sequence[dict], summary: Mapping, *, predictions_d
 
 def montage_panels(records: Sequence[dict], entries: Sequence[Mapping], predictions_dir: str | os.PathLike,
                    threshold: float) -> tuple[list[dict], list[dict]]:
-    """Slices through the largest and smallest detected and missed lesions (at most four panels).
+    """Slices through the largest and smallest detected and missed lesions (at most four lesions).
+
+    Each lesion is shown on attenuation and on dark-field (:func:`display_images`), the same axial
+    slice and crop.
 
     Returns:
         ``(panels, montage)``: the panels :func:`dfseg.evaluation.plots.plot_lesion_montage` draws
-        (title, background image, label and prediction slices) and what ``metrics.json`` records
-        of each (scan, diameter, centroid, detected).
+        (title, images by name, label and prediction slices, in-plane voxel size in mm) and what
+        ``metrics.json`` records of each (scan, diameter, centroid, detected).
     """
     by_id = {e["scan_id"]: e for e in entries}
     picks: list[tuple[str, dict, dict]] = []
@@ -268,20 +293,34 @@ def montage_panels(records: Sequence[dict], entries: Sequence[Mapping], predicti
     for title, r, x in picks:
         entry = by_id[r["scan_id"]]
         prob, label, _, _ = load_scan(entry, prediction_path(predictions_dir, r["scan_id"]))
-        image = _display_image(entry)
+        images = display_images(entry)
         cx, cy, cz = (int(round(c)) for c in x["centroid"])
         half = max(8, int(math.ceil(x["diameter_mm"] / min(r["voxel_mm"]) * 1.5)))
         sx = slice(max(cx - half, 0), cx + half + 1)
         sy = slice(max(cy - half, 0), cy + half + 1)
         panels.append({"title": f"{title}\n{r['scan_id']} d={x['diameter_mm']:.2f} mm z={cz}",
-                       "image": image[sx, sy, cz], "label": label[sx, sy, cz],
-                       "pred": prob[sx, sy, cz] >= threshold})
+                       "images": {name: image[sx, sy, cz] for name, image in images.items()},
+                       "label": label[sx, sy, cz], "pred": prob[sx, sy, cz] >= threshold,
+                       "voxel_mm": r["voxel_mm"][:2]})
         montage.append({"panel": title, "scan_id": r["scan_id"], "diameter_mm": x["diameter_mm"],
                         "centroid": x["centroid"], "detected": x["detected"]})
     return panels, montage
 
 
-def _display_image(entry: Mapping) -> np.ndarray:
-    """Background of the montage, (X, Y, Z): ``attn``, else the mean of ``df``'s channels (NaN/Inf allowed)."""
-    key = "attn" if entry.get("attn") and Path(entry["attn"]).is_file() else "df"
-    return load_scan_image(entry[key], key, allow_nonfinite=True).as_tensor().mean(dim=0).numpy()
+def display_images(entry: Mapping) -> dict[str, np.ndarray]:
+    """The montage's backgrounds, each (X, Y, Z), NaN/Inf allowed: ``attenuation`` and ``dark-field``.
+
+    Dark-field is ``c0`` of a decomposed (preprocessed) scan, else the mean over the grating
+    orientations (what ``c0`` estimates). An image the entry does not name, or whose file is missing,
+    is left out.
+    """
+    images = {}
+    if entry.get("attn") and Path(entry["attn"]).is_file():
+        images["attenuation"] = load_scan_image(entry["attn"], "attn", allow_nonfinite=True).as_tensor()[0].numpy()
+    if entry.get("df") and Path(entry["df"]).is_file():
+        df = load_scan_image(entry["df"], "df", allow_nonfinite=True).as_tensor().numpy()
+        sidecar = entry.get("sidecar")
+        meta = scan_meta(entry) if not sidecar or Path(sidecar).is_file() else dict(entry.get("meta") or {})
+        decomposed = bool(meta.get("preprocessed")) and df.shape[0] == len(DF_CHANNELS)
+        images["dark-field c0" if decomposed else "dark-field"] = df[0] if decomposed else df.mean(axis=0)
+    return images

@@ -11,7 +11,13 @@ no lesion is a false positive. Candidates are scored by the maximum probability 
 FROC follows LUNA16: operating points 1/8 ... 8 false positives per scan, CPM = mean sensitivity at
 those points; several candidates on one lesion count once (the highest-scoring one), the others are
 ignored rather than counted as false positives. The sensitivity at an FP rate is the best one reached
-by a threshold whose FP rate does not exceed it (a step curve, no interpolation).
+by a threshold whose FP rate does not exceed it (a step curve, no interpolation). FROC candidates
+(:data:`FROC_RULE`, :func:`froc_candidates`) are the matching's components at the segmentation
+threshold and, below it, the regional maxima of the probability map down to a low floor, so the curve
+passes exactly through the matching's operating point (lesion sensitivity and false-positive components
+per scan at the threshold) and goes on to higher FP rates. An operating point the candidates do not
+reach is reported as such (:func:`froc`, ``reached``), with the sensitivity of the curve's end as a
+lower bound.
 """
 
 from __future__ import annotations
@@ -24,6 +30,13 @@ from scipy import ndimage
 #: LUNA16 FROC operating points, false positives per scan.
 LUNA16_FP_RATES: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
+#: Lowest score of a FROC candidate below the segmentation threshold (a regional maximum of the map).
+FROC_FLOOR = 1e-6
+
+#: Most false-positive FROC candidates a scan keeps, its highest-scoring ones: 50 times the highest
+#: LUNA16 rate, so a cohort's curve to 8 FP per scan is complete unless one scan holds 50 times its share.
+FROC_MAX_FP = 400
+
 #: Lesion-size bins by equivalent diameter in mm, half-open ``[low, high)``.
 SIZE_BINS: tuple[tuple[str, float, float], ...] = (("0.5-1", 0.5, 1.0), ("1-2", 1.0, 2.0), ("2-3", 2.0, 3.0))
 
@@ -34,6 +47,19 @@ MATCHING_RULE = (
     "lesion are all true positives; a component overlapping no lesion is a false positive. Candidates are "
     "scored by their maximum probability. Per-lesion Dice compares the lesion with the union of the "
     "components that overlap it."
+)
+
+
+FROC_RULE = (
+    "FROC candidates: at or above the segmentation threshold, the predicted components of the matching rule "
+    "(scored by their maximum, hits by overlap); below it, the regional maxima of the probability map (a "
+    "voxel or flat top with every neighbour lower) down to probability {floor:g}, each a hit on the lesion its "
+    "top lies in. A lesion's score is its best candidate's; several candidates on one lesion count once, the "
+    "others are ignored; the rest are false positives (at most {max_fp} per scan, the highest). So the FROC "
+    "passes through the matching's operating point: at the threshold its sensitivity is the lesion sensitivity "
+    "and its FP rate the false-positive components per scan. LUNA16 operating points 1/8..8 FP/scan, CPM = "
+    "mean sensitivity there; a point the candidates do not reach is listed as not reached and its "
+    "sensitivity (the curve's last) is a lower bound."
 )
 
 
@@ -149,35 +175,99 @@ def match_lesions(prob: np.ndarray, reference: np.ndarray, threshold: float,
     return {"lesions": lesions, "components": components}
 
 
-def froc_candidates(prob: np.ndarray, reference: np.ndarray, floor: float) -> tuple[list[float], list[float]]:
-    """FROC candidates of one scan: components of ``prob >= floor`` scored by their maximum probability.
+def regional_maxima(prob: np.ndarray, floor: float) -> tuple[np.ndarray, int]:
+    """Regional maxima of a probability map: plateaus no neighbour of which is as high.
+
+    A regional maximum is a 26-connected set of voxels of one value whose 26-neighbours outside it are
+    all lower (a single voxel above its neighbours, or a flat top). A flat region that touches a higher
+    voxel anywhere is not one.
+
+    Args:
+        prob: (X, Y, Z) probabilities.
+        floor: lowest value of a maximum kept.
+
+    Returns:
+        ``(labels, n)`` as :func:`connected_components`: one label per maximum.
+    """
+    prob = np.asarray(prob, dtype=np.float64)
+    peak = (prob == ndimage.maximum_filter(prob, size=3, mode="constant", cval=-np.inf)) & (prob >= floor)
+    labels, n = connected_components(peak)
+    if n == 0:
+        return labels, 0
+    # a peak voxel's neighbours are never higher; an equal one outside the peak set continues the plateau
+    # towards a higher voxel, so the plateau is not a maximum
+    outside = ndimage.maximum_filter(np.where(peak, -np.inf, prob), size=3, mode="constant", cval=-np.inf)
+    spills = np.asarray(ndimage.maximum(peak & (outside == prob), labels, index=np.arange(1, n + 1)), bool)
+    keep = np.r_[0, np.cumsum(~spills)] * np.r_[False, ~spills]
+    return keep[labels].astype(np.int32), int((~spills).sum())
+
+
+def froc_candidates(prob: np.ndarray, reference: np.ndarray, threshold: float, *, floor: float = FROC_FLOOR,
+                    max_fp: int = FROC_MAX_FP) -> tuple[list[float], list[float], float]:
+    """FROC candidates of one scan (rule in :data:`FROC_RULE`).
+
+    Candidates scoring at or above ``threshold`` are the components of ``prob >= threshold``, scored
+    by their maximum and matched by overlap as :func:`match_lesions` matches them; below it, the regional
+    maxima (:func:`regional_maxima`) of ``prob`` scoring at least ``floor``, each a hit on the lesions
+    its plateau overlaps. A lesion's score is that of its best candidate.
 
     Args:
         prob: (X, Y, Z) probabilities.
         reference: (X, Y, Z) 0/1 tumour label.
-        floor: lowest probability that makes a candidate voxel; the FROC curve is swept over the
-            candidates' scores, so it cannot reach FP rates that need thresholds below ``floor``.
+        threshold: the segmentation threshold of :func:`match_lesions`.
+        floor: lowest score of a candidate below ``threshold``.
+        max_fp: most false-positive scores kept (the highest ones).
 
     Returns:
-        ``(lesion_scores, fp_scores)``: per reference lesion (in :func:`connected_components` order) the
-        highest score of a candidate overlapping it, ``-inf`` if none does; and the scores of candidates
-        overlapping no lesion.
+        ``(lesion_scores, fp_scores, complete_from)``: per reference lesion (in
+        :func:`connected_components` order) its best candidate's score, ``-inf`` if no candidate hits it;
+        the false-positive scores, highest first; and the lowest score down to which ``fp_scores`` holds
+        every false positive of the rule (``min(floor, threshold)``, higher when ``max_fp`` cut the list).
     """
     prob = np.asarray(prob, dtype=np.float64)
     ref_labels, n_ref = connected_components(reference)
-    cand_labels, n_cand = connected_components(prob >= floor)
-    scores = _component_max(prob, cand_labels, n_cand)
-    pairs = _overlap_pairs(ref_labels, cand_labels)
     lesion_scores = np.full(n_ref, -np.inf)
-    for ref_id, cand_id in pairs:
-        lesion_scores[ref_id - 1] = max(lesion_scores[ref_id - 1], scores[cand_id - 1])
-    is_fp = np.ones(n_cand, dtype=bool)
-    is_fp[pairs[:, 1] - 1] = False
-    return lesion_scores.tolist(), scores[is_fp].tolist()
+    fp_scores = []
+    box = _bounding_box(prob >= min(floor, threshold))
+    below = prob[box] < threshold
+    for cand_labels, n_cand in (connected_components(prob[box] >= threshold),
+                                _masked(regional_maxima(prob[box], floor), below)):
+        scores = _component_max(prob[box], cand_labels, n_cand)
+        pairs = _overlap_pairs(ref_labels[box], cand_labels)
+        for ref_id, cand_id in pairs:
+            lesion_scores[ref_id - 1] = max(lesion_scores[ref_id - 1], scores[cand_id - 1])
+        is_fp = np.ones(n_cand, dtype=bool)
+        is_fp[pairs[:, 1] - 1] = False
+        fp_scores.append(scores[is_fp])
+    fps = np.sort(np.concatenate(fp_scores))[::-1]
+    complete_from = float(min(floor, threshold))
+    if fps.size > max_fp:
+        complete_from = float(np.nextafter(fps[max_fp], np.inf))
+        fps = fps[fps >= complete_from]
+    return lesion_scores.tolist(), fps.tolist(), complete_from
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """Slices of the bounding box of ``mask`` grown by one voxel (an empty mask: the whole array)."""
+    if not mask.any():
+        return tuple(slice(None) for _ in mask.shape)
+    idx = np.nonzero(mask)
+    return tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in idx)
+
+
+def _masked(labelled: tuple[np.ndarray, int], keep: np.ndarray) -> tuple[np.ndarray, int]:
+    """The labelled regions lying in ``keep`` (a regional maximum lies wholly on one side of a threshold)."""
+    labels, n = labelled
+    if n == 0:
+        return labels, 0
+    inside = np.asarray(ndimage.maximum(keep, labels, index=np.arange(1, n + 1)), bool)
+    new_id = np.r_[0, np.cumsum(inside)] * np.r_[False, inside]
+    return new_id[labels].astype(np.int32), int(inside.sum())
 
 
 def froc(lesion_scores: np.ndarray, fp_scores: np.ndarray, n_scans: int,
-         fp_rates: tuple[float, ...] = LUNA16_FP_RATES) -> dict:
+         fp_rates: tuple[float, ...] = LUNA16_FP_RATES, *, complete_from: float = -np.inf,
+         threshold: float | None = None) -> dict:
     """FROC curve, sensitivities at the given FP rates, and CPM (their mean).
 
     Args:
@@ -186,27 +276,50 @@ def froc(lesion_scores: np.ndarray, fp_scores: np.ndarray, n_scans: int,
         fp_scores: (F,) scores of all false-positive candidates over all scans.
         n_scans: number of scans the candidates come from (the FP-rate denominator).
         fp_rates: operating points in false positives per scan.
+        complete_from: lowest threshold at which ``fp_scores`` holds every false positive; the curve
+            stops there (lower scores are dropped).
+        threshold: a score threshold whose point of the curve to report (``operating_point``).
 
     Returns:
-        ``{"fp_rates", "sensitivities", "cpm", "curve_fp_per_scan", "curve_sensitivity"}``; the curve
-        has one point per distinct candidate score, by decreasing threshold, starting at (0, 0).
-        Sensitivities are ``nan`` when there is no lesion.
+        ``{"fp_rates", "sensitivities", "reached", "unreached_fp_rates", "cpm", "cpm_complete",
+        "complete_from", "curve_fp_per_scan", "curve_sensitivity", "curve_threshold"}`` and, with
+        ``threshold``, ``"operating_point": {"threshold", "fp_per_scan", "sensitivity"}``. The curve has one
+        point per distinct candidate score, by decreasing threshold, starting at (0, 0) (threshold
+        ``inf``). A rate is reached when the curve ends at or beyond it, or every lesion is hit before
+        it; at a rate not reached the sensitivity is the curve's last one, a lower bound. Sensitivities
+        are ``nan`` when there is no lesion.
     """
     les = np.asarray(lesion_scores, float).ravel()
     les = np.where(np.isnan(les), -np.inf, les)  # JSON round trips turn -inf into None -> nan
     fps = np.asarray(fp_scores, float).ravel()
+    floor = -np.inf if complete_from is None or np.isnan(complete_from) else float(complete_from)
+    les = np.where(les >= floor, les, -np.inf)
+    fps = fps[fps >= floor]
     thresholds = np.unique(np.r_[les[np.isfinite(les)], fps])[::-1]
     n_les = les.size
-    les_sorted = np.sort(les)
-    fp_sorted = np.sort(fps)
-    # count of scores >= t = size - (number strictly below t)
-    hit = les.size - np.searchsorted(les_sorted, thresholds, side="left")
-    nfp = fps.size - np.searchsorted(fp_sorted, thresholds, side="left")
+    hit, nfp = _counts_at(les, fps, thresholds)
     curve_fp = np.r_[0.0, nfp / max(n_scans, 1)]
     curve_sens = np.r_[0.0, hit / n_les] if n_les else np.full(thresholds.size + 1, np.nan)
-    sens = []
+    sens, reached = [], []
     for rate in fp_rates:
         ok = curve_fp <= rate + 1e-12
         sens.append(float(curve_sens[ok].max()) if n_les else float("nan"))
-    return {"fp_rates": list(fp_rates), "sensitivities": sens, "cpm": float(np.mean(sens)),
-            "curve_fp_per_scan": curve_fp.tolist(), "curve_sensitivity": curve_sens.tolist()}
+        reached.append(bool(curve_fp[-1] >= rate - 1e-12 or (n_les and curve_sens[-1] == 1.0)))
+    out = {"fp_rates": list(fp_rates), "sensitivities": sens, "reached": reached,
+           "unreached_fp_rates": [r for r, ok in zip(fp_rates, reached) if not ok],
+           "cpm": float(np.mean(sens)), "cpm_complete": all(reached), "complete_from": floor,
+           "curve_fp_per_scan": curve_fp.tolist(), "curve_sensitivity": curve_sens.tolist(),
+           "curve_threshold": np.r_[np.inf, thresholds].tolist()}
+    if threshold is not None:
+        hit_t, nfp_t = _counts_at(les, fps, np.array([float(threshold)]))
+        out["operating_point"] = {"threshold": float(threshold), "fp_per_scan": float(nfp_t[0] / max(n_scans, 1)),
+                                  "sensitivity": float(hit_t[0] / n_les) if n_les else float("nan")}
+    return out
+
+
+def _counts_at(lesion_scores: np.ndarray, fp_scores: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lesions hit and false positives at each threshold (scores ``>=`` it)."""
+    # count of scores >= t = size - (number strictly below t)
+    hit = lesion_scores.size - np.searchsorted(np.sort(lesion_scores), thresholds, side="left")
+    nfp = fp_scores.size - np.searchsorted(np.sort(fp_scores), thresholds, side="left")
+    return hit, nfp

@@ -3,8 +3,9 @@
 :func:`score_scan` reduces one scan (probabilities, label, lung mask) to a small JSON-serialisable
 record; every cohort metric is a function of a list of such records, so the subject bootstrap
 (:mod:`.bootstrap`) only has to resample the list. Pooled metrics (patch AUROC, lesion sensitivity,
-FROC, Brier, ECE) pool the items of the records they are given; per-scan metrics (Dice, surface Dice)
-average over the scans that hold a tumour.
+FROC, voxel and volume Brier and ECE) pool the items of the records they are given; per-scan metrics
+(Dice, surface Dice) average over the scans that hold a tumour. A record's ``froc_complete_from`` is
+optional when read (without it the record holds every FROC candidate it was scored with).
 """
 
 from __future__ import annotations
@@ -21,13 +22,9 @@ from dfseg.evaluation import presence
 Record = dict
 RecordMetric = Callable[[Sequence[Record]], float]
 
-#: Lowest probability that makes a FROC candidate voxel.
-FROC_FLOOR = 0.1
-
-
 def score_scan(prob: np.ndarray, label: np.ndarray, lung_mask: np.ndarray, voxel_mm: Sequence[float], *,
                scan_id: str, subject_id: str, threshold: float = 0.5, patch_size: int = presence.PATCH_SIZE,
-               min_patch_voxels: int = presence.MIN_TUMOUR_VOXELS, froc_floor: float = FROC_FLOOR,
+               min_patch_voxels: int = presence.MIN_TUMOUR_VOXELS, froc_floor: float = les.FROC_FLOOR,
                n_bins: int = m.N_CALIBRATION_BINS, surface_tolerance_mm: float | None = None) -> Record:
     """Reduce one scan to its evaluation record.
 
@@ -46,7 +43,7 @@ def score_scan(prob: np.ndarray, label: np.ndarray, lung_mask: np.ndarray, voxel
         threshold: probability threshold of the binary segmentation.
         patch_size: patch edge in voxels (:mod:`.presence`).
         min_patch_voxels: tumour voxels that make a patch positive.
-        froc_floor: lowest candidate probability for FROC.
+        froc_floor: lowest score of a FROC candidate below ``threshold`` (:data:`.lesions.FROC_RULE`).
         n_bins: calibration bins.
         surface_tolerance_mm: surface-Dice tolerance in mm (default: the largest voxel edge).
 
@@ -64,7 +61,7 @@ def score_scan(prob: np.ndarray, label: np.ndarray, lung_mask: np.ndarray, voxel
     pred = prob >= threshold
 
     matched = les.match_lesions(prob, label, threshold, spacing)
-    lesion_scores, fp_scores = les.froc_candidates(prob, label, froc_floor)
+    lesion_scores, fp_scores, complete_from = les.froc_candidates(prob, label, threshold, floor=froc_floor)
     for lesion, score in zip(matched["lesions"], lesion_scores):
         lesion["froc_score"] = score
     patch_s, patch_y = presence.patch_scores(prob, label, lung, patch_size=patch_size,
@@ -84,6 +81,7 @@ def score_scan(prob: np.ndarray, label: np.ndarray, lung_mask: np.ndarray, voxel
         "lesions": matched["lesions"],
         "components": matched["components"],
         "froc_fp_scores": fp_scores,
+        "froc_complete_from": complete_from,
         "voxel": m.confusion_counts(pred, label),
         "dice": m.dice(pred, label) if label.any() else float("nan"),
         "surface_dice": m.surface_dice(pred, label, spacing, tol) if label.any() else float("nan"),
@@ -129,11 +127,18 @@ def lesion_confusion(records: Sequence[Record]) -> dict[str, int]:
             "fp": sum(not c["tp"] for c in comps), "tp_components": sum(c["tp"] for c in comps)}
 
 
-def froc_of(records: Sequence[Record]) -> dict:
-    """FROC (LUNA16 operating points) over the pooled candidates of ``records``."""
+def froc_of(records: Sequence[Record], threshold: float | None = None) -> dict:
+    """FROC (LUNA16 operating points) over the pooled candidates of ``records``.
+
+    The curve stops at the highest ``froc_complete_from`` of the records (a record without one holds
+    every candidate it was scored with); ``threshold`` adds the curve's point at that score threshold.
+    """
     scores = [x["froc_score"] for x in all_lesions(records)]
     fps = [s for r in records for s in r["froc_fp_scores"]]
-    return les.froc(np.asarray(scores, float), np.asarray(fps, float), len(records))
+    floors = [r.get("froc_complete_from") for r in records]
+    complete_from = max((f for f in floors if f is not None), default=-np.inf)
+    return les.froc(np.asarray(scores, float), np.asarray(fps, float), len(records),
+                    complete_from=complete_from, threshold=threshold)
 
 
 # ---------------------------------------------------------------- scalar metrics of record lists
@@ -191,6 +196,21 @@ def brier(records) -> float:
 def ece(records) -> float: return m.expected_calibration_error(*calibration_sums(records))
 
 
+def volume_calibration(records, n_bins: int = m.N_CALIBRATION_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(count, sum_prob, sum_target)`` per bin of the volume scores against "the volume has a tumour"."""
+    return m.calibration_bins(*volume_arrays(records), n_bins)
+
+
+def volume_brier(records) -> float:
+    """Brier score of the per-volume presence score (label: the volume holds a tumour)."""
+    return m.brier_score(*volume_arrays(records))
+
+
+def volume_ece(records, n_bins: int = m.N_CALIBRATION_BINS) -> float:
+    """ECE of the per-volume presence score over ``n_bins`` equal-width bins."""
+    return m.expected_calibration_error(*volume_calibration(records, n_bins))
+
+
 def metric_table(threshold: float = 0.5) -> dict[str, RecordMetric]:
     """Every scalar cohort metric, name -> function of a record list (the report's rows)."""
     table: dict[str, RecordMetric] = {
@@ -214,6 +234,8 @@ def metric_table(threshold: float = 0.5) -> dict[str, RecordMetric]:
         "lesion_dice": lesion_dice,
         "brier": brier,
         "ece": ece,
+        "volume_brier": volume_brier,
+        "volume_ece": volume_ece,
     }
     for name, _, _ in les.SIZE_BINS:
         table[f"lesion_sensitivity_{name}mm"] = functools.partial(lesion_sensitivity, size_bin=name)

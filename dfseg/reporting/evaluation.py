@@ -2,9 +2,10 @@
 
 Outputs in ``out_dir`` (what ``dfseg evaluate`` and ``dfseg study`` leave):
 
-- ``metrics.json``: every cohort metric with a 95% subject-bootstrap CI, confusion matrices, FROC,
-  reliability curve, per-scan summary, the rules used, the manifest hash, figure paths and the
-  lesions of the montage (:func:`dfseg.evaluation.evaluate.metrics_document`);
+- ``metrics.json``: every cohort metric with a 95% subject-bootstrap CI, confusion matrices, FROC
+  (with its operating point at the threshold and the LUNA16 points it does not reach), voxel and
+  volume reliability curves, ROC curves with subject-bootstrap bands and counts, per-scan summary,
+  the rules used, the manifest hash, figure paths and the lesions of the montage (:func:`dfseg.evaluation.evaluate.metrics_document`);
 - ``records.json``: the per-scan records, input of :func:`dfseg.evaluation.compare.compare_models`;
 - ``report.md`` (:func:`dfseg.reporting.report.render_report`) and ``figures/*.png``.
 
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from dfseg.evaluation import lesions as les
 from dfseg.evaluation import metrics as m
 from dfseg.evaluation import plots, presence
 from dfseg.evaluation import records as rec
@@ -51,7 +53,11 @@ def json_safe(obj: Any) -> Any:
 
 def write_figures(fig_dir: Path, records: Sequence[dict], summary: Mapping, panels: list[dict],
                   threshold: float) -> dict[str, Path]:
-    """ROC, PR, FROC, reliability, confusion and lesion-montage figures; returns their paths by name."""
+    """ROC, PR, FROC, voxel and volume reliability, confusion and lesion-montage figures; their paths by name.
+
+    ROC bands and counts come from ``summary["roc"]`` (:func:`dfseg.evaluation.evaluate.summarise`);
+    a summary without them draws the curves alone.
+    """
     curves_roc, curves_pr = {}, {}
     for level, arrays in (("volume", rec.volume_arrays(records)), ("patch", rec.patch_arrays(records))):
         scores, labels = arrays
@@ -61,19 +67,33 @@ def write_figures(fig_dir: Path, records: Sequence[dict], summary: Mapping, pane
         if labels.any():
             precision, recall, _ = m.pr_curve(scores, labels)
             curves_pr[level] = (recall, precision, m.average_precision(scores, labels))
-    rel = summary["reliability"]
-    ece = summary["metrics"]["ece"]["estimate"]
-    return {
-        "roc": plots.plot_roc(curves_roc, fig_dir / "roc.png", "ROC (volume and patch presence)"),
+    roc = summary.get("roc") or {}
+    bands = {level: r for level, r in roc.items() if level in curves_roc}
+    counts = {level: r["counts"] for level, r in roc.items() if level in curves_roc and r.get("counts")}
+
+    def reliability(key: str, ece_key: str, path: Path, title: str, unit: str) -> Path:
+        rel = summary[key]
+        ece = summary["metrics"][ece_key]["estimate"]
+        return plots.plot_reliability(np.asarray(rel["mean_prob"], float), np.asarray(rel["frac_positive"], float),
+                                      np.asarray(rel["count"], float), path, ece if ece is not None else float("nan"),
+                                      title, unit=unit)
+
+    figures = {
+        "roc": plots.plot_roc(curves_roc, fig_dir / "roc.png", "ROC (volume and patch presence)", bands=bands,
+                              counts=counts),
         "pr": plots.plot_pr(curves_pr, fig_dir / "pr.png"),
         "froc": plots.plot_froc(summary["froc"], fig_dir / "froc.png"),
-        "reliability": plots.plot_reliability(np.asarray(rel["mean_prob"], float), np.asarray(rel["frac_positive"], float),
-                                              np.asarray(rel["count"], float), fig_dir / "reliability.png",
-                                              ece if ece is not None else float("nan")),
-        "confusion": plots.plot_confusion_matrices(summary["confusion"], fig_dir / "confusion.png"),
-        "lesion_montage": plots.plot_lesion_montage(panels, fig_dir / "lesions.png",
-                                                    f"Lesions, threshold {threshold:g}"),
+        "reliability": reliability("reliability", "ece", fig_dir / "reliability.png", "Reliability (lung voxels)",
+                                   "voxels"),
     }
+    if "volume_reliability" in summary:
+        figures["volume_reliability"] = reliability("volume_reliability", "volume_ece",
+                                                    fig_dir / "reliability_volume.png",
+                                                    "Reliability (per-volume presence score)", "volumes")
+    figures["confusion"] = plots.plot_confusion_matrices(summary["confusion"], fig_dir / "confusion.png")
+    figures["lesion_montage"] = plots.plot_lesion_montage(panels, fig_dir / "lesions.png",
+                                                          f"Lesions, threshold {threshold:g}")
+    return figures
 
 
 def write_evaluation(out_dir: str | os.PathLike, doc: Mapping, records: Sequence[dict], panels: list[dict],
@@ -104,7 +124,7 @@ def evaluate_predictions(predictions_dir: str | os.PathLike, manifest_path: str 
                          out_dir: str | os.PathLike, *, split: str = "test", threshold: float = 0.5,
                          n_bootstrap: int = 1000, seed: int = 0, progress: bool = True, overwrite: bool = False,
                          patch_size: int = presence.PATCH_SIZE, min_patch_voxels: int = presence.MIN_TUMOUR_VOXELS,
-                         froc_floor: float = rec.FROC_FLOOR, n_bins: int = m.N_CALIBRATION_BINS,
+                         froc_floor: float = les.FROC_FLOOR, n_bins: int = m.N_CALIBRATION_BINS,
                          surface_tolerance_mm: float | None = None) -> dict:
     """Score every scan of ``split``, bootstrap the cohort metrics, write metrics, figures and report.
 
@@ -122,7 +142,7 @@ def evaluate_predictions(predictions_dir: str | os.PathLike, manifest_path: str 
         overwrite: replace a non-empty ``out_dir``.
         patch_size: patch edge in voxels for the per-patch scores.
         min_patch_voxels: tumour voxels that make a patch positive.
-        froc_floor: lowest candidate probability for FROC.
+        froc_floor: lowest score of a FROC candidate below the threshold.
         n_bins: calibration bins.
         surface_tolerance_mm: surface-Dice tolerance in mm (default: the largest voxel edge).
 

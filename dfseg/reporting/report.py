@@ -32,10 +32,14 @@ SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         ("dice", "Dice (mean over scans with tumour)"), ("surface_dice", "surface Dice (mean over scans with tumour)"),
         ("lesion_dice", "per-lesion Dice"), ("lesion_dice_0.5-1mm", "per-lesion Dice, 0.5-1 mm"),
         ("lesion_dice_1-2mm", "per-lesion Dice, 1-2 mm"), ("lesion_dice_2-3mm", "per-lesion Dice, 2-3 mm"))),
-    ("Calibration", (("brier", "Brier score"), ("ece", "expected calibration error"))),
+    ("Calibration", (
+        ("brier", "Brier score, lung voxels"), ("ece", "expected calibration error, lung voxels"),
+        ("volume_brier", "Brier score, per-volume presence score"),
+        ("volume_ece", "expected calibration error, per-volume presence score"))),
 )
 
-FIGURE_TITLES = {"roc": "ROC", "pr": "Precision-recall", "froc": "FROC", "reliability": "Reliability curve",
+FIGURE_TITLES = {"roc": "ROC", "pr": "Precision-recall", "froc": "FROC", "reliability": "Reliability curve, lung voxels",
+                 "volume_reliability": "Reliability curve, per-volume presence score",
                  "confusion": "Confusion matrices", "lesion_montage": "Lesion montage"}
 
 
@@ -63,6 +67,44 @@ def _confusion_table(confusion: Mapping[str, Mapping[str, int | None]]) -> list[
     return lines
 
 
+def _froc_section(froc: Mapping) -> list[str]:
+    """LUNA16 operating points (``>=`` marks a lower bound at a point not reached) and the threshold's point."""
+    if not froc:
+        return []
+    reached = froc.get("reached") or [True] * len(froc["fp_rates"])
+    cells = [fmt(s) if ok else f"≥ {fmt(s)}" for s, ok in zip(froc["sensitivities"], reached)]
+    cpm = fmt(froc.get("cpm")) if all(reached) else f"≥ {fmt(froc.get('cpm'))}"
+    lines = ["## FROC operating points (LUNA16)", "",
+             "| FP per scan | " + " | ".join(f"{r:g}" for r in froc["fp_rates"]) + " | CPM |",
+             "|---|" + "---:|" * (len(froc["fp_rates"]) + 1),
+             "| sensitivity | " + " | ".join(cells) + f" | {cpm} |", ""]
+    unreached = [r for r, ok in zip(froc["fp_rates"], reached) if not ok]
+    if unreached:
+        end = (froc.get("curve_fp_per_scan") or [0.0])[-1]
+        lines += [f"Not reached: {', '.join(f'{r:g}' for r in unreached)} FP per scan. The candidates end at "
+                  f"{fmt(end)} FP per scan; the sensitivity there (≥) is a lower bound.", ""]
+    op = froc.get("operating_point")
+    if op:
+        lines += [f"At the threshold {op['threshold']:g} the FROC passes through {fmt(op['fp_per_scan'])} FP per "
+                  f"scan at sensitivity {fmt(op['sensitivity'])}: the lesion sensitivity and false-positive "
+                  "components per scan of the matching rule.", ""]
+    return lines
+
+
+def _volume_reliability_section(rel: Mapping) -> list[str]:
+    """Per-volume reliability bins: volumes, mean presence score and tumour fraction of each."""
+    counts = rel.get("count") or []
+    if not counts:
+        return []
+    edges = [i / len(counts) for i in range(len(counts) + 1)]
+    lines = ["## Per-volume reliability (presence score)", "",
+             "| score bin | volumes | mean score | fraction with tumour |", "|---|---:|---:|---:|"]
+    for i, n in enumerate(counts):
+        lines.append(f"| {edges[i]:.1f}-{edges[i + 1]:.1f} | {int(n)} | {fmt(rel['mean_prob'][i])} | "
+                     f"{fmt(rel['frac_positive'][i])} |")
+    return lines + [""]
+
+
 def render_report(doc: Mapping) -> str:
     """Markdown report of a ``metrics.json`` document."""
     metrics = doc.get("metrics", {})
@@ -85,13 +127,8 @@ def render_report(doc: Mapping) -> str:
                 est, ci = fmt_ci(metrics[key])
                 lines.append(f"| {label} | {est} | {ci} |")
         lines.append("")
-    froc = doc.get("froc") or {}
-    if froc:
-        lines += ["## FROC operating points (LUNA16)", "",
-                  "| FP per scan | " + " | ".join(f"{r:g}" for r in froc["fp_rates"]) + " | CPM |",
-                  "|---|" + "---:|" * (len(froc["fp_rates"]) + 1),
-                  "| sensitivity | " + " | ".join(fmt(s) for s in froc["sensitivities"]) + f" | {fmt(froc.get('cpm'))} |",
-                  ""]
+    lines += _froc_section(doc.get("froc") or {})
+    lines += _volume_reliability_section(doc.get("volume_reliability") or {})
     bins = doc.get("size_bins") or {}
     if bins:
         lines += ["## Lesions by size (equivalent diameter)", "", "| size bin (mm) | lesions | detected |",
@@ -106,7 +143,7 @@ def render_report(doc: Mapping) -> str:
     if rules:
         lines += ["## Rules", ""]
         names = {"matching": "Lesion matching rule", "presence": "Presence scores", "froc": "FROC",
-                 "calibration": "Calibration", "bootstrap": "Confidence intervals"}
+                 "calibration": "Calibration", "bootstrap": "Confidence intervals", "roc_bands": "ROC bands"}
         lines += [f"- **{names.get(k, k)}.** {v}" for k, v in rules.items()]
         lines.append("")
     figures = doc.get("figures") or {}

@@ -86,7 +86,26 @@ def test_metrics_match_hand_computation(evaluated):
     assert m["lesion_fp_per_scan"]["estimate"] == pytest.approx(0.25)
     assert m["lesion_precision"]["estimate"] == pytest.approx(0.5)
     assert m["dice"]["estimate"] == pytest.approx(0.5)
-    assert m["froc_cpm"]["estimate"] == pytest.approx(0.5)
+    # FROC candidates: the components at 0.5 (0.9 on the lesion of s0, the 0.7 blob of s2, a false
+    # positive) and the regional maxima below it: the 0.05 lung of s1 (its plateau covers the lesion: a hit)
+    # and of s3 (a false positive); the 0.05 lungs of s0 and s2 touch higher voxels, so they are no maxima.
+    # Curve: 0.9 -> (0 FP/scan, 1/2); 0.7 -> (1/4, 1/2); 0.05 -> (2/4, 2/2). Sensitivity at 1/8, 1/4: 1/2;
+    # at 1/2..8: 1 (every lesion hit, so every point is reached). CPM = (2 * 1/2 + 5) / 7.
+    assert m["froc_cpm"]["estimate"] == pytest.approx(6 / 7)
+    froc = doc["froc"]
+    assert froc["sensitivities"] == pytest.approx([0.5, 0.5, 1, 1, 1, 1, 1])
+    assert froc["reached"] == [True] * 7 and froc["unreached_fp_rates"] == []
+    # at the threshold the FROC passes through the matching's lesion sensitivity and FP components per scan
+    assert froc["operating_point"] == {"threshold": 0.5, "fp_per_scan": 0.25, "sensitivity": 0.5}
+    # per volume: scores 0.9 (+), 0.05 (+), 0.7 (-), 0.05 (-)
+    assert m["volume_brier"]["estimate"] == pytest.approx((0.1**2 + 0.95**2 + 0.7**2 + 0.05**2) / 4, rel=1e-6)
+    # bins: {0.05 (+), 0.05 (-)}: |0.1 - 1|; {0.7 (-)}: 0.7; {0.9 (+)}: 0.1 -> ECE = 1.7 / 4
+    assert m["volume_ece"]["estimate"] == pytest.approx(1.7 / 4, rel=1e-6)
+    assert sum(doc["volume_reliability"]["count"]) == 4 and doc["volume_reliability"]["count"][0] == 2
+    roc = doc["roc"]
+    assert roc["volume"]["counts"] == {"subjects": 3, "positives": 2, "negatives": 2, "unit": "volumes"}
+    assert roc["patch"]["counts"] == {"subjects": 3, "positives": 9, "negatives": 23, "unit": "patches", "lesions": 2}
+    assert all(lo - 1e-9 <= hi for lo, hi in zip(roc["patch"]["tpr_low"], roc["patch"]["tpr_high"]))
     # patches (8 per scan, starts 2 and 10 per axis): positives = 1 at 0.9 (s0) + all 8 of s1 at 0.05;
     # negatives = 7 (s0) + 8 (s2, one at 0.7) + 8 (s3) = 22 at 0.05 + 1 at 0.7
     # AUROC = (23 + 8 * 22 * 0.5) / (9 * 23)
@@ -106,11 +125,15 @@ def test_report_links_every_figure_and_pngs_open(evaluated):
     _, out, _ = evaluated
     doc = json.loads((out / "metrics.json").read_text())
     report = (out / "report.md").read_text()
-    assert set(doc["figures"]) == {"roc", "pr", "froc", "reliability", "confusion", "lesion_montage"}
+    assert set(doc["figures"]) == {"roc", "pr", "froc", "reliability", "volume_reliability", "confusion",
+                                   "lesion_montage"}
     for rel in doc["figures"].values():
         assert f"]({rel})" in report
         img = mpimg.imread(out / rel)
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+        # not blank: many distinct colours, and ink on a white background
+        assert len(np.unique(img.reshape(-1, img.shape[2]), axis=0)) > 20
+        assert (img[..., :3].mean(axis=2) < 0.5).mean() > 0.002
     assert doc["manifest"]["sha256"] in report
     assert "Lesion matching rule" in report
     assert len(doc["montage"]) == 2  # one detected and one missed lesion

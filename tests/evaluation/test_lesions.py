@@ -60,14 +60,118 @@ def test_froc_known_candidate_list():
     assert les.froc([0.9, 0.7, 0.3, float("nan")], [0.8, 0.6, 0.2, 0.1], 2)["cpm"] == pytest.approx(4.0 / 7)
 
 
-def test_froc_candidates_dedupe_hits():
-    prob, label = _two_lesions()
-    prob[2, 2, 5] = 0.95  # a second candidate on lesion A? it touches the first component -> same one
-    prob[5, 5, 2] = 0.3
-    lesion_scores, fp_scores = les.froc_candidates(prob, label, floor=0.1)
-    assert lesion_scores[0] == pytest.approx(0.95)
-    assert lesion_scores[1] == -np.inf
-    assert sorted(fp_scores) == pytest.approx([0.6, 0.9])
+def _peaks_scan(peaks: dict[tuple[int, int, int], float], lesions: list[tuple[slice, slice, slice]]):
+    """A 12^3 scan of 0.4 mm voxels (one voxel is 0.064 mm^3, above the smallest lesion reported):
+    probability 0 but for the given voxels, label 1 on the given boxes, lung everywhere."""
+    prob = np.zeros((12, 12, 12), np.float32)
+    label = np.zeros(prob.shape, np.uint8)
+    for box in lesions:
+        label[box] = 1
+    for ijk, value in peaks.items():
+        prob[ijk] = value
+    return prob, label, np.ones_like(label)
+
+
+def _known_answer_records():
+    """Three scans, four lesions, several candidates per scan (isolated voxels, each a regional maximum).
+
+    scan A: lesion L1 [1:4]^3 with 0.9 at one corner and 0.3 at the opposite one (two candidates on one
+            lesion: the 0.3 is ignored), lesion L2 [7:9]^3 with 0.2 inside; false positives 0.8, 0.4, 0.02.
+    scan B: lesion L3 [1:3]^3 with 0.6 inside; false positives 0.7, 0.1, 0.05.
+    scan C: lesion L4 [1:3]^3 with nothing on it (never hit); false positives 0.95, 0.45, 0.3, 0.01.
+    """
+    from dfseg.evaluation.records import score_scan
+
+    a = _peaks_scan({(1, 1, 1): 0.9, (3, 3, 3): 0.3, (8, 8, 8): 0.2, (10, 1, 1): 0.8, (1, 10, 1): 0.4,
+                     (1, 1, 10): 0.02}, [np.s_[1:4, 1:4, 1:4], np.s_[7:9, 7:9, 7:9]])
+    b = _peaks_scan({(1, 1, 1): 0.6, (10, 1, 1): 0.7, (1, 10, 1): 0.1, (1, 1, 10): 0.05}, [np.s_[1:3, 1:3, 1:3]])
+    c = _peaks_scan({(10, 1, 1): 0.95, (1, 10, 1): 0.45, (1, 1, 10): 0.3, (10, 10, 10): 0.01}, [np.s_[1:3, 1:3, 1:3]])
+    return [score_scan(*scan, 0.4, scan_id=f"s{i}", subject_id=f"m{i}", threshold=0.5)
+            for i, scan in enumerate((a, b, c))]
+
+
+def test_froc_known_answer_with_several_candidates_per_scan():
+    from dfseg.evaluation import records as rec
+
+    records = _known_answer_records()
+    assert [x["froc_score"] for x in rec.all_lesions(records)] == pytest.approx([0.9, 0.2, 0.6, -np.inf])
+    assert sorted(s for r in records for s in r["froc_fp_scores"]) == pytest.approx(
+        [0.01, 0.02, 0.05, 0.1, 0.3, 0.4, 0.45, 0.7, 0.8, 0.95])
+    # by decreasing threshold, (FP per scan, sensitivity) of 3 scans and 4 lesions:
+    # 0.95 (1/3, 0)  0.9 (1/3, 1/4)  0.8 (2/3, 1/4)  0.7 (1, 1/4)  0.6 (1, 2/4)  0.45 (4/3, 2/4)
+    # 0.4 (5/3, 2/4)  0.3 (2, 2/4)  0.2 (2, 3/4)  0.1 (7/3, 3/4)  0.05 (8/3)  0.02 (3)  0.01 (10/3, 3/4)
+    froc = rec.froc_of(records, threshold=0.5)
+    assert froc["curve_fp_per_scan"] == pytest.approx(np.r_[0, 1, 1, 2, 3, 3, 4, 5, 6, 6, 7, 8, 9, 10] / 3)
+    assert froc["curve_sensitivity"] == pytest.approx(np.r_[0, 0, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 3] / 4)
+    # at 1/8 and 1/4 no threshold keeps FP that low but the empty one; 4 and 8 lie beyond the candidates' end
+    # (10/3 FP per scan) with a lesion never hit: not reached, 3/4 a lower bound there
+    assert froc["sensitivities"] == pytest.approx([0, 0, 0.25, 0.5, 0.75, 0.75, 0.75])
+    assert froc["reached"] == [True] * 5 + [False] * 2 and froc["unreached_fp_rates"] == [4.0, 8.0]
+    assert froc["cpm"] == pytest.approx(3.0 / 7) and froc["cpm_complete"] is False
+    # the rule that makes them agree: at the threshold, candidates are the matching's components
+    assert froc["operating_point"] == {"threshold": 0.5, "fp_per_scan": 1.0, "sensitivity": 0.5}
+    assert rec.lesion_sensitivity(records) == 0.5 and rec.lesion_fp_per_scan(records) == 1.0
+
+
+def test_froc_agrees_with_lesion_matching_at_the_threshold():
+    """Smooth random maps: at every threshold the FROC passes through the matching's operating point."""
+    from scipy import ndimage
+
+    from dfseg.evaluation import records as rec
+
+    rng = np.random.default_rng(3)
+    for threshold in (0.5, 0.6, 0.7):
+        records = []
+        for i in range(3):
+            prob = ndimage.gaussian_filter(rng.random((20, 20, 20)), 1.5)
+            prob = ((prob - prob.min()) / (prob.max() - prob.min())).astype(np.float32)
+            label = np.zeros(prob.shape, np.uint8)
+            for corner in rng.integers(0, 17, size=(3, 3)):
+                label[tuple(slice(c, c + 3) for c in corner)] = 1
+            records.append(rec.score_scan(prob, label, np.ones_like(label), 0.4, scan_id=f"s{i}",
+                                          subject_id=f"m{i}", threshold=threshold))
+        op = rec.froc_of(records, threshold)["operating_point"]
+        assert op["sensitivity"] == pytest.approx(rec.lesion_sensitivity(records))
+        assert op["fp_per_scan"] == pytest.approx(rec.lesion_fp_per_scan(records))
+        assert rec.lesion_fp_per_scan(records) > 0 and 0 < rec.lesion_sensitivity(records) < 1
+
+
+def test_regional_maxima_skip_plateaus_that_touch_a_higher_voxel():
+    prob = np.zeros((9, 9, 9))
+    prob[1:4, 1:4, 1:4] = 0.2      # a plateau with a higher voxel on it: not a maximum
+    prob[2, 2, 2] = 0.5            # ... the voxel is
+    prob[6:8, 6:8, 6:8] = 0.3      # a flat top: one maximum
+    labels, n = les.regional_maxima(prob, floor=0.1)
+    assert n == 2
+    assert labels[2, 2, 2] > 0 and labels[1, 1, 1] == 0
+    assert np.count_nonzero(labels == labels[6, 6, 6]) == 8
+    assert les.regional_maxima(prob, floor=0.4)[1] == 1
+
+
+def test_froc_candidates_keep_the_highest_false_positives_and_say_where_the_list_is_complete():
+    prob = np.zeros((12, 12, 12))
+    for k, value in enumerate((0.9, 0.4, 0.3, 0.2, 0.1)):
+        prob[2 * k + 1, 1, 1] = value
+    label = np.zeros(prob.shape, np.uint8)
+    label[9:12, 9:12, 9:12] = 1
+    prob[10, 10, 10] = 0.05        # the lesion's only candidate
+    lesion_scores, fps, complete_from = les.froc_candidates(prob, label, 0.5, floor=0.01, max_fp=3)
+    assert lesion_scores == pytest.approx([0.05]) and fps == pytest.approx([0.9, 0.4, 0.3])
+    assert complete_from == np.nextafter(0.2, 1.0)
+    # the curve stops where the list stops being complete: the 0.05 hit lies below it
+    out = les.froc(lesion_scores, fps, 1, complete_from=complete_from)
+    assert out["curve_sensitivity"][-1] == 0.0 and out["curve_fp_per_scan"][-1] == 3.0
+    assert out["unreached_fp_rates"] == [4.0, 8.0]
+    assert les.froc_candidates(prob, label, 0.5, floor=0.01)[2] == 0.01
+
+
+def test_records_without_a_completeness_floor_still_score():
+    from dfseg.evaluation import records as rec
+
+    records = _known_answer_records()
+    for r in records:
+        del r["froc_complete_from"]
+    assert rec.froc_of(records)["cpm"] == pytest.approx(3.0 / 7)
 
 
 def test_lesion_mask_drops_components_below_half_a_half_millimetre_sphere():
