@@ -1,6 +1,6 @@
 """Ignite/MONAI pieces the bundles wire: deterministic data feeding, transform chains, resumable
-checkpoints, run records, prediction writers, DDP set-up and the values the configs derive
-(ROI size, network). The bundle YAML only calls these."""
+checkpoints, run records, prediction writers, the progress bar, TensorBoard images, DDP set-up and the
+values the configs derive (ROI size, network). The bundle YAML only calls these."""
 
 from __future__ import annotations
 
@@ -29,10 +29,12 @@ from dfseg.training.handlers import (
     NullSummaryWriter,
     ProbabilityWriter,
     RunInfoWriter,
+    TrainingProgress,
     lr_writer,
     run_info,
     summary_writer,
 )
+from dfseg.training.overlays import TensorBoardOverlays
 from dfseg.training.settings import build_network, roi_size
 from dfseg.training.transforms import (
     MODALITY_CHANNELS,
@@ -46,7 +48,7 @@ from dfseg.training.transforms import (
 __all__ = [
     "MODALITY_CHANNELS", "BestModelSaver", "CheckpointLoader", "EpochSampler", "MetricsWriter", "NullSummaryWriter",
     "PresenceScored", "ProbabilityWriter", "ResumableCheckpoint", "RunInfoWriter", "SeededCacheDataset",
-    "at_least_as_good", "build_network", "cohort_value", "datalist", "ddp", "derive_seed", "destroy_distributed",
+    "TensorBoardOverlays", "TrainingProgress", "at_least_as_good", "build_network", "cohort_value", "datalist", "ddp", "derive_seed", "destroy_distributed",
     "eval_postprocessing", "eval_transforms", "handlers_for_rank", "in_channels", "init_distributed",
     "is_preprocessed", "is_rank0", "load_checkpoint", "lr_writer", "rank_device", "require_valid_manifest",
     "resolve", "roi_size", "run_info", "summary_writer", "train_transforms",

@@ -1,7 +1,9 @@
-"""Small Ignite handlers the bundles wire: run_info.json, probability maps, metrics JSON."""
+"""Small Ignite handlers the bundles wire: run_info.json, probability maps, metrics JSON, the training
+progress bar and its one line per epoch."""
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import sys
@@ -15,6 +17,7 @@ import monai
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import ProgressBar
 from torch.utils.tensorboard import SummaryWriter
 
 from dfseg import __version__ as dfseg_version
@@ -25,8 +28,8 @@ from dfseg.io import read_json, save_nifti, sha256_file, voxel_size, write_json
 from dfseg.networks import count_parameters
 from dfseg.training.distributed import is_rank0
 
-__all__ = ["MetricsWriter", "NullSummaryWriter", "ProbabilityWriter", "RunInfoWriter", "hardware_info", "lr_writer",
-           "prediction_record", "run_info", "summary_writer"]
+__all__ = ["MetricsWriter", "NullSummaryWriter", "ProbabilityWriter", "RunInfoWriter", "TrainingProgress", "epoch_line",
+           "hardware_info", "lr_writer", "prediction_record", "run_info", "summary_writer"]
 
 
 class NullSummaryWriter:
@@ -282,3 +285,135 @@ class MetricsWriter:
             return
         metrics = {k: float(v) if np.ndim(v) == 0 else np.asarray(v).tolist() for k, v in engine.state.metrics.items()}
         write_json(self.path, {**self.extra, "metrics": metrics, "volumes": self.scores})
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def epoch_line(epoch: int, max_epochs: int, *, loss: float | None, lr: float | None, metrics: Mapping[str, float],
+               best: tuple[str, float, int] | None, seconds: float, eta_seconds: float | None) -> str:
+    """The one line a training run prints per epoch, e.g.
+    ``epoch 3/100  loss 0.4123  lr 1.00e-03  val_auroc 0.8125  val_mean_dice 0.4100  best val_auroc 0.8500
+    (epoch 2)  12.3 s  ETA 0:19:56``.
+
+    Args:
+        epoch, max_epochs: the epoch just finished (1-based) and the run's last.
+        loss: mean training loss over the epoch's iterations (None: none recorded).
+        lr: learning rate the epoch trained with.
+        metrics: validation metrics of this epoch (empty when it did not validate).
+        best: ``(key metric, best value, its epoch)``, or None.
+        seconds: the epoch's wall time, validation included.
+        eta_seconds: estimated time to the last epoch, or None.
+    """
+    parts = [f"epoch {epoch}/{max_epochs}"]
+    if loss is not None:
+        parts.append(f"loss {loss:.4f}")
+    if lr is not None:
+        parts.append(f"lr {lr:.2e}")
+    parts += [f"{name} {float(value):.4f}" for name, value in metrics.items() if np.ndim(value) == 0]
+    if best is not None and best[2] > 0:
+        parts.append(f"best {best[0]} {best[1]:.4f} (epoch {best[2]})")
+    parts.append(f"{seconds:.1f} s")
+    if eta_seconds is not None and epoch < max_epochs:
+        parts.append(f"ETA {_clock(eta_seconds)}")
+    return "  ".join(parts)
+
+
+class TrainingProgress:
+    """What a training run shows on the console: a progress bar with ETA over each epoch's iterations
+    (and one over each validation), and one :func:`epoch_line` per epoch.
+
+    Attach to the trainer after the ``ValidationHandler`` (its line then holds that epoch's
+    validation metrics) on every rank: it turns the trainer's and evaluator's Ignite loggers down to
+    WARNING everywhere (their per-epoch INFO lines are what the one line replaces), and shows the bars
+    and lines on rank 0 only. The bars are drawn on ``stream`` only when it is a terminal, so logs
+    redirected to a file get the lines alone.
+
+    Args:
+        evaluator: the validation engine (its ``state.metrics``, ``best_metric``, ``best_metric_epoch``),
+            or None.
+        optimizer: its first parameter group's learning rate is reported, or None.
+        progress: False: no bars (``--no-progress``); the epoch lines stay.
+        stream: where bars and lines go (default ``sys.stderr`` for bars, ``sys.stdout`` for lines).
+        output_transform: training loss from the trainer's output (default: ``loss`` of the first item).
+    """
+
+    def __init__(self, evaluator: Engine | None = None, optimizer: torch.optim.Optimizer | None = None, *,
+                 progress: bool = True, stream: Any = None, output_transform: Any = None) -> None:
+        self.evaluator = evaluator
+        self.optimizer = optimizer
+        self.progress = bool(progress)
+        self.stream = stream
+        self.output_transform = output_transform or _first_loss
+        self.bars: list[ProgressBar] = []
+        self._losses: list[float] = []
+        self._lr: float | None = None
+        self._epoch_start = self._run_start = 0.0
+        self._run_first_epoch = 0
+
+    def attach(self, engine: Engine) -> None:
+        for eng in (engine, self.evaluator):
+            if eng is not None:
+                eng.logger.setLevel(max(eng.logger.getEffectiveLevel(), logging.WARNING))
+        if not is_rank0():
+            return
+        bar_stream = self.stream or sys.stderr
+        if self.progress and bool(getattr(bar_stream, "isatty", lambda: False)()):
+            train_bar = ProgressBar(persist=False, desc="train", file=bar_stream)
+            train_bar.attach(engine, output_transform=lambda out: {"loss": self.output_transform(out)})
+            self.bars.append(train_bar)
+            if self.evaluator is not None:
+                val_bar = ProgressBar(persist=False, desc="validate", file=bar_stream)
+                val_bar.attach(self.evaluator)
+                self.bars.append(val_bar)
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+
+    def _print(self, text: str) -> None:
+        from tqdm import tqdm  # reason: tqdm.write keeps an open bar below the line
+
+        tqdm.write(text, file=self.stream or sys.stdout)
+        (self.stream or sys.stdout).flush()
+
+    def _started(self, engine: Engine) -> None:
+        self._run_start, self._run_first_epoch = time.perf_counter(), int(engine.state.epoch)
+        if engine.state.iteration:
+            self._print(f"resuming at epoch {engine.state.epoch + 1}/{engine.state.max_epochs} "
+                        f"(iteration {engine.state.iteration})")
+
+    def _epoch_started(self, engine: Engine) -> None:
+        self._losses = []
+        self._epoch_start = time.perf_counter()
+        self._lr = float(self.optimizer.param_groups[0]["lr"]) if self.optimizer is not None else None
+
+    def _iteration(self, engine: Engine) -> None:
+        loss = self.output_transform(engine.state.output)
+        if loss is not None:
+            self._losses.append(float(loss))
+
+    def _epoch_completed(self, engine: Engine) -> None:
+        now, epoch, max_epochs = time.perf_counter(), int(engine.state.epoch), int(engine.state.max_epochs or 0)
+        metrics: Mapping[str, Any] = {}
+        best = None
+        ev = self.evaluator
+        if ev is not None and ev.state is not None and int(ev.state.epoch or 0) == epoch:
+            metrics = ev.state.metrics
+        if ev is not None and getattr(ev.state, "key_metric_name", None) is not None:
+            best = (ev.state.key_metric_name, float(ev.state.best_metric), int(ev.state.best_metric_epoch))
+        done = epoch - self._run_first_epoch
+        eta = (now - self._run_start) / done * (max_epochs - epoch) if done > 0 else None
+        self._print(epoch_line(epoch, max_epochs, loss=float(np.mean(self._losses)) if self._losses else None,
+                               lr=self._lr, metrics=metrics, best=best, seconds=now - self._epoch_start,
+                               eta_seconds=eta))
+
+
+def _first_loss(output: Any) -> float | None:
+    """``loss`` of a MONAI trainer's output (a list of per-item dicts, or one dict)."""
+    item = output[0] if isinstance(output, list) and output else output
+    if isinstance(item, Mapping) and item.get("loss") is not None:
+        return float(torch.as_tensor(item["loss"]).detach().float().mean())
+    return None

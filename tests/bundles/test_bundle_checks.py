@@ -1,10 +1,15 @@
-"""Zoo checks for both bundles: metadata schema, network in/out, TorchScript export, workflow properties,
-and that the configs only wire (network declared once, handlers kept per rank by name, short expressions)."""
+"""Zoo checks for both bundles, offline and with MONAI's default arguments as zoo CI runs them (metadata
+against the schema in bundles/schema/, network in/out, TorchScript export), what the metadata says
+(modalities, probabilities, the shipped model's metrics), workflow properties, and that the configs only wire (network declared once, handlers kept per rank by name, short expressions)."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import re
+import socket
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -12,8 +17,10 @@ import torch
 import yaml
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
+from dfseg.channels import MODALITY_CHANNELS
 from dfseg.io import sha256_file
-from dfseg.resources import WORKFLOWS
+from dfseg.resources import WORKFLOWS, metadata_schema
+from dfseg.training.transforms import in_channels
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
 from cohort import make_cohort  # noqa: E402
@@ -35,11 +42,100 @@ def test_bundle_layout(bundle):
     assert missing == []
 
 
+def _meta(bundle: str) -> dict:
+    return json.loads((helpers.BUNDLES / bundle / "configs" / "metadata.json").read_text())
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access during an offline check: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def _verify_metadata(meta_file: Path) -> None:
+    """The zoo's metadata check against the schema shipped in the repository: verify_metadata uses an
+    existing schema file whose hash matches instead of downloading the metadata's ``schema`` URL."""
+    schema = metadata_schema()
+    verify_metadata(meta_file=str(meta_file), filepath=str(schema), hash_val=sha256_file(schema), hash_type="sha256")
+
+
 @pytest.mark.parametrize("bundle", BUNDLE_NAMES)
-def test_verify_metadata(bundle, tmp_path):
-    # the schema ships in the repository: an existing file with a matching hash is used as is (no download)
-    verify_metadata(meta_file=str(helpers.BUNDLES / bundle / "configs" / "metadata.json"),
-                    filepath=str(helpers.SCHEMA), hash_val=sha256_file(helpers.SCHEMA), hash_type="sha256")
+def test_verify_metadata(bundle, offline):
+    assert metadata_schema() == helpers.BUNDLES / "schema" / "meta_schema_20240725.json"
+    _verify_metadata(helpers.BUNDLES / bundle / "configs" / "metadata.json")
+
+
+@pytest.mark.parametrize(("key", "edit"), [
+    ("network_data_format", lambda m: m.pop("network_data_format")),
+    ("required_packages_version", lambda m: m.pop("required_packages_version")),
+    ("value_range", lambda m: m["network_data_format"]["outputs"]["pred"].update(value_range=[0, 1, 2])),
+    ("eval_metrics", lambda m: m.update(eval_metrics={"test_presence_auroc": "high"})),
+    ("spatial_shape", lambda m: m["network_data_format"]["inputs"]["image"].update(spatial_shape=[])),
+    ("type", lambda m: m["network_data_format"]["outputs"]["pred"].update(type="logits")),
+])
+def test_metadata_schema_rejects(key, edit, tmp_path, offline):
+    """The shipped schema is not a rubber stamp: each of these defects fails verify_metadata."""
+    meta = _meta("dfseg_attention_unet")
+    edit(meta)
+    bad = tmp_path / "metadata.json"
+    bad.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="Failed validating"):
+        _verify_metadata(bad)
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_metadata_describes_every_modality_and_probabilities(bundle):
+    meta = _meta(bundle)
+    modalities = meta["dfseg_modalities"]
+    assert set(modalities) == set(MODALITY_CHANNELS)
+    for modality, channels in MODALITY_CHANNELS.items():
+        described = modalities[modality]
+        names = [described["channel_def"][str(i)].split(":")[0] for i in range(len(described["channel_def"]))]
+        assert names == list(channels), modality
+        assert described["num_channels"] == len(channels) == in_channels(modality)
+    image = meta["network_data_format"]["inputs"]["image"]
+    assert image["num_channels"] == 5 and image["channel_def"] == modalities["combined"]["channel_def"]
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    assert (pred["type"], pred["num_channels"], pred["value_range"]) == ("probabilities", 1, [0, 1])
+    assert "dfseg" not in meta["required_packages_version"]  # not on PyPI, where zoo CI installs from
+    assert meta["dfseg_version"] == version("dfseg")
+
+
+#: metadata eval_metrics key -> the row of the shipped model's model card (test split) it copies
+MODEL_CARD_ROWS = {
+    "test_presence_auroc": "per-volume lesion presence: AUROC",
+    "test_presence_sensitivity_at_95_specificity": "per-volume lesion presence: sensitivity at 95% specificity",
+    "test_presence_average_precision": "per-volume lesion presence: average precision",
+    "test_patch_presence_auroc": "per-patch lesion presence: AUROC",
+    "test_lesion_sensitivity": "lesion-wise detection: lesion sensitivity",
+    "test_lesion_sensitivity_0.5_1mm": "lesion-wise detection: sensitivity, 0.5-1 mm",
+    "test_lesion_sensitivity_1_2mm": "lesion-wise detection: sensitivity, 1-2 mm",
+    "test_lesion_sensitivity_2_3mm": "lesion-wise detection: sensitivity, 2-3 mm",
+    "test_false_positive_components_per_scan": "lesion-wise detection: false-positive components per scan",
+    "test_froc_cpm": "lesion-wise detection: FROC CPM",
+    "test_mean_dice_scans_with_tumour": "segmentation: Dice (mean over scans with tumour)",
+    "test_per_lesion_dice": "segmentation: per-lesion Dice",
+    "test_brier_score": "calibration: Brier score",
+    "test_expected_calibration_error": "calibration: expected calibration error",
+}
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_eval_metrics_are_the_shipped_models(bundle):
+    """eval_metrics copy the shipped model's model card; a bundle without weights claims none."""
+    models = helpers.BUNDLES / bundle / "models"
+    metrics = _meta(bundle)["eval_metrics"]
+    if not (models / "model.pt").is_file():
+        assert metrics == {}
+        return
+    rows = dict(re.findall(r"^\| (.+?) \| ([0-9.]+) \| \[", (models / "model_card.md").read_text(), re.M))
+    assert set(metrics) == set(MODEL_CARD_ROWS)
+    assert {k: float(rows[MODEL_CARD_ROWS[k]]) for k in metrics} == metrics
+    assert metrics["test_presence_auroc"] == 0.8 and metrics["test_mean_dice_scans_with_tumour"] == 0.662
 
 
 def _parser(bundle: str, config: str, **overrides):
@@ -51,64 +147,91 @@ def _parser(bundle: str, config: str, **overrides):
     return parser
 
 
-@pytest.mark.parametrize("bundle", RUNNABLE)
-def test_verify_net_in_out(bundle):
+def _inference_configs(bundle: str) -> list[str]:
+    """The inference workflow's configs (zoo CI reads the network from the inference config)."""
+    return [str(helpers.BUNDLES / bundle / "configs" / f) for f in WORKFLOWS["inference"]]
+
+
+@pytest.mark.parametrize("bundle", [
+    "dfseg_attention_unet",
+    pytest.param("dfseg_swinunetr", marks=pytest.mark.slow),  # a 64^3 pass of the full network: ~15 s on 2 cores
+])
+def test_verify_net_in_out_defaults(bundle):
+    """MONAI's verify_net_in_out with its defaults (n=1, p=1, any=1), as zoo CI calls it: the
+    metadata's spatial shape at n=1 is the smallest size the network takes (16^3 / 64^3), and the
+    output keeps the input's spatial size."""
     root = helpers.BUNDLES / bundle
-    tiny = ({"channels": [4, 8, 16, 32]} if bundle == "dfseg_attention_unet" else
-            {"feature_size": 12, "depths": [1, 1, 1, 1]})
-    # n=2: 16^3 (U-Net) / 64^3 (SwinUNETR: at 32^3 its bottleneck is 1 voxel, which instance norm refuses)
+    meta = root / "configs" / "metadata.json"
+    verify_net_in_out(net_id="network_def", meta_file=str(meta), config_file=_inference_configs(bundle),
+                      bundle_root=str(root))
+    expected = {"dfseg_attention_unet": ("8*n+8", 16), "dfseg_swinunetr": ("32*n+32", 64)}[bundle]
+    assert _meta(bundle)["network_data_format"]["inputs"]["image"]["spatial_shape"] == [expected[0]] * 3
+    assert eval(expected[0], {"n": 1}) == expected[1]
+
+
+@pytest.mark.parametrize("modality", ["attn", "df"])
+def test_verify_net_in_out_other_modalities(modality):
+    """The other modalities pass the same check once the metadata's input channels are theirs."""
+    root = helpers.BUNDLES / "dfseg_attention_unet"
+    channels = _meta("dfseg_attention_unet")["dfseg_modalities"][modality]["num_channels"]
     verify_net_in_out(net_id="network_def", meta_file=str(root / "configs" / "metadata.json"),
-                      config_file=str(root / "configs" / "train.yaml"), n=2, device="cpu",
-                      bundle_root=str(root), **tiny)
+                      config_file=_inference_configs("dfseg_attention_unet"), bundle_root=str(root),
+                      modality=modality, **{"_meta_#network_data_format#inputs#image#num_channels": channels})
+    with pytest.raises(RuntimeError):  # the combined input's 5 channels do not fit this network
+        verify_net_in_out(net_id="network_def", meta_file=str(root / "configs" / "metadata.json"),
+                          config_file=_inference_configs("dfseg_attention_unet"), bundle_root=str(root),
+                          modality=modality)
 
 
-@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
-def test_check_properties(bundle, tmp_path):
+def _export_and_compare(bundle: str, ckpt: Path, out: Path, *, size: int, **settings) -> float:
+    """ckpt_export with MONAI's defaults for everything else, then the exported module against the
+    eager network holding the checkpoint's weights; returns the max abs difference."""
     root = helpers.BUNDLES / bundle
-    manifest = make_cohort(tmp_path / "cohort", n_subjects=8)  # every split non-empty
-    overrides = helpers.overrides(bundle)
-    train_only = {k: v for k, v in helpers.overrides(bundle, helpers.TRAIN).items() if k == "loss"}
-    for workflow, kind in (("train", "train"), ("inference", "infer"), ("evaluate", "infer")):
-        wf = ConfigWorkflow(config_file=[str(root / "configs" / f) for f in WORKFLOWS[workflow]],
-                            meta_file=str(root / "configs" / "metadata.json"), workflow_type=kind,
-                            bundle_root=str(root), manifest=str(manifest), device="cpu", num_workers=0,
-                            output_dir=str(tmp_path / "run"), **overrides, **(train_only if kind == "train" else {}))
-        wf.initialize()
-        assert wf.check_properties() == [], workflow
-        assert wf.max_epochs == 100 if kind == "train" else wf.evaluator is not None
-
-
-@pytest.mark.parametrize("bundle", ["dfseg_attention_unet"])  # SwinUNETR (slow: ~10 s per 64^3 pass on
-# 2 CPU cores): exported from its trained checkpoint in test_train_resume.py
-def test_ckpt_export_torchscript_matches(bundle, tmp_path):
-    """TorchScript export reproduces the checkpoint's output. The attention U-Net is scripted;
-    SwinUNETR is traced (``--use_trace True --input_shape "[1, 5, 64, 64, 64]"``): scripting fails on
-    its gradient-checkpointing branch (``torch.utils.checkpoint`` takes ``*args``/keyword-only
-    arguments, which TorchScript cannot compile), and the traced graph is fixed to the traced input
-    size, so the exported SwinUNETR must be fed ROIs of the size it was traced at (the bundle's
-    sliding-window ``patch_size``)."""
-    torch.manual_seed(0)
-    overrides = helpers.overrides(bundle)
-    net = _parser(bundle, "train.yaml", **overrides).get_parsed_content("network_def")
-    ckpt = tmp_path / "model.pt"
-    torch.save({"model": net.state_dict()}, ckpt)
-    ts = tmp_path / "model.ts"
-    root = helpers.BUNDLES / bundle
-    size = int(overrides["patch_size"])
-    trace = {} if bundle == "dfseg_attention_unet" else {"use_trace": True, "input_shape": [1, 5, size, size, size]}
-    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(ckpt), key_in_ckpt="model",
-                meta_file=str(root / "configs" / "metadata.json"), config_file=str(root / "configs" / "train.yaml"),
-                bundle_root=str(root), device="cpu", **trace, **overrides)
-    exported = torch.jit.load(str(ts))
+    ckpt_export(net_id="network_def", filepath=str(out), ckpt_file=str(ckpt),
+                meta_file=str(root / "configs" / "metadata.json"), config_file=_inference_configs(bundle),
+                bundle_root=str(root), **settings)
+    extra = {"metadata.json": ""}
+    exported = torch.jit.load(str(out), _extra_files=extra)
+    assert json.loads(extra["metadata.json"])["version"] == _meta(bundle)["version"]
+    net_settings = {k: v for k, v in settings.items() if k not in ("key_in_ckpt", "use_trace")}
+    net = _parser(bundle, "train.yaml", **net_settings).get_parsed_content("network_def")
+    net.load_state_dict(torch.load(ckpt, weights_only=True)["model"])  # strict: every weight matches
     net.eval()
-    x = torch.randn(1, 5, size, size, size)
+    x = torch.randn(1, 5, size, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected, got = net(x), exported(x)
     assert got.shape == (1, 1, size, size, size)
-    diff = float((expected - got).abs().max())
-    print(f"{bundle}: export max abs diff {diff:.3g}")
-    assert diff <= 1e-5, diff
     assert float(expected.std()) > 0  # a constant output would match trivially
+    return float((expected - got).abs().max())
+
+
+def test_ckpt_export_shipped_model(tmp_path):
+    """The zoo's export check on the shipped weights: scripted (MONAI's default), loaded under the
+    checkpoint key ``model`` with the shipped network's channels (models/run_info.json), and the
+    TorchScript module gives the checkpoint's output."""
+    bundle = "dfseg_attention_unet"
+    models = helpers.BUNDLES / bundle / "models"
+    channels = json.loads((models / "run_info.json").read_text())["network"]["channels"]
+    assert channels == [8, 16, 32, 64]
+    diff = _export_and_compare(bundle, models / "model.pt", tmp_path / "model.ts", size=32,
+                               key_in_ckpt="model", channels=channels)
+    assert diff <= 1e-5, diff
+
+
+@pytest.mark.slow  # traced at the metadata's 64^3 and run twice: ~60 s on 2 CPU cores
+def test_ckpt_export_swinunetr(tmp_path):
+    """SwinUNETR (no shipped weights: a seeded checkpoint in the trainer's format) is exported by
+    tracing at the metadata's input shape (ckpt_export's default when ``use_trace`` is set): scripting
+    fails on MONAI SwinUNETR's gradient-checkpointing branch (``torch.utils.checkpoint`` takes
+    ``*args`` and keyword-only arguments, which TorchScript cannot compile). A traced module is fixed
+    to the traced size, so it takes ROIs of 64^3, the size in the metadata at n=1."""
+    bundle = "dfseg_swinunetr"
+    torch.manual_seed(0)
+    net = _parser(bundle, "train.yaml").get_parsed_content("network_def")
+    ckpt = tmp_path / "model.pt"
+    torch.save({"model": net.state_dict()}, ckpt)
+    diff = _export_and_compare(bundle, ckpt, tmp_path / "model.ts", size=64, key_in_ckpt="model", use_trace=True)
+    assert diff <= 1e-4, diff
 
 
 @pytest.mark.parametrize("bundle", RUNNABLE)
@@ -165,8 +288,8 @@ def test_handlers_kept_per_rank_by_name(bundle):
         "$dfseg.training.handlers_for_rank(@validate#handlers, @validate#rank0_handlers)")
     for section in ("train", "validate"):
         targets = [h["_target_"] for h in train[section]["rank0_handlers"]]
-        assert targets and all(t in ("StatsHandler", "TensorBoardStatsHandler", "TensorBoardImageHandler")
-                               for t in targets), targets
+        assert targets and all(t in ("StatsHandler", "TensorBoardStatsHandler", "TensorBoardImageHandler",
+                                     "dfseg.training.TensorBoardOverlays") for t in targets), targets
         assert not any(isinstance(h, dict) and "TensorBoard" in h["_target_"] for h in train[section]["handlers"])
     text = (helpers.BUNDLES / bundle / "configs" / "multi_gpu_train.yaml").read_text()
     assert "handlers" not in text.replace("rank0_handlers (logs", "")  # no handler list is redefined
