@@ -122,9 +122,19 @@ def _overlap_pairs(ref_labels: np.ndarray, pred_labels: np.ndarray) -> np.ndarra
 
 
 def _component_max(prob: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """(n,) maximum of ``prob`` in each labelled component (work in proportion to the labelled voxels)."""
     if n == 0:
         return np.zeros(0)
-    return np.asarray(ndimage.maximum(prob, labels, index=np.arange(1, n + 1)), dtype=float)
+    inside = labels > 0
+    out = np.full(n + 1, -np.inf)
+    np.maximum.at(out, labels[inside], np.asarray(prob, dtype=float)[inside])
+    return out[1:]
+
+
+def _keep_labels(labels: np.ndarray, n: int, keep: np.ndarray) -> tuple[np.ndarray, int]:
+    """``labels`` renumbered 1..k over the k ids with ``keep[id - 1]``, the others set to 0."""
+    new_id = np.r_[0, np.cumsum(keep)] * np.r_[False, keep]
+    return new_id[labels].astype(np.int32), int(keep.sum())
 
 
 def match_lesions(prob: np.ndarray, reference: np.ndarray, threshold: float,
@@ -197,9 +207,9 @@ def regional_maxima(prob: np.ndarray, floor: float) -> tuple[np.ndarray, int]:
     # a peak voxel's neighbours are never higher; an equal one outside the peak set continues the plateau
     # towards a higher voxel, so the plateau is not a maximum
     outside = ndimage.maximum_filter(np.where(peak, -np.inf, prob), size=3, mode="constant", cval=-np.inf)
-    spills = np.asarray(ndimage.maximum(peak & (outside == prob), labels, index=np.arange(1, n + 1)), bool)
-    keep = np.r_[0, np.cumsum(~spills)] * np.r_[False, ~spills]
-    return keep[labels].astype(np.int32), int((~spills).sum())
+    keep = np.ones(n, dtype=bool)
+    keep[labels[peak & (outside == prob)] - 1] = False
+    return _keep_labels(labels, n, keep)
 
 
 def froc_candidates(prob: np.ndarray, reference: np.ndarray, threshold: float, *, floor: float = FROC_FLOOR,
@@ -260,9 +270,9 @@ def _masked(labelled: tuple[np.ndarray, int], keep: np.ndarray) -> tuple[np.ndar
     labels, n = labelled
     if n == 0:
         return labels, 0
-    inside = np.asarray(ndimage.maximum(keep, labels, index=np.arange(1, n + 1)), bool)
-    new_id = np.r_[0, np.cumsum(inside)] * np.r_[False, inside]
-    return new_id[labels].astype(np.int32), int(inside.sum())
+    inside = np.zeros(n, dtype=bool)
+    inside[labels[keep & (labels > 0)] - 1] = True
+    return _keep_labels(labels, n, inside)
 
 
 def froc(lesion_scores: np.ndarray, fp_scores: np.ndarray, n_scans: int,

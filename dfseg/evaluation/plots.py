@@ -145,7 +145,11 @@ def plot_froc(froc: Mapping[str, Any], path: str | os.PathLike, title: str = "FR
     points = np.asarray(froc["sensitivities"], float)
     reached = np.asarray(froc.get("reached", [True] * rates.size), bool)
     lo = rates.min() / 2
-    # the curve starts at 0 FP, which a log axis cannot show: draw it from the left edge
+    # the curve starts at 0 FP, which a log axis cannot show: draw it from the left edge; once every lesion
+    # is hit the sensitivity cannot change, so the curve runs on to the highest point that reaches
+    end = rates[reached].max() if reached.any() else 0.0
+    if end > fp[-1]:
+        fp, sens = np.r_[fp, end], np.r_[sens, sens[-1]]
     ax.plot(np.clip(fp, lo, None), sens, drawstyle="steps-post", color=LINE_COLOURS[0], label="FROC")
     cpm = f"CPM {froc['cpm']:.3f}" + ("" if reached.all() else ", lower bound")
     ax.plot(rates[reached], points[reached], "o", color=LINE_COLOURS[1], label=f"LUNA16 points ({cpm})")
@@ -259,10 +263,12 @@ def lesion_montage_figure(panels: Sequence[Mapping[str, Any]], title: str = "Les
             lo, hi = np.percentile(finite, (1, 99)) if finite.size else (0.0, 1.0)
             ax.imshow(img.T, cmap="gray", origin="lower", interpolation="nearest", extent=extent,
                       vmin=lo, vmax=hi if hi > lo else lo + 1)
-            for mask, colour, style in ((p["label"], LABEL_COLOUR, "solid"), (p["pred"], PREDICTION_COLOUR, "dashed")):
+            # the label's line is wider, so it shows around and between the prediction's dashes where they coincide
+            for mask, colour, style, width in ((p["label"], LABEL_COLOUR, "solid", 2.0),
+                                               (p["pred"], PREDICTION_COLOUR, "dashed", 1.2)):
                 mask = np.asarray(mask, float)
                 if mask.any() and not mask.all():
-                    ax.contour(mask.T, levels=[0.5], colors=colour, linewidths=1.2, linestyles=style,
+                    ax.contour(mask.T, levels=[0.5], colors=colour, linewidths=width, linestyles=style,
                                origin="lower", extent=extent)
             bar = scale_bar_mm(extent[1])
             ax.add_artist(AnchoredSizeBar(ax.transData, bar, f"{bar:g} mm", "lower right", pad=0.3, color="white",
@@ -273,7 +279,7 @@ def lesion_montage_figure(panels: Sequence[Mapping[str, Any]], title: str = "Les
                 ax.set_title(p["title"], fontsize=8)
             if col == 0:
                 ax.set_ylabel(name, fontsize=8)
-    handles = [Line2D([], [], color=LABEL_COLOUR, lw=1.5, label="label"),
+    handles = [Line2D([], [], color=LABEL_COLOUR, lw=2.0, label="label"),
                Line2D([], [], color=PREDICTION_COLOUR, lw=1.5, ls="--", label="prediction")]
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=9)
