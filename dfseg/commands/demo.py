@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from dfseg.cli import main
+from dfseg.commands import add_no_progress, add_out
 from dfseg.errors import DfsegError
 from dfseg.io import prepare_output_dir, read_json, write_json
 from dfseg.resources import bundle_dir, run_bundle
@@ -45,7 +46,7 @@ QUICK = DemoConfig(subjects=12, protocol="quick", folds=3, max_epochs=4, val_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/demo-<timestamp>)")
+    add_out(parser, "output folder (default: runs/demo-<timestamp>)", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="a smaller cohort and a short training (about 1 min on CPU)")
     parser.add_argument("--subjects", type=int, help=f"number of simulated mice (default {DEFAULT.subjects}, quick {QUICK.subjects})")
     parser.add_argument("--max-epochs", type=int, help=f"training epochs (default {DEFAULT.max_epochs}, quick {QUICK.max_epochs})")
@@ -53,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train (default: CUDA if present)")
     parser.add_argument("--workers", type=int, default=2, help="simulation worker processes (default 2)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it already holds results")
+    add_no_progress(parser)
 
 
 def _stage(n: int, total: int, name: str) -> float:
@@ -85,8 +87,9 @@ def run(args: argparse.Namespace) -> int:
     bundle = bundle_dir("dfseg_attention_unet")
 
     t = _stage(1, total, "simulate: mouse thorax phantoms, tumours, Talbot-Lau CT acquisition, phantoms")
-    _dfseg("simulate", "--out", cohort, "--subjects", cfg.subjects, "--protocol", cfg.protocol,
-           "--seed", cfg.seed, "--workers", args.workers, "--folds", cfg.folds)
+    quiet = ["--no-progress"] if args.no_progress else []
+    _dfseg("simulate", "-o", cohort, "--subjects", cfg.subjects, "--protocol", cfg.protocol,
+           "--seed", cfg.seed, "--workers", args.workers, "--folds", cfg.folds, *quiet)
     times["simulate"] = time.perf_counter() - t
 
     t = _stage(2, total, "calibrate: beam-hardening curves and energy exponent from the phantom scans")
@@ -94,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     times["calibrate"] = time.perf_counter() - t
 
     t = _stage(3, total, "preprocess: flux/drift -> beam hardening -> FBP -> spectrum -> decomposition")
-    _dfseg("preprocess", cohort / "manifest.json", "-o", pre, "--calibration", out / "calibration.json")
+    _dfseg("preprocess", cohort / "manifest.json", "-o", pre, "--calibration", out / "calibration.json", *quiet)
     times["preprocess"] = time.perf_counter() - t
 
     t = _stage(4, total, "train: attention residual U-Net bundle, combined input (TensorBoard logs in train/)")
@@ -102,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             max_epochs=cfg.max_epochs, val_interval=cfg.val_interval, patience=cfg.max_epochs,
             patch_size=cfg.patch_size, batch_size=cfg.batch_size, num_samples=cfg.num_samples,
             channels=list(cfg.channels), learning_rate=cfg.learning_rate, device=device,
-            output_dir=train_dir, seed=cfg.seed, num_workers=loader_workers)
+            output_dir=train_dir, seed=cfg.seed, num_workers=loader_workers, progress=not args.no_progress)
     times["train"] = time.perf_counter() - t
 
     t = _stage(5, total, "infer: sliding-window inference on the held-out test subjects")
@@ -113,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
     t = _stage(6, total, "evaluate: detection, segmentation and calibration metrics with bootstrap CIs")
     _dfseg("evaluate", "--predictions", out / "predictions", "--manifest", pre / "manifest.json",
-           "-o", out / "evaluation", "--split", "test", "--seed", cfg.seed)
+           "-o", out / "evaluation", "--split", "test", "--seed", cfg.seed, *quiet)
     times["evaluate"] = time.perf_counter() - t
 
     t = _stage(7, total, "report: model card")

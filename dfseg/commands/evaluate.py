@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dfseg.commands import add_no_progress, add_out
 from dfseg.errors import InputError
 from dfseg.reporting.evaluation import evaluate_predictions
 
@@ -15,8 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--predictions", required=True, metavar="DIR",
                         help="folder of <scan_id>_prob.nii.gz tumour probabilities")
     parser.add_argument("--manifest", required=True, metavar="M", help="cohort manifest (MONAI datalist JSON)")
-    parser.add_argument("-o", "--out", required=True, metavar="OUT",
-                        help="output folder: metrics.json, records.json, report.md, figures/")
+    add_out(parser, "output folder: metrics.json, records.json, report.md, figures/", required=True)
     parser.add_argument("--split", default="test", help="manifest split: test, validation, training or all (default test)")
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--patch-size", type=int, default=8, metavar="P", help="patch edge in voxels (default 8)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_no_progress(parser, "--quiet")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--patch-size", f"must be >= 1, got {args.patch_size}")
     doc = evaluate_predictions(args.predictions, args.manifest, args.out, split=args.split,
                                threshold=args.threshold, n_bootstrap=args.bootstrap, seed=args.seed,
-                               progress=not args.quiet and sys.stderr.isatty(), overwrite=args.overwrite,
+                               progress=not args.no_progress and sys.stderr.isatty(), overwrite=args.overwrite,
                                patch_size=args.patch_size)
     m = doc["metrics"]
 

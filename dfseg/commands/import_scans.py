@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dfseg.commands import add_out
 from dfseg.data.importer import DEFAULT_LAYOUT, import_scans, write_template
 from dfseg.errors import InputError
 
@@ -16,8 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", type=Path, nargs="?", metavar="SRC",
                         help="folder of scans (default layout: SRC/<scan>/attn.*, df.*[, label.*, lung_mask.*, "
                              "sidecar.json]; .* is .nii.gz, .mha, .nrrd, .tif, ... or a DICOM folder)")
-    parser.add_argument("-o", "--output", type=Path, metavar="OUT",
-                        help="folder to write manifest.json in (image paths in it are relative to it)")
+    add_out(parser, "folder to write manifest.json in (image paths in it are relative to it)", type=Path,
+            metavar="OUT")
     parser.add_argument("--sidecar-template", type=Path, metavar="JSON",
                         help="acquisition metadata for every scan (a scan's own sidecar.json overrides it)")
     parser.add_argument("--write-template", type=Path, metavar="JSON",
@@ -46,11 +47,11 @@ def run(args: argparse.Namespace) -> int:
         path = write_template(args.write_template, overwrite=args.overwrite)
         print(f"wrote {path}: edit its values, then dfseg import SRC -o OUT --sidecar-template {path}")
         return 0
-    if args.src is None or args.output is None:
+    if args.src is None or args.out is None:
         raise InputError("dfseg import", "give SRC and -o OUT (or --write-template JSON)")
     layout = {key: value for key in ("attn", "df", "label", "lung_mask", "sidecar")
               if (value := getattr(args, f"pattern_{key}")) is not None}
-    path, manifest = import_scans(args.src, args.output, layout=layout or None,
+    path, manifest = import_scans(args.src, args.out, layout=layout or None,
                                   sidecar_template=args.sidecar_template, subject_pattern=args.subject_pattern,
                                   purpose=args.purpose, num_folds=args.folds, test_fraction=args.test_fraction,
                                   seed=args.seed, name=args.name, overwrite=args.overwrite)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from dfseg.commands import add_out
 from dfseg.reporting.model_card import write_model_card
 
 HELP = "write the model card (JSON + Markdown) of a training run"
@@ -11,8 +12,8 @@ HELP = "write the model card (JSON + Markdown) of a training run"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="training run directory (holds run_info.json)")
-    parser.add_argument("-o", "--out", metavar="OUT", default=None,
-                        help="output folder for model_card.json / model_card.md (default: RUN_DIR)")
+    add_out(parser, "output folder for model_card.json / model_card.md (default: RUN_DIR)", metavar="OUT",
+            default=None)
     parser.add_argument("--metrics", metavar="METRICS_JSON", default=None,
                         help="metrics.json of dfseg evaluate (default: RUN_DIR/metrics.json or RUN_DIR/evaluation/)")
     parser.add_argument("--bundle-readme", metavar="README", default=None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dfseg.commands import add_no_progress, add_out
 from dfseg.errors import InputError
 from dfseg.predict import predict
 from dfseg.resources import shipped_model
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, metavar="RUN_DIR",
                         help="training run folder with model.pt and run_info.json (e.g. <dfseg demo out>/train); "
                              "default: the model dfseg ships (bundles/dfseg_attention_unet/models)")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="output folder (one sub-folder per scan)")
+    add_out(parser, "output folder (one sub-folder per scan)", type=Path, required=True)
     parser.add_argument("--attn", type=Path, help="one scan from files: the attenuation image")
     parser.add_argument("--df", type=Path, help="one scan from files: the dark-field image (orientations or 5 "
                                                 "decomposed channels, channels last)")
@@ -42,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to run the network (default: CUDA if present)")
     parser.add_argument("--sw-batch-size", type=int, default=2, help="sliding-window ROIs per forward pass")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    add_no_progress(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
                   "lung_mask": args.lung_mask, "scan_id": args.scan_id}
         if args.attn is None:
             raise InputError(single["attn"], "no attenuation image given with it (--attn)")
-    summaries = predict(args.inputs, args.output, args.model or shipped_model(), single=single, threshold=args.threshold,
+    summaries = predict(args.inputs, args.out, args.model or shipped_model(), single=single, threshold=args.threshold,
                         calibration=args.calibration, device=args.device, sw_batch_size=args.sw_batch_size,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, progress=False if args.no_progress else None)
     for s in summaries:
         print(f"{s['scan_id']}: presence {s['presence_score']:.3f}, {s['n_lesions']} lesion(s)")
-    print(f"wrote {len(summaries)} scan(s) into {args.output}")
+    print(f"wrote {len(summaries)} scan(s) into {args.out}")
     return 0

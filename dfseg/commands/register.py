@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from dfseg.commands import add_out
 from dfseg.data.scan import load_scan_image
 from dfseg.data.validate import binary_problem
 from dfseg.errors import InputError
@@ -22,7 +23,7 @@ HELP = "register a histology label volume to an image (rigid then B-spline)"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fixed", required=True, help="image (or label) to register to, NIfTI/MHA/NRRD")
     parser.add_argument("--moving", required=True, help="histology label volume (0/1)")
-    parser.add_argument("-o", "--output", required=True, help="registered label on the fixed grid (.nii.gz)")
+    add_out(parser, "registered label on the fixed grid (.nii.gz)", required=True)
     parser.add_argument("--transform", default=None, help="also write the SimpleITK transform here (.tfm)")
     parser.add_argument("--no-bspline", action="store_true", help="rigid registration only")
     parser.add_argument("--fixed-is-label", choices=("auto", "yes", "no"), default="auto",
@@ -70,7 +71,7 @@ def register_files(fixed: str | os.PathLike, moving: str | os.PathLike, output: 
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = register_files(args.fixed, args.moving, args.output, transform=args.transform,
+    summary = register_files(args.fixed, args.moving, args.out, transform=args.transform,
                              bspline=not args.no_bspline, mesh_mm=args.mesh_mm, overwrite=args.overwrite,
                              fixed_is_label={"auto": None, "yes": True, "no": False}[args.fixed_is_label])
     print(json.dumps(summary))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
+from dfseg.commands import add_no_progress, add_out
 from dfseg.errors import InputError
 from dfseg.simulate.acquisition import (
     FILTER_MATERIALS,
@@ -23,7 +24,7 @@ HELP = "simulate a dark-field CT (or radiograph) mouse cohort with calibration p
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="output cohort directory (must be empty unless --overwrite)")
+    add_out(parser, "output cohort directory (must be empty unless --overwrite)", required=True)
     parser.add_argument("--subjects", type=int, default=12, help="number of simulated mice (default 12)")
     parser.add_argument("--protocol", default=None, choices=sorted(PROTOCOLS),
                         help="acquisition protocol: voxel size, grid, angles; "
@@ -68,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-variants", nargs="*", default=[], help="variants held out with --test-by variant")
     parser.add_argument("--no-projections", action="store_true", help="do not write proj_T/proj_D (saves disk)")
     parser.add_argument("--no-phantoms", action="store_true", help="do not write the calibration phantom scans")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_no_progress(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
 
 
