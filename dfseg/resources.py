@@ -6,12 +6,15 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 from dfseg.errors import DfsegError
 from dfseg.io import atomic_write, read_json, sha256_file, write_json
 
 BUNDLES = ("dfseg_attention_unet", "dfseg_swinunetr")
+#: The MONAI Model Zoo metadata schema, relative to the bundles folder (shipped, so checks run offline).
+METADATA_SCHEMA = "schema/meta_schema_20240725.json"
 #: Config files of each bundle workflow, merged left to right: inference and evaluation are overlays
 #: on ``train.yaml``, which declares the network and the settings once.
 WORKFLOWS: dict[str, tuple[str, ...]] = {
@@ -23,16 +26,28 @@ WORKFLOWS: dict[str, tuple[str, ...]] = {
 
 
 def bundles_root() -> Path:
-    """The ``bundles/`` folder: ``$DFSEG_BUNDLES``, else the repository checkout dfseg runs from,
-    else ``/opt/dfseg/bundles`` (the Docker image)."""
+    """The bundles folder: ``$DFSEG_BUNDLES``, else the bundles installed with the package (a wheel),
+    else the repository checkout dfseg runs from (an editable install), else ``/opt/dfseg/bundles``
+    (the Docker image)."""
     candidates = []
     if os.environ.get("DFSEG_BUNDLES"):
         candidates.append(Path(os.environ["DFSEG_BUNDLES"]))
-    candidates += [Path(__file__).resolve().parents[1] / "bundles", Path("/opt/dfseg/bundles")]
+    # a wheel holds the repository's bundles/ as dfseg/bundles (pyproject.toml's package-dir)
+    candidates += [Path(str(resources.files("dfseg") / "bundles")),
+                   Path(__file__).resolve().parents[1] / "bundles", Path("/opt/dfseg/bundles")]
     for path in candidates:
         if (path / BUNDLES[0] / "configs").is_dir():
             return path
     raise DfsegError("bundles/", "MONAI bundles not found; set DFSEG_BUNDLES to the repository's bundles/ folder")
+
+
+def metadata_schema() -> Path:
+    """The bundle metadata schema the bundles are verified against offline
+    (``verify_metadata(meta_file=..., filepath=metadata_schema())``: an existing file is not downloaded)."""
+    path = bundles_root() / METADATA_SCHEMA
+    if not path.is_file():
+        raise DfsegError(path, "bundle metadata schema missing; reinstall dfseg or restore bundles/schema/")
+    return path
 
 
 def bundle_dir(name: str) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = REPO / "bundles"
-SCHEMA = REPO / "bundles" / "metadata.schema.json"  # the bundle metadata schema, shipped with the bundles
+SCHEMA = REPO / "bundles" / "schema" / "meta_schema_20240725.json"  # = dfseg.resources.metadata_schema()
 
 #: Tiny-network overrides per bundle (CPU tests). SwinUNETR's bottleneck is patch/32 voxels and its
 #: instance norm needs more than one voxel there, so its smallest patch is 64 (the 32^3 cohort is padded).

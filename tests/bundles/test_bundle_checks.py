@@ -1,6 +1,7 @@
 """Zoo checks for both bundles, offline and with MONAI's default arguments as zoo CI runs them (metadata
 against the schema in bundles/schema/, network in/out, TorchScript export), what the metadata says
-(modalities, probabilities, the shipped model's metrics), workflow properties, and that the configs only wire (network declared once, handlers kept per rank by name, short expressions)."""
+(modalities, probabilities, the shipped model's metrics), workflow properties, and that the configs only
+wire (network declared once, handlers kept per rank by name, short expressions)."""
 
 from __future__ import annotations
 
@@ -183,6 +184,22 @@ def test_verify_net_in_out_other_modalities(modality):
                           modality=modality)
 
 
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_check_properties(bundle, tmp_path):
+    root = helpers.BUNDLES / bundle
+    manifest = make_cohort(tmp_path / "cohort", n_subjects=8)  # every split non-empty
+    overrides = helpers.overrides(bundle)
+    train_only = {k: v for k, v in helpers.overrides(bundle, helpers.TRAIN).items() if k == "loss"}
+    for workflow, kind in (("train", "train"), ("inference", "infer"), ("evaluate", "infer")):
+        wf = ConfigWorkflow(config_file=[str(root / "configs" / f) for f in WORKFLOWS[workflow]],
+                            meta_file=str(root / "configs" / "metadata.json"), workflow_type=kind,
+                            bundle_root=str(root), manifest=str(manifest), device="cpu", num_workers=0,
+                            output_dir=str(tmp_path / "run"), **overrides, **(train_only if kind == "train" else {}))
+        wf.initialize()
+        assert wf.check_properties() == [], workflow
+        assert wf.max_epochs == 100 if kind == "train" else wf.evaluator is not None
+
+
 def _export_and_compare(bundle: str, ckpt: Path, out: Path, *, size: int, **settings) -> float:
     """ckpt_export with MONAI's defaults for everything else, then the exported module against the
     eager network holding the checkpoint's weights; returns the max abs difference."""
@@ -218,19 +235,22 @@ def test_ckpt_export_shipped_model(tmp_path):
     assert diff <= 1e-5, diff
 
 
-@pytest.mark.slow  # traced at the metadata's 64^3 and run twice: ~60 s on 2 CPU cores
+@pytest.mark.slow  # a 64^3 trace, checked and run again: 50-100 s on 2 shared CPU cores
 def test_ckpt_export_swinunetr(tmp_path):
-    """SwinUNETR (no shipped weights: a seeded checkpoint in the trainer's format) is exported by
-    tracing at the metadata's input shape (ckpt_export's default when ``use_trace`` is set): scripting
-    fails on MONAI SwinUNETR's gradient-checkpointing branch (``torch.utils.checkpoint`` takes
-    ``*args`` and keyword-only arguments, which TorchScript cannot compile). A traced module is fixed
-    to the traced size, so it takes ROIs of 64^3, the size in the metadata at n=1."""
+    """SwinUNETR (no shipped weights: a seeded checkpoint in the trainer's format, of a small network
+    so that the 64^3 passes take seconds) is exported by tracing at the metadata's input shape
+    (ckpt_export's default when ``use_trace`` is set): scripting fails on MONAI SwinUNETR's
+    gradient-checkpointing branch (``torch.utils.checkpoint`` takes ``*args`` and keyword-only
+    arguments, which TorchScript cannot compile). A traced module is fixed to the traced size, so it
+    takes ROIs of 64^3, the size in the metadata at n=1."""
     bundle = "dfseg_swinunetr"
+    small = {"feature_size": 12, "depths": [1, 1, 1, 1]}
     torch.manual_seed(0)
-    net = _parser(bundle, "train.yaml").get_parsed_content("network_def")
+    net = _parser(bundle, "train.yaml", **small).get_parsed_content("network_def")
     ckpt = tmp_path / "model.pt"
     torch.save({"model": net.state_dict()}, ckpt)
-    diff = _export_and_compare(bundle, ckpt, tmp_path / "model.ts", size=64, key_in_ckpt="model", use_trace=True)
+    diff = _export_and_compare(bundle, ckpt, tmp_path / "model.ts", size=64, key_in_ckpt="model", use_trace=True,
+                               **small)
     assert diff <= 1e-4, diff
 
 
