@@ -132,7 +132,7 @@ def test_report_links_every_figure_and_pngs_open(evaluated):
         img = mpimg.imread(out / rel)
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
         # not blank: many distinct colours, and ink on a white background
-        assert len(np.unique(img.reshape(-1, img.shape[2]), axis=0)) > 20
+        assert np.unique(np.round(img[..., :3] * 255).astype(np.uint32) @ np.array([65536, 256, 1])).size > 20
         assert (img[..., :3].mean(axis=2) < 0.5).mean() > 0.002
     assert doc["manifest"]["sha256"] in report
     assert "Lesion matching rule" in report
@@ -225,3 +225,19 @@ def test_evaluate_cohort_stored_as_mha(tmp_path, capsys):
     assert main([*argv, "--overwrite"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "s2_prob.nii.gz: affine (origin or direction) differs from label" in err
+
+
+def test_montage_shows_attenuation_and_dark_field_of_every_lesion(evaluated):
+    from dfseg.evaluation.evaluate import montage_panels, read_split, score_predictions
+
+    root, _, arrays = evaluated
+    _, entries = read_split(root / "manifest.json", "test", root / "pred")
+    records = score_predictions(root / "pred", entries)
+    panels, montage = montage_panels(records, entries, root / "pred", 0.5)
+    assert [m["scan_id"] for m in montage] == ["s0", "s1"]
+    for panel in panels:
+        assert list(panel["images"]) == ["attenuation", "dark-field"]
+        assert panel["images"]["attenuation"].shape == panel["images"]["dark-field"].shape == panel["label"].shape
+        assert panel["voxel_mm"] == pytest.approx([0.1, 0.1])
+    # s0's lesion [4:8]^3 at z = round(5.5) = 6, crop [0:14] in x and y: the label slice is the lesion
+    assert panels[0]["label"].sum() == 16 and panels[0]["pred"].sum() == 16
