@@ -48,7 +48,7 @@ BOOTSTRAP_RULE = ("95% percentile bootstrap intervals resampling subjects with r
 CALIBRATION_RULE = ("Voxel level: Brier score and ECE over voxels inside the lung mask (or the label). Volume "
                     "level: Brier score and ECE of the per-volume presence score against 'the volume holds a "
                     "tumour'. ECE over {n} equal-width probability bins (MONAI calibration_binning).")
-ROC_BAND_RULE = ("ROC bands: pointwise {pct}% percentile intervals of the TPR at each FPR of a 0.01 grid over "
+ROC_BAND_RULE = ("Pointwise {pct}% percentile intervals of the TPR at each FPR of a 0.01 grid over "
                  "the subject-bootstrap resamples (TPR at an FPR = best TPR of a threshold whose FPR does not "
                  "exceed it); resamples that lose a class are dropped.")
 

@@ -100,7 +100,9 @@ def _volume_reliability_section(rel: Mapping) -> list[str]:
     lines = ["## Per-volume reliability (presence score)", "",
              "| score bin | volumes | mean score | fraction with tumour |", "|---|---:|---:|---:|"]
     for i, n in enumerate(counts):
-        lines.append(f"| {edges[i]:.1f}-{edges[i + 1]:.1f} | {int(n)} | {fmt(rel['mean_prob'][i])} | "
+        # MONAI's bins hold their upper edge; the first also holds 0
+        low = f"[{edges[i]:.1f}" if i == 0 else f"({edges[i]:.1f}"
+        lines.append(f"| {low}, {edges[i + 1]:.1f}] | {int(n)} | {fmt(rel['mean_prob'][i])} | "
                      f"{fmt(rel['frac_positive'][i])} |")
     return lines + [""]
 

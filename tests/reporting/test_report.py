@@ -23,7 +23,7 @@ def test_render_report(tmp_path):
     assert "| AUROC | 0.750 | [0.500, 1.000] |" in md
     assert "| expected calibration error, lung voxels | – | – |" in md
     assert "| Brier score, per-volume presence score | 0.010 | [0.000, 0.020] |" in md
-    assert "| 0.0-0.5 | 2 | 0.100 | 0.000 |" in md and "| 0.5-1.0 | 0 | – | – |" in md
+    assert "| [0.0, 0.5] | 2 | 0.100 | 0.000 |" in md and "| (0.5, 1.0] | 0 | – | – |" in md
     assert "| sensitivity | 0.250 | 1.000 | 0.625 |" in md
     assert "Not reached" not in md
     assert "| lesion | 1 | 2 | 3 | n/a |" in md
