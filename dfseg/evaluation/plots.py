@@ -164,7 +164,7 @@ def plot_froc(froc: Mapping[str, Any], path: str | os.PathLike, title: str = "FR
     ax.set(xlabel="false positives per scan", ylabel="lesion sensitivity", xlim=(lo, rates.max() * 1.5),
            ylim=(0, 1.02), title=title)
     ax.set_xticks(rates, [f"{r:g}" for r in rates])
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)  # a FROC rises to the right: the upper left stays clear
     return _save(fig, path)
 
 
