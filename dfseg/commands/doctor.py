@@ -41,6 +41,9 @@ MIN_FREE_GB = 2.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--path", default=".", help="directory whose free disk space to report (default: .)")
+    parser.add_argument("--require-cuda", action="store_true",
+                        help="exit 1 unless torch sees a CUDA device (checks a container: docker run --gpus all "
+                             "dfseg:0.1.0 doctor --require-cuda)")
 
 
 def _version(module_name: str) -> str | None:
@@ -117,4 +120,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"missing: {', '.join(report['missing'])} (run `make install` or `pip install -e .`)")
         else:
             print("ok: everything dfseg needs is installed")
+    if args.require_cuda and not report.get("cuda", {}).get("available"):
+        build = report.get("cuda", {}).get("torch_cuda_build")
+        print(f"error: no CUDA device visible to torch (torch CUDA build: {build or 'none, a CPU-only torch'}); "
+              "in Docker: run with --gpus all, and check the host driver with nvidia-smi", file=sys.stderr)
+        return 1
     return 1 if report["missing"] else 0
