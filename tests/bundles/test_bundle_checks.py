@@ -139,6 +139,22 @@ def test_eval_metrics_are_the_shipped_models(bundle):
     assert metrics["test_presence_auroc"] == 0.8 and metrics["test_mean_dice_scans_with_tumour"] == 0.662
 
 
+#: the MONAI Model Zoo's model-card sections, in order
+ZOO_SECTIONS = ["# Model Overview", "## Data", "### Preprocessing", "## Training configuration", "### Input",
+                "### Output", "## Performance", "## MONAI Bundle Commands", "#### Execute training",
+                "#### Execute inference", "#### Export checkpoint to TorchScript file", "# References", "# License"]
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_readme_is_a_zoo_model_card(bundle):
+    text = (helpers.BUNDLES / bundle / "docs" / "README.md").read_text()
+    headings = [line for line in text.splitlines() if line.startswith("#")]
+    assert [h for h in headings if h in ZOO_SECTIONS] == ZOO_SECTIONS
+    assert not re.search(r"to be filled|TODO|TBD|XXX", text, re.I)
+    for value in _meta(bundle)["eval_metrics"].values():  # the shipped model's numbers, as the card prints them
+        assert f"{value:.3f}" in text, value
+
+
 def _parser(bundle: str, config: str, **overrides):
     root = helpers.BUNDLES / bundle
     parser = ConfigParser()
