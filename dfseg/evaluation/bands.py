@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from dfseg.evaluation import metrics as m
-from dfseg.evaluation.bootstrap import _groups, _resample_indices
+from dfseg.evaluation.bootstrap import resample_subjects, subject_groups
 
 #: False-positive rates the bands are read at: 0, 0.01, ..., 1.
 FPR_GRID: np.ndarray = np.linspace(0.0, 1.0, 101)
@@ -64,11 +64,11 @@ def roc_band(records: Sequence[Any], arrays: Arrays, *, groups: Sequence[Hashabl
     records = list(records)
     grid = np.asarray(grid, float)
     point = tpr_on_grid(*arrays(records), grid)
-    grp = _groups(len(records), groups)
+    grp = subject_groups(len(records), groups)
     rng = np.random.default_rng(seed)
     curves = []
     for _ in range(n_boot if grp else 0):
-        idx = _resample_indices(grp, rng)
+        idx = resample_subjects(grp, rng)
         curve = tpr_on_grid(*arrays([records[i] for i in idx]), grid)
         if np.isfinite(curve).all():
             curves.append(curve)

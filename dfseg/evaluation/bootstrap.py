@@ -18,7 +18,7 @@ import numpy as np
 Metric = Callable[[Sequence[Any]], float]
 
 
-def _groups(n: int, groups: Sequence[Hashable] | None) -> list[np.ndarray]:
+def subject_groups(n: int, groups: Sequence[Hashable] | None) -> list[np.ndarray]:
     """Record indices per subject, in order of first appearance."""
     if groups is None:
         return [np.array([i]) for i in range(n)]
@@ -30,7 +30,8 @@ def _groups(n: int, groups: Sequence[Hashable] | None) -> list[np.ndarray]:
     return [np.asarray(v) for v in index.values()]
 
 
-def _resample_indices(groups: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+def resample_subjects(groups: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """Record indices of one resample: subjects drawn with replacement, all records of each."""
     pick = rng.integers(0, len(groups), size=len(groups))
     return np.concatenate([groups[k] for k in pick])
 
@@ -52,11 +53,11 @@ def bootstrap_ci(records: Sequence[Any], metric: Metric, *, groups: Sequence[Has
     """
     records = list(records)
     estimate = float(metric(records))
-    grp = _groups(len(records), groups)
+    grp = subject_groups(len(records), groups)
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(n_boot if grp else 0):
-        idx = _resample_indices(grp, rng)
+        idx = resample_subjects(grp, rng)
         values.append(float(metric([records[i] for i in idx])))
     vals = np.asarray(values, float)
     vals = vals[np.isfinite(vals)]
@@ -98,11 +99,11 @@ def paired_bootstrap(records_a: Sequence[Any], records_b: Sequence[Any], metric:
     if len(records_a) != len(records_b):
         raise ValueError(f"paired comparison needs the same records: {len(records_a)} vs {len(records_b)}")
     est_a, est_b = float(metric(records_a)), float(metric(records_b))
-    grp = _groups(len(records_a), groups)
+    grp = subject_groups(len(records_a), groups)
     rng = np.random.default_rng(seed)
     diffs = []
     for _ in range(n_boot if grp else 0):
-        idx = _resample_indices(grp, rng)
+        idx = resample_subjects(grp, rng)
         diffs.append(float(metric([records_a[i] for i in idx])) - float(metric([records_b[i] for i in idx])))
     d = np.asarray(diffs, float)
     d = d[np.isfinite(d)]

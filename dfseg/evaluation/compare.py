@@ -17,6 +17,7 @@ import numpy as np
 from dfseg.errors import InputError
 from dfseg.evaluation import metrics as m
 from dfseg.evaluation import records as rec
+from dfseg.evaluation.bands import roc_band, roc_counts
 from dfseg.evaluation.bootstrap import bootstrap_ci, holm, paired_bootstrap
 from dfseg.io import read_json
 
@@ -85,6 +86,11 @@ def seed_mean(metric: Callable[[Sequence[dict]], float]) -> Callable[[Sequence[d
     return mean_over_seeds
 
 
+def pooled_patches(stacked: Sequence[dict]) -> tuple:
+    """Patch scores and labels of every seed's run of stacked records (see :func:`_align`), pooled."""
+    return rec.patch_arrays([run for r in stacked for run in r["runs"]])
+
+
 def compare_models(records_by_model: Mapping[str, Runs], *, metrics: Sequence[str] | None = None,
                    threshold: float = 0.5, n_bootstrap: int = 1000, seed: int = 0) -> dict:
     """Per-model metrics with subject-bootstrap CIs and paired differences between every pair of models.
@@ -108,7 +114,8 @@ def compare_models(records_by_model: Mapping[str, Runs], *, metrics: Sequence[st
     Returns:
         ``{"models": [...], "metrics": [...], "results": {model: {metric: ci + {"per_seed"}}}, "paired":
         [{"a", "b", "metric", "difference", "ci_low", "ci_high", "p_value", "p_holm", ...}], "roc": {model:
-        {"fpr", "tpr", "auroc"}} (patches of all seeds pooled), "n_scans", "n_subjects", "n_seeds",
+        {"fpr", "tpr", "auroc", "band", "counts"}} (patches of all seeds pooled; the band a pointwise
+        subject-bootstrap interval, :func:`dfseg.evaluation.bands.roc_band`; counts of one seed's patches), "n_scans", "n_subjects", "n_seeds",
         "n_bootstrap", "seed"}``.
     """
     aligned, groups = _align(records_by_model)
@@ -134,9 +141,13 @@ def compare_models(records_by_model: Mapping[str, Runs], *, metrics: Sequence[st
         entry["p_holm"] = adjusted
     roc = {}
     for model, rs in aligned.items():
-        scores, labels = rec.patch_arrays([run for r in rs for run in r["runs"]])
+        scores, labels = pooled_patches(rs)
         fpr, tpr, _ = m.roc_curve(scores, labels)
-        roc[model] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "auroc": m.auroc(scores, labels)}
+        first = [r["runs"][0] for r in rs]
+        roc[model] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "auroc": m.auroc(scores, labels),
+                      "band": roc_band(rs, pooled_patches, groups=groups, n_boot=n_bootstrap, seed=seed),
+                      "counts": roc_counts(first, rec.patch_arrays, groups=groups,
+                                           n_lesions=len(rec.all_lesions(first)))}
     return {"models": list(aligned), "metrics": names, "results": results, "paired": paired, "roc": roc,
             "n_scans": len(groups), "n_subjects": len(set(groups)),
             "n_seeds": {model: len(rs[0]["runs"]) for model, rs in aligned.items()},

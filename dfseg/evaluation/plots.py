@@ -106,15 +106,20 @@ def plot_roc_multi(comparison: Mapping[str, Any], path: str | os.PathLike, title
     """ROC figure with one curve per model from :func:`dfseg.evaluation.compare.compare_models`.
 
     Args:
-        comparison: ``{"roc": {model: {"fpr", "tpr", "auroc"}}, ...}``.
+        comparison: ``{"roc": {model: {"fpr", "tpr", "auroc"[, "band", "counts"]}}, ...}``; its own
+            band and counts are drawn unless ``bands`` / ``counts`` are given.
         path: output PNG.
         title: figure title.
         bands: ``model -> {"fpr", "tpr_low", "tpr_high"}`` (:func:`dfseg.evaluation.bands.roc_band`).
         counts: ``model -> {"subjects", "positives", "negatives", "unit"[, "lesions"]}``
             (:func:`dfseg.evaluation.bands.roc_counts`) for the legend.
     """
-    curves = {name: (np.asarray(c["fpr"]), np.asarray(c["tpr"]), float(c["auroc"]))
-              for name, c in comparison["roc"].items()}
+    roc = comparison["roc"]
+    curves = {name: (np.asarray(c["fpr"]), np.asarray(c["tpr"]), float(c["auroc"])) for name, c in roc.items()}
+    if bands is None and all("band" in c for c in roc.values()):
+        bands = {name: c["band"] for name, c in roc.items()}
+    if counts is None and all("counts" in c for c in roc.values()):
+        counts = {name: c["counts"] for name, c in roc.items()}
     return plot_roc(curves, path, title, bands=bands, counts=counts)
 
 

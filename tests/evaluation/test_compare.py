@@ -114,3 +114,15 @@ def test_table_calls_significant_only_after_holm():
     assert bound == f"< {2 / sens['n_valid']:.3g}"
     table = render_comparison_table(cmp)
     assert f"| {bound} | {bound} | yes, df higher |" in table and "Holm-adjusted over the" in table
+
+
+def test_study_roc_has_a_subject_bootstrap_band_and_counts(tmp_path):
+    cmp = compare_models({"df": [_records(True), _records(True)], "attn": _records(False)}, n_bootstrap=50, seed=0)
+    band, counts = cmp["roc"]["df"]["band"], cmp["roc"]["df"]["counts"]
+    # perfect separation in every resample: the band is TPR 1 from the first grid point on
+    assert band["tpr_low"][1:] == pytest.approx([1.0] * (len(band["fpr"]) - 1))
+    assert counts["subjects"] == 6 and counts["lesions"] == 3
+    labels = np.concatenate([r["patch_labels"] for r in _records(True)])
+    assert (counts["positives"], counts["negatives"]) == (int((labels == 1).sum()), int((labels == 0).sum()))
+    path = plot_roc_multi(cmp, tmp_path / "roc.png")
+    assert mpimg.imread(path).shape[2] == 4
