@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from dfseg.errors import InputError
-from dfseg.io import atomic_path
+from dfseg.io import atomic_directory, atomic_path, read_json, refuse_non_empty, sha256_file, write_json
+from dfseg.networks.factory import build
 
 __all__ = ["FILE_NAMES", "FORMATS", "TOLERANCE", "check_formats", "export_checkpoint", "export_onnx",
            "export_record", "export_torchscript", "load_network", "max_abs_difference", "network_record",
@@ -41,7 +42,6 @@ def network_record(run_info: str | os.PathLike) -> tuple[dict, int, list[int]]:
     Raises:
         InputError: the file is missing or records no network, channels or patch size.
     """
-    from dfseg.io import read_json
     from dfseg.training.transforms import in_channels
 
     path = Path(run_info)
@@ -93,8 +93,6 @@ def load_network(checkpoint: str | os.PathLike, run_info: str | os.PathLike | No
     Raises:
         InputError: a missing or unreadable file, or weights that do not fit the recorded network.
     """
-    from dfseg.networks import build
-
     checkpoint = Path(checkpoint)
     info = Path(run_info) if run_info is not None else checkpoint.parent / "run_info.json"
     args, channels, patch = network_record(info)
@@ -194,8 +192,6 @@ def check_formats(text: str) -> list[str]:
 
 def export_record(checkpoint: Path, shape: Sequence[int], results: Mapping[str, Any]) -> dict:
     """What ``export.json`` says: the checkpoint, input shape, and per format the file and its check."""
-    from dfseg.io import sha256_file
-
     return {"checkpoint": {"path": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint)},
             "input": {"name": "image", "shape": list(shape), "batch": "free"},
             "output": {"name": "logits", "meaning": "tumour logits; sigmoid gives the probability"},
@@ -224,8 +220,6 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, for
         InputError: unreadable inputs, or an export that differs from the eager network by more than
             :data:`TOLERANCE` (nothing is written then).
     """
-    from dfseg.io import atomic_directory, refuse_non_empty, write_json
-
     checkpoint = Path(checkpoint)
     refuse_non_empty(out, overwrite=overwrite)
     network, shape = load_network(checkpoint, run_info, input_size)
