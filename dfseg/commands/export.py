@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dfseg.commands import add_out
 from dfseg.errors import InputError
 from dfseg.networks.export import FORMATS, TOLERANCE, check_formats, export_checkpoint
 
@@ -28,8 +29,7 @@ def _diff(value: float | None) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path,
                         help="model.pt (or last.pt) of a training run; run_info.json beside it names the network")
-    parser.add_argument("-o", "--out", "--output", dest="out", type=Path, required=True,
-                        help="output folder: model.ts, model.onnx, export.json")
+    add_out(parser, "output folder: model.ts, model.onnx, export.json", type=Path, required=True)
     parser.add_argument("--format", default=",".join(FORMATS),
                         help=f"comma-separated formats from {', '.join(FORMATS)} (default: both)")
     parser.add_argument("--run-info", type=Path, help="run_info.json of the run (default: beside the checkpoint)")

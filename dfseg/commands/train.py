@@ -11,6 +11,7 @@ import argparse
 import shutil
 from pathlib import Path
 
+from dfseg.commands import add_no_progress, add_out
 from dfseg.errors import DfsegError, InputError
 from dfseg.io import prepare_output_dir, read_json
 
@@ -21,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", required=True, type=Path, help="cohort manifest.json (preprocessed, or raw + --calibration)")
     parser.add_argument("--modality", choices=["attn", "df", "combined"], default="combined",
                         help="network input (default combined)")
-    parser.add_argument("-o", "--out", "--output", dest="out", type=Path, required=True, help="run folder")
+    add_out(parser, "run folder", type=Path, required=True)
     parser.add_argument("--bundle", default="dfseg_attention_unet",
                         help="bundle name (dfseg_attention_unet, dfseg_swinunetr) or folder (default dfseg_attention_unet)")
     parser.add_argument("--fold", type=int, default=0, help="validation fold; -1 = the manifest's validation list (default 0)")
@@ -36,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<out>/mlruns.db, artifacts "
                         "in <out>/mlruns; a server: http://host:5000)")
     parser.add_argument("--experiment", default="dfseg", help="MLflow experiment name (default dfseg)")
+    add_no_progress(parser)
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--overwrite", action="store_true", help="replace a non-empty run folder")
     group.add_argument("--resume", action="store_true", help="continue the run in the folder from its last.pt")
@@ -99,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"dfseg train: {bundle.name}, {args.modality} input, fold {args.fold}, {geometry} cohort -> {out}", flush=True)
     params: dict[str, object] = {"manifest": manifest, "modality": args.modality, "fold": args.fold, "output_dir": out,
                                  "seed": args.seed, "max_epochs": args.max_epochs, "device": args.device,
-                                 "calibration": args.calibration.resolve() if args.calibration else None}
+                                 "calibration": args.calibration.resolve() if args.calibration else None,
+                                 "progress": not args.no_progress}
     params.update(settings)
     try:
         run_bundle(bundle, "train", **params, **tracking)

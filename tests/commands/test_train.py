@@ -52,7 +52,8 @@ def test_settings_reach_the_bundle(calls, cohort, tmp_path, capsys):
     bundle, workflow, got = calls[0]
     assert (bundle, workflow) == ("dfseg_swinunetr", "train")
     assert got == {"manifest": cohort.resolve(), "modality": "df", "fold": 1, "output_dir": out.resolve(), "seed": 7,
-                   "max_epochs": 3, "device": None, "calibration": None, "patch_size": "64", "learning_rate": "2e-4"}
+                   "max_epochs": 3, "device": None, "calibration": None, "progress": True, "patch_size": "64",
+                   "learning_rate": "2e-4"}
     printed = capsys.readouterr().out
     assert "3 epoch(s) done" in printed and str(out.resolve() / "model.pt") in printed
 
@@ -60,8 +61,9 @@ def test_settings_reach_the_bundle(calls, cohort, tmp_path, capsys):
 def test_mlflow_settings(calls, cohort, tmp_path, capsys):
     pytest.importorskip("mlflow")
     out = tmp_path / "run7"
-    assert main(["train", "--manifest", str(cohort), "-o", str(out), "--tracking", "mlflow"]) == 0
+    assert main(["train", "--manifest", str(cohort), "-o", str(out), "--tracking", "mlflow", "--no-progress"]) == 0
     got = calls[0][2]
+    assert got["progress"] is False
     assert got["tracking"] == "mlflow" and got["experiment_name"] == "dfseg" and got["run_name"] == "run7"
     assert got["tracking_uri"] == f"sqlite:///{out.resolve() / 'mlruns.db'}"
     assert got["modality"] == "combined" and got["max_epochs"] is None  # bundle defaults
