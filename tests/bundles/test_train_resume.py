@@ -162,8 +162,14 @@ def _weights(path: Path) -> dict:
 #: (kind, needle) kill points of the 2-epoch, 2-iterations-per-epoch run, in order: mid-epoch 1
 #: (iteration checkpoint written), during validation of epoch 1, after it, while a checkpoint's
 #: temporary file exists (the atomic write in progress), mid-epoch 2.
-KILL_POINTS = [("log", "Epoch: 1/2, Iter: 1/"), ("log", "SupervisedEvaluator - INFO - Engine run resuming"),
-               ("log", "Epoch[1] Metrics"), ("tmp", None), ("log", "Epoch: 2/2, Iter: 1/")]
+#: where each run is killed: after its first checkpoint ("ckpt": last.pt replaced; epoch 1 iteration 1),
+#: while a checkpoint is written ("tmp"), after epoch 1's line (validation done), after the first
+#: checkpoint of epoch 2, and as soon as the last run says it resumes
+KILL_POINTS = [("ckpt", None), ("tmp", None), ("log", "epoch 1/2 "), ("ckpt", None), ("log", "resuming at epoch 2/2")]
+
+
+def _checkpoint_id(path: Path) -> tuple[int, int] | None:
+    return (path.stat().st_ino, path.stat().st_mtime_ns) if path.is_file() else None
 
 
 @pytest.mark.slow
@@ -182,9 +188,12 @@ def test_sigkill_resume_gives_identical_weights(tmp_path):
         log = tmp_path / f"log{i}.txt"
         with open(log, "w") as fh:
             proc = subprocess.Popen(cmd, cwd=tmp_path, env=helpers.env(), stdout=fh, stderr=subprocess.STDOUT)
-        deadline = time.time() + 240
+        deadline, start = time.time() + 240, _checkpoint_id(out / "last.pt")
         while proc.poll() is None and time.time() < deadline:
-            hit = any(out.glob(".last.pt*")) if kind == "tmp" else needle in log.read_text()
+            if kind == "ckpt":
+                hit = _checkpoint_id(out / "last.pt") not in (None, start)
+            else:
+                hit = any(out.glob(".last.pt*")) if kind == "tmp" else needle in log.read_text()
             if hit:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
