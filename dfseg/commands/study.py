@@ -13,6 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
+from dfseg.commands import add_no_progress, add_out
 from dfseg.errors import InputError
 from dfseg.evaluation.compare import compare_models, load_records
 from dfseg.evaluation.plots import plot_roc_multi
@@ -45,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "and seed; tables give the mean over seeds with subject-bootstrap CIs (default 0)")
     parser.add_argument("--patch-size", type=int, default=PATCH_SIZE,
                         help=f"edge in voxels of the per-patch detection patches (default {PATCH_SIZE})")
-    parser.add_argument("-o", "--output", type=Path, default=None, help="output folder (default runs/study-<timestamp>)")
+    add_out(parser, "output folder (default runs/study-<timestamp>)", type=Path, default=None)
+    add_no_progress(parser)
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     group.add_argument("--resume", action="store_true", help="keep finished models; training resumes from checkpoints")
@@ -73,10 +75,11 @@ def run(args: argparse.Namespace) -> int:
     if args.geometry and args.geometry != geometry:
         raise InputError(manifest, f"cohort geometry is {geometry!r} but --geometry {args.geometry} was given")
     bundle = bundle_dir(args.bundle)
-    out = prepare_output_dir(args.output or Path("runs") / f"study-{time.strftime('%Y%m%d-%H%M%S')}",
+    out = prepare_output_dir(args.out or Path("runs") / f"study-{time.strftime('%Y%m%d-%H%M%S')}",
                              overwrite=args.overwrite, resume=args.resume)
     common: dict[str, object] = {"manifest": manifest, "fold": args.fold, "device": args.device,
-                                 "calibration": args.calibration.resolve() if args.calibration else None}
+                                 "calibration": args.calibration.resolve() if args.calibration else None,
+                                 "progress": not args.no_progress}
     if geometry == "radiograph":
         common["spatial_dims"] = 2
     for item in args.override:
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
                        split=args.split, predictions_dir=run_dir / "predictions")
             evaluate_predictions(run_dir / "predictions", manifest, eval_dir, split=args.split,
                                  threshold=args.threshold, n_bootstrap=args.bootstrap, seed=seeds[0],
-                                 patch_size=args.patch_size, overwrite=True)
+                                 patch_size=args.patch_size, progress=not args.no_progress, overwrite=True)
         records.setdefault(modality, []).append(load_records(eval_dir))
 
     comparison = compare_models(records, threshold=args.threshold, n_bootstrap=args.bootstrap, seed=seeds[0])
