@@ -74,7 +74,10 @@ def test_train_evaluate_infer_tensorboard(bundle, tmp_path):
     for scalar in ("train_loss", "lr", "val_auroc", "val_mean_dice"):
         assert scalar in tags["scalars"], tags["scalars"]
     assert len(acc.Scalars("val_auroc")) == epochs
-    assert len(tags["images"]) >= 3, tags["images"]  # image, label, prediction
+    # label and prediction outlines over attn and c0, plus the attention gates where the network has them
+    assert {t.split("/")[0] for t in tags["images"]} >= {"overlay_attn", "overlay_c0"}, tags["images"]
+    gates = [t for t in tags["images"] if t.startswith("attention_gate")]
+    assert bool(gates) == (bundle == BUNDLE), tags["images"]
 
     extra = [*helpers.COMMON, *helpers.TINY[bundle]]
     if bundle != BUNDLE:
