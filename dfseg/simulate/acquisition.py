@@ -15,6 +15,9 @@ CT (parallel beam, rotation axis z, 180 deg):
    ``df_n = fbp(-ln D_n)`` per orientation (1/mm). No flux, drift or beam-hardening correction:
    that is the job of ``dfseg preprocess``, using the ``air_columns`` air-only detector columns.
 
+The noise-free T and D of steps 1-2 are also given alone by :func:`expected_ct` (the raw-frame
+simulator, :mod:`dfseg.simulate.raw`, measures them frame by frame instead of step 3).
+
 Radiograph: one view along +y; the detector plane is (x, z) and the grating sensitivity direction
 of orientation w is ``s(w) = cos w * x + sin w * z``. ``attn = -ln T`` and ``df = -ln D`` (line
 integrals, unitless), images (X, Z).
@@ -278,6 +281,84 @@ def _check_fov(anatomy: Anatomy, config: AcquisitionConfig) -> None:
                                         "use a larger --size or fewer air columns")
 
 
+@dataclass
+class _CTModel:
+    """What every slab of a CT acquisition shares: spectrum, materials, tensors, angles, weights."""
+
+    spectrum: Spectrum
+    vis: VisibilitySpectrum
+    names: list[str]
+    mu_e: np.ndarray
+    h: np.ndarray
+    s6: np.ndarray
+    angles: np.ndarray
+    wts: np.ndarray
+    v_ref: float
+    device: torch.device
+
+
+def _ct_model(anatomy: Anatomy, config: AcquisitionConfig, device: str | None) -> _CTModel:
+    nx, ny, _ = anatomy.shape
+    if nx != ny:
+        raise InputError("anatomy", f"CT needs a square slice (X = Y), got {anatomy.shape}")
+    _check_fov(anatomy, config)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    spectrum = config.spectrum()
+    vis = config.visibility_spectrum()
+    e = spectrum.energies_kev
+    names, mu_e = _materials_mu(anatomy, e)
+    h, s6 = scattering_tensors(anatomy, e, n_basis=config.n_basis)  # (K, E), (K, 6, X, Y, Z)
+    angles = projection_angles(config.n_angles)
+    w = np.deg2rad(np.asarray(config.orientations_deg, dtype=np.float64))
+    wts = tensor_projection_weights(angles, w).astype(np.float32)  # (N, A, 6)
+    v_ref = float(np.sum(spectrum.weights * vis(e)) / np.sum(spectrum.weights))
+    return _CTModel(spectrum, vis, names, mu_e, h, s6, angles, wts, v_ref, dev)
+
+
+def _expected_slab(model: _CTModel, anatomy: Anatomy, zs: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Noise-free T (1, A, U, z) and D (N, A, U, z) of the slices ``zs``."""
+    nx, ny, _ = anatomy.shape
+    k = model.h.shape[0]
+    # one batched projection of all maps (materials + tensor components) of the slab's slices
+    maps = np.concatenate([np.stack([anatomy.materials[m][..., zs] for m in model.names]),
+                           model.s6[..., zs].reshape(k * 6, nx, ny, -1)])
+    maps_t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(maps, -1, 1))).to(model.device)  # (C, z, X, Y)
+    sino = project(maps_t, model.angles, pixel_mm=anatomy.voxel_mm)  # (C, z, A, U)
+    sino = sino.permute(0, 2, 3, 1).cpu().numpy()  # (C, A, U, z)
+    lines = sino[: len(model.names)]  # (M, A, U, z) path lengths, mm
+    comp = sino[len(model.names):].reshape(k, 6, *sino.shape[1:])  # (K, 6, A, U, z)
+    p_k = np.einsum("kcauz,nac->knauz", comp, model.wts)  # (K, N, A, U, z)
+    return polychromatic_signals_oriented(model.spectrum, model.vis, lines, model.mu_e, p_k, model.h,
+                                          device=model.device)
+
+
+def expected_ct(anatomy: Anatomy, config: AcquisitionConfig, *, device: str | None = None) -> dict[str, Any]:
+    """The noise-free signals :func:`acquire_ct` measures: expected T and D per orientation and angle.
+
+    No flux, drift or noise (they belong to the measurement); the raw-frame simulator
+    (:mod:`dfseg.simulate.raw`) starts from these.
+
+    Args:
+        anatomy: the phantom (X = Y required: U = X detector columns).
+        config: acquisition settings (``orientations_deg``, ``n_angles``, spectrum, visibility).
+        device: torch device for the projector (default CUDA when available, else CPU).
+
+    Returns:
+        dict with ``T`` and ``D`` (N, A, U, Z) float32 (T is the same for every orientation),
+        ``v_ref`` (float), ``spectrum``, ``angles_deg`` (A,).
+    """
+    model = _ct_model(anatomy, config, device)
+    nx, _, nz = anatomy.shape
+    n_or, n_a = model.wts.shape[:2]
+    t_all = np.empty((n_or, n_a, nx, nz), np.float32)
+    d_all = np.empty((n_or, n_a, nx, nz), np.float32)
+    for z0 in range(0, nz, SLAB_SLICES):
+        zs = slice(z0, min(z0 + SLAB_SLICES, nz))
+        t_all[..., zs], d_all[..., zs] = _expected_slab(model, anatomy, zs)
+    return {"T": t_all, "D": d_all, "v_ref": model.v_ref, "spectrum": model.spectrum,
+            "angles_deg": np.rad2deg(model.angles)}
+
+
 def acquire_ct(anatomy: Anatomy, config: AcquisitionConfig, rng: np.random.Generator, *, device: str | None = None
                ) -> dict[str, Any]:
     """Simulate a directional dark-field CT scan and its uncorrected FBP reconstruction.
@@ -296,22 +377,10 @@ def acquire_ct(anatomy: Anatomy, config: AcquisitionConfig, rng: np.random.Gener
         float32 in 1/mm; ``df`` (X, Y, Z, N) float32 in 1/mm; ``spectrum`` (the Spectrum);
         ``v_ref`` (float); ``gain`` (N, A).
     """
+    model = _ct_model(anatomy, config, device)
     nx, ny, nz = anatomy.shape
-    if nx != ny:
-        raise InputError("anatomy", f"CT needs a square slice (X = Y), got {anatomy.shape}")
-    _check_fov(anatomy, config)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    spectrum = config.spectrum()
-    vis = config.visibility_spectrum()
-    e = spectrum.energies_kev
-    names, mu_e = _materials_mu(anatomy, e)
-    h, s6 = scattering_tensors(anatomy, e, n_basis=config.n_basis)  # (K, E), (K, 6, X, Y, Z)
-    k = h.shape[0]
-    angles = projection_angles(config.n_angles)
-    w = np.deg2rad(np.asarray(config.orientations_deg, dtype=np.float64))
-    n_or, n_a = w.size, config.n_angles
-    wts = tensor_projection_weights(angles, w).astype(np.float32)  # (N, A, 6)
-    v_ref = float(np.sum(spectrum.weights * vis(e)) / np.sum(spectrum.weights))
+    dev, angles, v_ref = model.device, model.angles, model.v_ref
+    n_or, n_a = model.wts.shape[:2]
     gain = _gain(config, (n_or, n_a), rng)
 
     proj_t = np.empty((n_or, n_a, nx, nz), np.float32)
@@ -320,16 +389,7 @@ def acquire_ct(anatomy: Anatomy, config: AcquisitionConfig, rng: np.random.Gener
     df = np.empty((nx, ny, nz, n_or), np.float32)
     for z0 in range(0, nz, SLAB_SLICES):
         zs = slice(z0, min(z0 + SLAB_SLICES, nz))
-        # one batched projection of all maps (materials + tensor components) of the slab's slices
-        maps = np.concatenate([np.stack([anatomy.materials[m][..., zs] for m in names]),
-                               s6[..., zs].reshape(k * 6, nx, ny, -1)])
-        maps_t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(maps, -1, 1))).to(dev)  # (C, z, X, Y)
-        sino = project(maps_t, angles, pixel_mm=anatomy.voxel_mm)  # (C, z, A, U)
-        sino = sino.permute(0, 2, 3, 1).cpu().numpy()  # (C, A, U, z)
-        lines = sino[: len(names)]  # (M, A, U, z) path lengths, mm
-        comp = sino[len(names):].reshape(k, 6, *sino.shape[1:])  # (K, 6, A, U, z)
-        p_k = np.einsum("kcauz,nac->knauz", comp, wts)  # (K, N, A, U, z)
-        t_exp, d_exp = polychromatic_signals_oriented(spectrum, vis, lines, mu_e, p_k, h, device=dev)
+        t_exp, d_exp = _expected_slab(model, anatomy, zs)
         t_hat, d_hat = _measure(t_exp, d_exp, gain[:, :, None, None], config, v_ref, rng, anatomy.voxel_mm)
         proj_t[..., zs], proj_d[..., zs] = t_hat, d_hat
         # uncorrected FBP: the attenuation of the orientation-averaged -ln T (FBP is linear),
@@ -339,7 +399,7 @@ def acquire_ct(anatomy: Anatomy, config: AcquisitionConfig, rng: np.random.Gener
         rec = fbp(logs_t, angles, (nx, ny), pixel_mm=anatomy.voxel_mm).cpu().numpy()  # (1+N, z, X, Y)
         attn[..., zs] = np.moveaxis(rec[0], 0, -1)
         df[:, :, zs] = np.moveaxis(rec[1:], (0, 1), (3, 2))
-    return {"proj_T": proj_t, "proj_D": proj_d, "attn": attn, "df": df, "spectrum": spectrum, "v_ref": v_ref,
+    return {"proj_T": proj_t, "proj_D": proj_d, "attn": attn, "df": df, "spectrum": model.spectrum, "v_ref": v_ref,
             "gain": gain}
 
 
