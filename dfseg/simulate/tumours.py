@@ -222,12 +222,7 @@ def insert_tumour(anatomy: Anatomy, centre_mm, diameter_mm: float, shape: Tumour
     shape = shape or TumourShape.sphere()
     box, f = occupancy(anatomy.shape, anatomy.voxel_mm, centre_mm, diameter_mm, shape)
     f = f * anatomy.body_mask[box]
-    rho = np.ones_like(f)
-    if shape.density_sd > 0:
-        rng = np.random.default_rng(shape.density_seed)
-        noise = ndimage.gaussian_filter(rng.standard_normal(f.shape), sigma=max(0.3 / anatomy.voxel_mm, 0.7))
-        noise = (noise - noise.mean()) / max(noise.std(), 1e-12)
-        rho = np.clip(1.0 + shape.density_sd * noise, 0.7, 1.3).astype(np.float32)
+    rho = interior_density(shape, f.shape, anatomy.voxel_mm)
     for name, m in anatomy.materials.items():
         m[box] *= 1 - f
         if name == "soft_tissue":
@@ -247,6 +242,26 @@ def insert_tumour(anatomy: Anatomy, centre_mm, diameter_mm: float, shape: Tumour
         "size_bin": size_bin(d_label),
     })
     return anatomy
+
+
+def interior_density(shape: TumourShape, box_shape: tuple[int, ...], voxel_mm: float) -> np.ndarray:
+    """A tumour's interior density factor rho on its bounding box (float32, around 1).
+
+    Gaussian noise smoothed over about 0.3 mm (at least 0.7 voxel), standardised, scaled by
+    ``shape.density_sd`` and clipped to [0.7, 1.3]; all ones when ``density_sd`` is 0. The
+    simulator (:func:`insert_tumour`) and the synthetic-tumour augmentation use it alike.
+
+    Args:
+        shape: the tumour's shape parameters (``density_sd``, ``density_seed``).
+        box_shape: shape of the tumour's bounding box (from :func:`occupancy`).
+        voxel_mm: isotropic voxel size, mm.
+    """
+    if shape.density_sd <= 0:
+        return np.ones(box_shape, dtype=np.float32)
+    rng = np.random.default_rng(shape.density_seed)
+    noise = ndimage.gaussian_filter(rng.standard_normal(box_shape), sigma=max(0.3 / float(voxel_mm), 0.7))
+    noise = (noise - noise.mean()) / max(noise.std(), 1e-12)
+    return np.clip(1.0 + shape.density_sd * noise, 0.7, 1.3).astype(np.float32)
 
 
 def boundary_depth(free: np.ndarray) -> np.ndarray:
