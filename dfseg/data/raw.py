@@ -597,8 +597,8 @@ def _check_no_extra_file(target: _Target) -> None:
         numbers[f] += count
         path = Path(target.role.file.format(**numbers))
         if path.is_file():
-            raise InputError(path, f"is {target.name} {f} {count} (0-based), but the layout has {count} "
-                                   f"{_AXIS_WORDS[f]} ({target.layout.path.name}:{_SIZE_SOURCE[f]})")
+            raise InputError(path, f"exists, but the layout has only {count} {_AXIS_WORDS[f]} "
+                                   f"({target.layout.path.name}:{_SIZE_SOURCE[f]})")
 
 
 def _read_tiff_role(target: _Target) -> None:
