@@ -52,3 +52,29 @@ __all__ = [
     "visibility_log_variance",
     "wavelength_um",
 ]
+
+from dfseg.physics.stepping import (  # noqa: E402  (appended: raw phase-stepping frames -> T, D, dphi)
+    estimate_steps,
+    estimate_steps_from_reference,
+    fit_curves,
+    interpolate_flats,
+    retrieve_projections,
+    retrieve_signals,
+    signal_ratios,
+    step_phases,
+    subtract_dark,
+    wrap_phase,
+)
+
+__all__ += [
+    "estimate_steps",
+    "estimate_steps_from_reference",
+    "fit_curves",
+    "interpolate_flats",
+    "retrieve_projections",
+    "retrieve_signals",
+    "signal_ratios",
+    "step_phases",
+    "subtract_dark",
+    "wrap_phase",
+]
