@@ -16,6 +16,7 @@ from dfseg.simulate.acquisition import (
 )
 from dfseg.simulate.anatomy import anatomy_grid
 from dfseg.simulate.cohort import grid_text, write_cohort
+from dfseg.simulate.domain import DomainRandomisation, load_ranges
 from dfseg.simulate.executors import EXECUTORS
 from dfseg.simulate.protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol
 from dfseg.simulate.variants import VARIANTS
@@ -61,6 +62,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--filtration", default=None, metavar="MAT=MM[,MAT=MM]",
                         help="added filtration as in the sidecar's filtration_mm, e.g. Al=0.5,Cu=0.1, or none; "
                              f"materials {','.join(FILTER_MATERIALS)} (default: the variant's, Al=1 for standard)")
+    parser.add_argument("--randomise", action="store_true",
+                        help="domain randomisation: each subject's tube (60-80 kVp, Al, Cu), dose (x0.25-x4), "
+                             "visibility, 3-8 grating orientations, detector blur, flat-field rings, voxel size "
+                             "(0.10-0.20 mm), field of view (whole thorax or a lung crop), body and organ sizes, "
+                             "airway and vessel tree and lung micro-structure drawn from physical ranges, recorded "
+                             "in the sidecar's domain block (docs/domain_randomisation.md); excludes --kvp/--filtration")
+    parser.add_argument("--randomise-ranges", default=None, metavar="FILE.yaml",
+                        help="YAML mapping of randomisation ranges replacing the defaults (e.g. 'kvp: [50, 90]'); "
+                             "implies --randomise")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds in the manifest (default 5)")
     parser.add_argument("--test-by", choices=("subject", "variant", "none"), default="subject",
                         help="held-out test set: a share of subjects, whole variants, or none (default subject)")
@@ -86,6 +96,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--length-mm", f"must be positive, got {args.length_mm}")
     if args.scheduler is not None and args.executor != "dask":
         raise InputError("--scheduler", "a scheduler needs --executor dask")
+    randomise = None
+    if args.randomise or args.randomise_ranges is not None:
+        if args.kvp is not None or args.filtration is not None:
+            raise InputError("--randomise", "draws the tube per subject; give its kvp/al_mm/cu_mm ranges in "
+                                            "--randomise-ranges instead of --kvp/--filtration")
+        randomise = DomainRandomisation() if args.randomise_ranges is None else load_ranges(args.randomise_ranges)
     filtration = None if args.filtration is None else parse_filtration(args.filtration, "--filtration")
     if args.kvp is not None:
         check_tube(args.kvp, filtration or {}, kvp_where="--kvp", filtration_where="--filtration")
@@ -111,8 +127,9 @@ def run(args: argparse.Namespace) -> int:
         acquisition=config, projections=not args.no_projections, phantoms=not args.no_phantoms,
         folds=args.folds, test_by=args.test_by, test_fraction=args.test_fraction, test_variants=args.test_variants,
         kvp=args.kvp, filtration_mm=filtration, z_centre_mm=z_centre, protocol=protocol,
-        executor=args.executor, scheduler=args.scheduler,
+        executor=args.executor, scheduler=args.scheduler, randomise=randomise,
     )
     print(f"wrote {args.subjects} subjects ({grid_text(size)} voxels of {voxel_mm} mm"
-          f"{f', protocol {protocol}' if protocol else ''}) to {out} (manifest {out / 'manifest.json'})")
+          f"{f', protocol {protocol}' if protocol else ''}{', domain-randomised' if randomise else ''}) "
+          f"to {out} (manifest {out / 'manifest.json'})")
     return 0

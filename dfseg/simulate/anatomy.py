@@ -31,6 +31,13 @@ and vessels scatter perpendicular to their axis, and the mean over all direction
 The energy dependence eps(E; R, phi) is written on a small SVD basis h_k(E) (see
 :func:`scattering_basis`) so a ray's dark-field is ``DF(E) = sum_k P_k h_k(E)`` with P_k the line
 integral of the k-th coefficient tensor.
+
+Two options vary the anatomy between animals (both off by default, so a default phantom is
+unchanged; :mod:`dfseg.simulate.domain` turns them on): :class:`AnatomyJitter` (body width and
+depth, lung and heart size and position) and :class:`BronchovascularTree` (branching airways,
+air-filled with a tissue wall, with their accompanying arteries and an independent venous tree,
+blood counted as ``soft_tissue``, inside the lungs, never in the tumour label: the classic
+confounders of a small nodule).
 """
 
 from __future__ import annotations
@@ -77,6 +84,86 @@ class MicroStructure:
     correlation_mm: float = 1.5
 
 
+@dataclass(frozen=True)
+class AnatomyJitter:
+    """Size and position of the body and organs of one animal, relative to the reference mouse.
+
+    Identity values (the defaults) give the reference anatomy exactly.
+
+    Attributes:
+        body_width_scale: left-right body width / :data:`MOUSE_WIDTH_MM` (true-size fit; with
+            ``fit="shrink"`` only values below 1 take effect, the grid bounds the body).
+        body_depth_scale: dorso-ventral semi-axis relative to the reference width-to-depth ratio.
+        lung_scale: factor on both lungs' semi-axes (the rib cage still bounds them).
+        lung_shift_mm: (3,) shift of both lungs' centres, mm.
+        heart_scale: factor on the heart's semi-axes.
+        heart_shift_mm: (3,) shift of the heart's centre, mm.
+    """
+
+    body_width_scale: float = 1.0
+    body_depth_scale: float = 1.0
+    lung_scale: float = 1.0
+    lung_shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    heart_scale: float = 1.0
+    heart_shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class BronchovascularTree:
+    """Branching airway and vessel tree of each lung, from its hilum outwards.
+
+    Space-filling dichotomous branching (after Kitaoka, Takaki & Suki 1999, J Appl Physiol 87:
+    2207): a branch owns a cloud of points filling its share of the lung (the trunk: the whole
+    lung ellipsoid); it runs from its start towards the cloud's centroid for ``length_fraction``
+    of the distance, then the cloud is cut in two by a plane through the branch (perpendicular to
+    the parent's plane) and each half feeds a child. Radii follow Murray's law by the share of the
+    cloud each child supplies, ``r_child = r * (2 n_child / n)^(1/3) * radius_ratio`` (an even
+    split gives ``radius_ratio``); each segment tapers by ``radius_ratio`` along its length.
+
+    Per lung: an airway tree (air-filled tube with a soft-tissue wall of ``wall_fraction`` x the
+    lumen radius), an artery beside every airway (radius ``artery_ratio`` x the lumen: the
+    bronchovascular bundle) and, with ``veins``, an independent venous tree from a root just
+    ventral and caudal of the hilum. Vessels are solid ``soft_tissue`` (blood). Everything is
+    clipped to the lungs: the tree lies in the lung mask, has no alveoli (no dark-field) and is
+    never in the tumour label. Radii are for a true-size mouse and scale with the body under
+    ``fit="shrink"``.
+
+    Reference values (mouse, estimates): main bronchus about 0.6-0.9 mm across, hence a trunk
+    lumen radius of 0.3-0.45 mm; Murray's law gives ``radius_ratio = 2^(-1/3) = 0.79``; the first
+    4-6 generations are wider than a 0.1-0.2 mm voxel.
+
+    Attributes:
+        generations: generations including the trunk (1 = the trunk only).
+        trunk_radius_mm: airway lumen radius of the trunk entering the lung, mm.
+        radius_ratio: child / parent radius for an even split.
+        length_fraction: share of the distance to its cloud's centroid a branch covers.
+        wall_fraction: airway wall thickness / lumen radius.
+        artery_ratio: artery (and vein) radius / airway lumen radius of the same generation.
+        veins: add an independent venous tree per lung.
+        points: points of the cloud that fills a lung.
+    """
+
+    generations: int = 6
+    trunk_radius_mm: float = 0.35
+    radius_ratio: float = 0.79
+    length_fraction: float = 0.6
+    wall_fraction: float = 0.25
+    artery_ratio: float = 0.9
+    veins: bool = True
+    points: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.generations < 1:
+            raise InputError("tree.generations", f"need at least 1, got {self.generations}")
+        for name in ("trunk_radius_mm", "radius_ratio", "length_fraction", "artery_ratio"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"tree.{name}", f"must be positive, got {getattr(self, name)}")
+        if self.wall_fraction < 0:
+            raise InputError("tree.wall_fraction", f"must be >= 0, got {self.wall_fraction}")
+        if self.points < 2:
+            raise InputError("tree.points", f"need at least 2, got {self.points}")
+
+
 @dataclass
 class Anatomy:
     """A voxelised mouse thorax.
@@ -93,6 +180,8 @@ class Anatomy:
         label: (X, Y, Z) uint8 tumour 0/1.
         tumours: one dict per inserted tumour (centre_mm, diameter_mm, ...).
         info: free-form description (scale, micro-structure parameters) for sidecars.
+        structures: (X, Y, Z) float32 fraction of each voxel taken by the airway and vessel tree
+            (:class:`BronchovascularTree`), or None when the phantom has none; tumours spare it.
     """
 
     voxel_mm: float
@@ -106,6 +195,7 @@ class Anatomy:
     label: np.ndarray
     tumours: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    structures: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -186,23 +276,26 @@ def body_semi_axes_mm(size: int, voxel_mm: float, air_columns: int) -> float:
     return min(MOUSE_WIDTH_MM / 2, avail)
 
 
-def anatomy_grid(voxel_mm: float, *, air_columns: int = 4, length_mm: float | None = None) -> tuple[int, int, int]:
+def anatomy_grid(voxel_mm: float, *, air_columns: int = 4, length_mm: float | None = None,
+                 width_mm: float = MOUSE_WIDTH_MM) -> tuple[int, int, int]:
     """The grid of a true-size mouse: ``(X, X, Z)`` voxels at ``voxel_mm``.
 
-    X is the smallest even count whose reconstruction circle holds the 25 mm wide body with
-    ``air_columns`` air-only columns on each side (:func:`fov_half_width_mm`); Z covers
-    ``length_mm`` (default the whole thorax, :data:`THORAX_LENGTH_MM`). At 0.15 mm this is
-    (178, 178, 107), at 0.10 mm (260, 260, 160).
+    X is the smallest even count whose reconstruction circle holds the ``width_mm`` (default
+    25 mm) wide body with ``air_columns`` air-only columns on each side
+    (:func:`fov_half_width_mm`); Z covers ``length_mm`` (default the whole thorax,
+    :data:`THORAX_LENGTH_MM`). At 0.15 mm this is (178, 178, 107), at 0.10 mm (260, 260, 160).
 
     Raises:
-        InputError: a non-positive voxel size or length.
+        InputError: a non-positive voxel size, length or width.
     """
     if not voxel_mm > 0:
         raise InputError("voxel_mm", f"must be positive, got {voxel_mm}")
     length = THORAX_LENGTH_MM if length_mm is None else float(length_mm)
     if not length > 0:
         raise InputError("length_mm", f"must be positive, got {length_mm}")
-    x = 2 * int(np.ceil(MOUSE_WIDTH_MM / 2 / voxel_mm + air_columns + 1))
+    if not width_mm > 0:
+        raise InputError("width_mm", f"must be positive, got {width_mm}")
+    x = 2 * int(np.ceil(width_mm / 2 / voxel_mm + air_columns + 1))
     return x, x, max(1, int(round(length / voxel_mm)))
 
 
@@ -227,6 +320,8 @@ def build_anatomy(
     n_vessels: int = 8,
     fit: str | None = None,
     z_centre_mm: float = 0.0,
+    jitter: AnatomyJitter | None = None,
+    tree: BronchovascularTree | None = None,
 ) -> Anatomy:
     """Build a random mouse thorax (no tumours).
 
@@ -243,9 +338,16 @@ def build_anatomy(
             (fast tests on small cubes). Default: ``"shrink"`` for an int ``size``, else ``"true"``.
         z_centre_mm: cranio-caudal position of the grid's centre in the thorax (true size only;
             0 is the thorax's middle, the lungs lie within about +-7 mm).
+        jitter: body and organ size and position of this animal (None: the reference anatomy).
+            A true-size body wider than :data:`MOUSE_WIDTH_MM` needs a grid sized for it
+            (:func:`anatomy_grid` with ``width_mm``).
+        tree: airway and vessel tree (None: none; the ``n_vessels`` straight tubes stay either
+            way, pass ``n_vessels=0`` for the tree alone). Its random numbers are drawn after all
+            others, so the rest of the phantom is the same with or without it.
 
     Returns:
-        An :class:`Anatomy` without tumours; ``info`` records the grid, scale and fit.
+        An :class:`Anatomy` without tumours; ``info`` records the grid, scale and fit (and the
+        jitter and tree when given); ``structures`` is the tree's fraction (None without a tree).
     """
     fit = fit or ("shrink" if isinstance(size, int | np.integer) else "true")
     if fit not in FITS:
@@ -258,22 +360,26 @@ def build_anatomy(
     if shape[0] != shape[1]:
         raise InputError("size", f"the slice must be square (X = Y) for CT, got {shape}")
     micro = micro or MicroStructure()
+    jit = jitter or AnatomyJitter()  # identity values: x * 1.0 and x + 0.0 leave every number as it was
     x, y, z = grid_coordinates(shape, voxel_mm)
     if fit == "true":
-        if fov_half_width_mm(shape[0], voxel_mm, air_columns) < MOUSE_WIDTH_MM / 2:
-            need = anatomy_grid(voxel_mm, air_columns=air_columns)[0]
+        width = MOUSE_WIDTH_MM * jit.body_width_scale
+        if fov_half_width_mm(shape[0], voxel_mm, air_columns) < width / 2:
+            need = anatomy_grid(voxel_mm, air_columns=air_columns, width_mm=width)[0]
             raise InputError("size", f"a {shape[0]}-voxel slice at {voxel_mm} mm is too narrow for a true-size "
-                                     f"mouse ({MOUSE_WIDTH_MM:g} mm); need at least {need} voxels")
-        ax, scale = MOUSE_WIDTH_MM / 2, 1.0
+                                     f"mouse ({width:g} mm); need at least {need} voxels")
+        ax, scale = width / 2, 1.0
         zh = THORAX_LENGTH_MM / 2
         z = z + float(z_centre_mm)
     else:
         ax = body_semi_axes_mm(shape[0], voxel_mm, air_columns)
+        if jit.body_width_scale < 1.0:  # a smaller animal; a larger one cannot grow past the grid
+            ax *= jit.body_width_scale
         scale = ax / (MOUSE_WIDTH_MM / 2)  # < 1 when the field of view is too small for a full mouse
         zh = shape[2] * voxel_mm / 2  # the thorax fills the grid's length
     # small random variation between subjects (mouse size and shape)
     ax *= 1.0 - 0.06 * rng.random()
-    ay = ax * (0.78 + 0.06 * rng.random())
+    ay = ax * (0.78 + 0.06 * rng.random()) * jit.body_depth_scale
 
     rn = np.sqrt((x / ax) ** 2 + (y / ay) ** 2)  # normalised radius of the body cross-section
     body = np.broadcast_to(_fraction((rn - 1.0) * ay, voxel_mm), shape).astype(np.float64)
@@ -296,15 +402,18 @@ def build_anatomy(
 
     # heart: ellipsoid, ventral, slightly left, mid-thorax
     heart_c = (0.12 * ax + 0.05 * ax * rng.standard_normal(), 0.2 * ay, -0.15 * zh)
-    heart_ax = (0.33 * ax, 0.42 * ay, 0.42 * zh)
+    heart_c = tuple(c + s for c, s in zip(heart_c, jit.heart_shift_mm))
+    heart_ax = tuple(h * jit.heart_scale for h in (0.33 * ax, 0.42 * ay, 0.42 * zh))
     heart = _fraction(_ellipsoid_distance(x, y, z, heart_c, heart_ax), voxel_mm) * body
 
     # lungs: two ellipsoids inside the rib cage, minus heart, spine and mediastinum
     lung = np.zeros(shape)
+    lung_regions = []
     for side in (-1.0, 1.0):
-        c = (side * 0.4 * ax, 0.02 * ay, 0.05 * zh)
-        semi = (0.34 * ax * (1 + 0.05 * rng.standard_normal()), 0.62 * ay, 0.88 * zh)
+        c = tuple(c + s for c, s in zip((side * 0.4 * ax, 0.02 * ay, 0.05 * zh), jit.lung_shift_mm))
+        semi = tuple(h * jit.lung_scale for h in (0.34 * ax * (1 + 0.05 * rng.standard_normal()), 0.62 * ay, 0.88 * zh))
         lung = np.maximum(lung, _fraction(_ellipsoid_distance(x, y, z, c, semi), voxel_mm))
+        lung_regions.append((c, semi))
     inside_cage = _fraction((rn - (rib_r0 - rib_half)) * ay, voxel_mm)
     lung = lung * inside_cage * (1 - heart) * (1 - spine)
     lung = lung * (1 - _fraction(np.abs(x) - 0.06 * ax, voxel_mm))  # mediastinum keeps the lungs apart
@@ -332,20 +441,17 @@ def build_anatomy(
         d /= np.linalg.norm(d)
         length = (0.5 + 0.5 * rng.random()) * ax
         radius = (0.15 + 0.2 * rng.random()) * max(scale, 0.5)
-        # only the vessel's bounding box (segment hilum -> hilum + length d, widened by its radius)
-        box = []
-        for k in range(3):
-            ends = (hilum[k], hilum[k] + length * d[k])
-            lo, hi = min(ends) - radius - 2 * voxel_mm, max(ends) + radius + 2 * voxel_mm
-            box.append(slice(int(np.searchsorted(axes[k], lo)), int(np.searchsorted(axes[k], hi, side="right"))))
-        if any(b.stop <= b.start for b in box):
-            continue
-        box = tuple(box)
-        p = np.stack(np.broadcast_arrays(axes[0][box[0], None, None] - hilum[0], axes[1][None, box[1], None] - hilum[1],
-                                         axes[2][None, None, box[2]] - hilum[2]), axis=-1)
-        t = np.clip(p @ d, 0.0, length)
-        dist = np.linalg.norm(p - t[..., None] * d, axis=-1)
-        vessel[box] = np.maximum(vessel[box], _fraction(dist - radius * (1 - 0.5 * t / length), voxel_mm))
+        _add_tube(vessel, hilum, d, length, radius, 0.5, axes, voxel_mm)  # only on the tube's bounding box
+    info_extra: dict[str, Any] = {}
+    if jitter is not None:
+        info_extra["jitter"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in jitter.__dict__.items()}
+    lumen = None
+    if tree is not None:
+        t_scale = scale if fit == "shrink" else 1.0
+        # the hilum of each lung: its medial face, at the level of the thorax's upper third
+        roots = [(side * 0.08 * ax, c[1], 0.3 * zh) for side, (c, _) in zip((-1.0, 1.0), lung_regions)]
+        vessel, lumen, info_extra["tree"] = _render_tree(vessel, tree, roots, lung_regions, t_scale, axes, voxel_mm,
+                                                         rng)
     vessel_in_lung = vessel * lung
 
     # assemble material fractions (they sum to the body fraction)
@@ -354,7 +460,14 @@ def build_anatomy(
     lung_parenchyma = np.clip(lung_parenchyma, 0, 1)
     air = lung_parenchyma * phi_field
     lung_tissue = lung_parenchyma * (1 - phi_field)
-    soft = np.clip(body - bone - lung_parenchyma, 0, None)
+    if lumen is None:
+        soft = np.clip(body - bone - lung_parenchyma, 0, None)
+    else:  # airway lumens are air inside the tree's solid fraction
+        lumen_air = np.minimum(lumen * lung, vessel_in_lung)
+        air = air + lumen_air
+        soft = np.clip(body - bone - lung_parenchyma - lumen_air, 0, None)
+        info_extra["tree"]["airway_lumen_mm3"] = float(lumen_air.sum() * voxel_mm**3)
+        info_extra["tree"]["tree_in_lung_mm3"] = float(vessel_in_lung.sum() * voxel_mm**3)
 
     lung_mask = lung >= 0.5
     air_fraction = (phi_field * lung_parenchyma).astype(np.float32)
@@ -372,8 +485,101 @@ def build_anatomy(
         label=np.zeros(shape, np.uint8),
         info={"body_semi_axes_mm": [float(ax), float(ay)], "scale": float(scale), "fit": fit,
               "grid": [int(n) for n in shape], "z_centre_mm": float(z_centre_mm) if fit == "true" else 0.0,
-              "micro_structure": micro.__dict__.copy()},
+              "micro_structure": micro.__dict__.copy(), **info_extra},
+        structures=None if tree is None else vessel_in_lung.astype(f32),
     )
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def tree_segments(tree: BronchovascularTree, root_mm, region: tuple[Any, Any], scale: float,
+                  rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, float, float]]:
+    """Segments of one space-filling branching tree (:class:`BronchovascularTree`'s law).
+
+    Args:
+        tree: the tree's parameters.
+        root_mm: (3,) start of the trunk, mm (grid coordinates).
+        region: ``(centre, semi_axes)`` of the ellipsoid (mm) the tree fills.
+        scale: factor on the radii (the body's scale).
+        rng: random generator (the point cloud and the first cutting plane).
+
+    Returns:
+        ``(start, unit direction, length_mm, radius_mm)`` per segment, trunk first (depth-first).
+    """
+    c, semi = (np.asarray(v, np.float64) for v in region)
+    u = rng.standard_normal((tree.points, 3))
+    cloud = c + semi * (u / np.linalg.norm(u, axis=1, keepdims=True)) * rng.random((tree.points, 1)) ** (1 / 3)
+    out = []
+    stack = [(np.asarray(root_mm, np.float64), cloud, tree.trunk_radius_mm * scale, 1, rng.standard_normal(3))]
+    while stack:
+        p, pts, radius, gen, plane = stack.pop()
+        towards = pts.mean(axis=0) - p
+        dist = float(np.linalg.norm(towards))
+        if dist <= 0:
+            continue
+        d = towards / dist
+        length = tree.length_fraction * dist
+        out.append((p, d, length, float(radius)))
+        if gen >= tree.generations or len(pts) < 4:
+            continue
+        end = p + length * d
+        normal = _unit(np.cross(d, plane))  # cut through the branch, perpendicular to the parent's plane
+        side = (pts - end) @ normal >= 0
+        for half in (pts[side], pts[~side]):
+            if len(half) >= 2:
+                r = radius * (2 * len(half) / len(pts)) ** (1 / 3) * tree.radius_ratio
+                stack.append((end, half, r, gen + 1, normal))
+    return out
+
+
+def _add_tube(into: np.ndarray, start, d: np.ndarray, length: float, radius: float, taper: float,
+              axes: tuple[np.ndarray, np.ndarray, np.ndarray], voxel_mm: float) -> None:
+    """Max-composite a tapered tube (radius ``radius * (1 - taper * t / length)``) into ``into`` in place."""
+    box = []
+    for k in range(3):
+        ends = (start[k], start[k] + length * d[k])
+        lo, hi = min(ends) - radius - 2 * voxel_mm, max(ends) + radius + 2 * voxel_mm
+        box.append(slice(int(np.searchsorted(axes[k], lo)), int(np.searchsorted(axes[k], hi, side="right"))))
+    if any(b.stop <= b.start for b in box):
+        return
+    box = tuple(box)
+    p = np.stack(np.broadcast_arrays(axes[0][box[0], None, None] - start[0], axes[1][None, box[1], None] - start[1],
+                                     axes[2][None, None, box[2]] - start[2]), axis=-1)
+    t = np.clip(p @ d, 0.0, length)
+    dist = np.linalg.norm(p - t[..., None] * d, axis=-1)
+    into[box] = np.maximum(into[box], _fraction(dist - radius * (1 - taper * t / length), voxel_mm))
+
+
+def _render_tree(vessel: np.ndarray, tree: BronchovascularTree, roots, lung_regions, scale: float,
+                 axes, voxel_mm: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Add each lung's airways (outer wall), arteries and veins to ``vessel``; return it, the lumen fraction and info."""
+    lumen = np.zeros_like(vessel)
+    solid = vessel.copy()
+    taper = 1.0 - tree.radius_ratio
+    counts = {"airway_segments": 0, "vessel_segments": 0}
+    for root, region in zip(roots, lung_regions):
+        root = np.asarray(root, np.float64)
+        airways = tree_segments(tree, root, region, scale, rng)
+        side = rng.standard_normal(3)  # the side of the bronchus its artery runs on
+        for p, d, length, r in airways:
+            _add_tube(lumen, p, d, length, r, taper, axes, voxel_mm)
+            _add_tube(solid, p, d, length, r * (1 + tree.wall_fraction), taper, axes, voxel_mm)
+            ra = tree.artery_ratio * r
+            offset = _unit(side - (side @ d) * d) * (r * (1 + tree.wall_fraction) + ra)
+            _add_tube(solid, p + offset, d, length, ra, taper, axes, voxel_mm)
+        counts["airway_segments"] += len(airways)
+        counts["vessel_segments"] += len(airways)
+        if tree.veins:  # the veins drain to the heart: a tree from just ventral and caudal of the hilum
+            vroot = root + np.array([0.0, 0.6, -0.8]) * scale
+            vein_tree = BronchovascularTree(**{**tree.__dict__, "trunk_radius_mm": tree.trunk_radius_mm * tree.artery_ratio})
+            veins = tree_segments(vein_tree, vroot, region, scale, rng)
+            for p, d, length, r in veins:
+                _add_tube(solid, p, d, length, r, taper, axes, voxel_mm)
+            counts["vessel_segments"] += len(veins)
+    info = {**tree.__dict__, **counts}
+    return solid, lumen, info
 
 
 def tensor_shape(orientation: np.ndarray, anisotropy: np.ndarray) -> np.ndarray:

@@ -9,6 +9,18 @@ Layout (docs/ARCHITECTURE.md "Files of a scan")::
 Determinism: subject i draws every random number from
 ``numpy.random.default_rng(SeedSequence([seed, i]))``, so the files do not depend on the number
 of workers or the order they finish in; NIfTI files are gzip'd without a timestamp.
+
+Domain randomisation (``randomise``, :mod:`dfseg.simulate.domain`): subject i's scanner and
+animal parameters are drawn from ``SeedSequence([seed, i, 1])`` when the jobs are made, and
+:func:`simulate_subject` applies them: the tube, dose, visibility and orientations
+(:func:`~dfseg.simulate.domain.acquisition_for`), the voxel size and grid
+(:func:`~dfseg.simulate.domain.grid_for`), the animal (:func:`~dfseg.simulate.domain.anatomy_for`),
+then, after :func:`~dfseg.simulate.acquisition.acquire`, the detector's blur and the shared flat
+field's rings (:func:`dfseg.simulate.artefacts.apply_detector_artefacts`, which reconstructs
+again), and last the field of view: a lung-cropped scan's volumes, label and lung mask are cut to
+the lungs' bounding box plus a margin (:func:`lung_crop_box`), the affine's origin moved so every
+voxel keeps its world position; its projections (the whole detector) are not written. Without
+``randomise`` nothing of this runs and the files are those of a plain cohort.
 """
 
 from __future__ import annotations
@@ -29,6 +41,15 @@ from dfseg.errors import InputError
 from dfseg.io import prepare_output_dir, save_nifti, write_json
 from dfseg.simulate.acquisition import AcquisitionConfig, acquire
 from dfseg.simulate.anatomy import build_anatomy
+from dfseg.simulate.artefacts import apply_detector_artefacts
+from dfseg.simulate.domain import (
+    DomainRandomisation,
+    acquisition_for,
+    anatomy_for,
+    domain_rng,
+    grid_for,
+    sample_domain,
+)
 from dfseg.simulate.executors import map_jobs
 from dfseg.simulate.phantoms import write_phantom_scans
 from dfseg.simulate.tumours import sample_tumours
@@ -64,7 +85,8 @@ def subject_ids(index: int, geometry: str) -> tuple[str, str]:
 def simulate_subject(index: int, *, size: int | tuple[int, int, int] | None, voxel_mm: float, seed: int,
                      variant: str = "standard", acquisition: AcquisitionConfig | None = None, has_tumour: bool = True,
                      kvp: float | None = None, filtration_mm: dict[str, float] | None = None,
-                     z_centre_mm: float = 0.0, protocol: str | None = None) -> dict[str, Any]:
+                     z_centre_mm: float = 0.0, protocol: str | None = None,
+                     domain: dict[str, Any] | None = None) -> dict[str, Any]:
     """Simulate one subject: anatomy, tumours, acquisition.
 
     Args:
@@ -81,25 +103,42 @@ def simulate_subject(index: int, *, size: int | tuple[int, int, int] | None, vox
             variant's (None: the variant's).
         z_centre_mm: cranio-caudal position of the grid's centre in the thorax (true size).
         protocol: the protocol's name, recorded in the sidecar.
+        domain: this subject's scanner and animal parameters
+            (:func:`dfseg.simulate.domain.sample_domain`; module docstring), replacing the
+            tube (``kvp``/``filtration_mm`` are then ignored), dose, visibility, orientations,
+            voxel size (and the grid and angles with it) and the variant's micro-structure means;
+            written to the sidecar's ``domain`` block. None: none of it.
 
     Returns:
         dict with ``images`` (name -> array as written to disk, channels last), ``projections``
-        (``proj_T``/``proj_D`` as (A, U, Z, N)) and ``sidecar`` (dict).
+        (``proj_T``/``proj_D`` as (A, U, Z, N); empty for a lung-cropped scan), ``sidecar``
+        (dict) and, for a cropped scan, ``affine`` (4x4, the crop's origin).
     """
     var = get_variant(variant)
     base = acquisition or AcquisitionConfig()
-    config = replace(base, kvp=var.kvp if kvp is None else float(kvp),
-                     filtration_mm=dict(var.filtration_mm if filtration_mm is None else filtration_mm))
+    if domain is None:
+        config = replace(base, kvp=var.kvp if kvp is None else float(kvp),
+                         filtration_mm=dict(var.filtration_mm if filtration_mm is None else filtration_mm))
+        anatomy_kw: dict[str, Any] = {"micro": var.micro}
+    else:
+        size, voxel_mm, n_angles = grid_for(size, voxel_mm, base.n_angles, domain, air_columns=base.air_columns)
+        config = acquisition_for(replace(base, n_angles=n_angles), domain)
+        anatomy_kw = anatomy_for(domain, var.micro)
     config = config.at_pixel(voxel_mm)
     geometry = config.geometry
     rng = subject_rng(seed, index)
-    anatomy = build_anatomy(size, voxel_mm, rng, micro=var.micro, air_columns=config.air_columns,
-                            z_centre_mm=z_centre_mm)
+    anatomy = build_anatomy(size, voxel_mm, rng, air_columns=config.air_columns, z_centre_mm=z_centre_mm,
+                            **anatomy_kw)
     if has_tumour:
         lo, hi = TUMOUR_COUNT[geometry]
         sample_tumours(anatomy, rng, count=int(rng.integers(lo, hi + 1)),
                        diameter_range_mm=DIAMETER_RANGE_MM[geometry], model=var.tumour_model)
     scan = acquire(anatomy, config, rng)
+    if domain is not None:
+        scan = apply_detector_artefacts(
+            scan, rng, psf_sigma_px=float(domain["psf_sigma_px"]), ring_gain_sd=float(domain["ring_gain_sd"]),
+            flat_counts=config.counts_per_pixel(voxel_mm) * int(domain["flat_exposures"]), shape=anatomy.shape,
+            pixel_mm=voxel_mm, geometry=geometry)
     if geometry == "ct":
         images = {"attn": scan["attn"], "df": scan["df"], "label": anatomy.label,
                   "lung_mask": anatomy.lung_mask.astype(np.uint8)}
@@ -108,6 +147,18 @@ def simulate_subject(index: int, *, size: int | tuple[int, int, int] | None, vox
                   "label": anatomy.label.any(axis=1)[:, :, None].astype(np.uint8),
                   "lung_mask": anatomy.lung_mask.any(axis=1)[:, :, None].astype(np.uint8)}
     projections = {k: np.moveaxis(scan[k], 0, -1) for k in ("proj_T", "proj_D")}  # (A, U, Z, N)
+    extra: dict[str, Any] = {}
+    if domain is not None:
+        extra = {"domain": domain, "detector_artefacts": scan["artefacts"], "fov": {"mode": domain["fov"]}}
+        box = lung_crop_box(images["lung_mask"], images["label"], voxel_mm, float(domain["crop_margin_mm"])) \
+            if domain["fov"] == "lung" else None
+        if box is not None:
+            extra["fov"].update({"margin_mm": float(domain["crop_margin_mm"]),
+                                 "full_grid": [int(n) for n in images["label"].shape[:3]],
+                                 "box_voxels": [[int(b.start), int(b.stop)] for b in box],
+                                 "origin_mm": [float(b.start * voxel_mm) for b in box]})
+            images = {k: v[box] for k, v in images.items()}
+            projections = {}  # they see the whole detector, not the cropped field of view
     subject_id, scan_id = subject_ids(index, geometry)
     spectrum = scan["spectrum"]
     sidecar = {
@@ -138,16 +189,48 @@ def simulate_subject(index: int, *, size: int | tuple[int, int, int] | None, vox
         "anatomy": anatomy.info,
         "units": {"attn": "1/mm" if geometry == "ct" else "line integral -ln T",
                   "df": "1/mm" if geometry == "ct" else "line integral -ln D"},
+        **extra,
     }
-    return {"images": images, "projections": projections, "sidecar": sidecar}
+    result = {"images": images, "projections": projections, "sidecar": sidecar}
+    if "origin_mm" in extra.get("fov", {}):
+        affine = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
+        affine[:3, 3] = extra["fov"]["origin_mm"]
+        result["affine"] = affine
+    return result
+
+
+def lung_crop_box(lung_mask: np.ndarray, label: np.ndarray, voxel_mm: float, margin_mm: float
+                  ) -> tuple[slice, slice, slice] | None:
+    """The lung-cropped field of view: the bounding box of lung and tumours, plus ``margin_mm``, on the grid.
+
+    Axes of one voxel (a radiograph's Y) are kept whole. None when there is no lung.
+
+    Args:
+        lung_mask, label: (X, Y, Z) masks as written.
+        voxel_mm: voxel size, mm.
+        margin_mm: margin on each side, mm (rounded up to whole voxels).
+    """
+    occupied = (np.asarray(lung_mask) > 0) | (np.asarray(label) > 0)
+    if not occupied.any():
+        return None
+    m = int(np.ceil(margin_mm / voxel_mm - 1e-9))
+    box = []
+    for axis, n in enumerate(occupied.shape[:3]):
+        if n == 1:
+            box.append(slice(0, 1))
+            continue
+        idx = np.flatnonzero(occupied.any(axis=tuple(a for a in range(occupied.ndim) if a != axis)))
+        box.append(slice(max(0, int(idx[0]) - m), min(n, int(idx[-1]) + 1 + m)))
+    return tuple(box)  # type: ignore[return-value]
 
 
 def write_scan(scan_dir: str | os.PathLike, result: dict[str, Any], *, projections: bool = True) -> Path:
     """Write one simulated scan (``simulate_subject`` result) into ``scan_dir``."""
     scan_dir = Path(scan_dir)
     voxel = result["sidecar"]["voxel_mm"]
+    grid = result.get("affine", voxel)  # a cropped field of view has its own origin
     for name, array in result["images"].items():
-        save_nifti(scan_dir / f"{name}.nii.gz", array, voxel,
+        save_nifti(scan_dir / f"{name}.nii.gz", array, grid,
                    dtype=np.uint8 if name in ("label", "lung_mask") else np.float32)
     if projections:
         for name, array in result["projections"].items():
@@ -201,6 +284,7 @@ def write_cohort(
     protocol: str | None = None,
     executor: str = "local",
     scheduler: str | None = None,
+    randomise: DomainRandomisation | None = None,
 ) -> Path:
     """Simulate a cohort and write scans, calibration phantoms and ``manifest.json``.
 
@@ -237,6 +321,9 @@ def write_cohort(
             docs/distributed.md); :func:`dfseg.simulate.executors.map_jobs`.
         scheduler: the Dask scheduler's address or scheduler file (``executor="dask"``; None
             starts a local cluster of ``workers`` processes).
+        randomise: domain randomisation ranges (module docstring): each subject's scanner and
+            animal drawn from them (``kvp``/``filtration_mm`` must then be None); None: off. The
+            phantoms keep the first variant's spectrum and the base dose, voxel and orientations.
 
     Returns:
         the cohort directory.
@@ -252,6 +339,9 @@ def write_cohort(
         raise InputError("subjects", f"need at least one subject, got {subjects}")
     if workers < 1:
         raise InputError("workers", f"need at least one worker, got {workers}")
+    if randomise is not None and (kvp is not None or filtration_mm is not None):
+        raise InputError("kvp/filtration_mm", "a fixed tube and domain randomisation exclude each other; set the "
+                                              "kvp, al_mm and cu_mm ranges of the randomisation instead")
     variants = [variant] if isinstance(variant, str) else list(variant)
     for v in variants:
         get_variant(v)  # unknown names fail before anything is written
@@ -268,6 +358,9 @@ def write_cohort(
              "acquisition": base, "has_tumour": i not in free, "scans_dir": str((out / "scans").absolute()),
              "projections": projections, "z_centre_mm": z_centre_mm, "protocol": protocol, **(spectrum or {})}
             for i in range(subjects)]
+    if randomise is not None:  # drawn here, in the parent: the draws cannot depend on the executor
+        for job in jobs:
+            job["domain"] = {**sample_domain(domain_rng(seed, job["index"]), randomise), "ranges": randomise.describe()}
     # a bar on a terminal only: in a log file (CI, nohup) it is noise among the error lines
     bar = tqdm(total=subjects, desc="simulate", unit="subject", disable=not progress or not sys.stderr.isatty(),
                file=sys.stderr)
@@ -281,7 +374,8 @@ def write_cohort(
         test_by=test_by, test_fraction=test_fraction, test_variants=test_variants,
         name=out.name, description=f"dfseg simulate: {subjects} subjects, {grid_text(size)} at {voxel_mm} mm"
                                   f"{f', protocol {protocol}' if protocol else ''}, variant {','.join(variants)}, "
-                                  f"geometry {geometry}, seed {seed}")
+                                  f"geometry {geometry}, seed {seed}"
+                                  f"{', domain-randomised' if randomise is not None else ''}")
     write_manifest(out / "manifest.json", manifest)
     return out
 

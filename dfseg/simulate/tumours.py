@@ -200,7 +200,9 @@ def insert_tumour(anatomy: Anatomy, centre_mm, diameter_mm: float, shape: Tumour
     partial-volume aware (:func:`label_voxels`): the voxels with ``f >= 0.5``, topped up with the
     voxels of highest occupancy until the label has ``round(sum f)`` voxels (at least 1) when the
     ``f >= 0.5`` set is smaller than that -- so every tumour with occupancy inside the body has
-    label voxels, however small or badly placed on the grid.
+    label voxels, however small or badly placed on the grid. When the anatomy has an airway and
+    vessel tree (``anatomy.structures``), the occupancy spares it (``f * (1 - structures)``) and
+    no voxel that is mostly tree (``structures >= 0.5``) is labelled.
 
     The tumour's record (appended to ``anatomy.tumours``) holds ``centre_mm``, ``diameter_mm``
     (nominal equivalent diameter), ``shape_model``, ``label_voxels`` (its labelled voxels),
@@ -222,6 +224,8 @@ def insert_tumour(anatomy: Anatomy, centre_mm, diameter_mm: float, shape: Tumour
     shape = shape or TumourShape.sphere()
     box, f = occupancy(anatomy.shape, anatomy.voxel_mm, centre_mm, diameter_mm, shape)
     f = f * anatomy.body_mask[box]
+    if anatomy.structures is not None:  # a nodule grows around the airways and vessels, it does not replace them
+        f = f * (1 - anatomy.structures[box])
     rho = interior_density(shape, f.shape, anatomy.voxel_mm)
     for name, m in anatomy.materials.items():
         m[box] *= 1 - f
@@ -229,7 +233,7 @@ def insert_tumour(anatomy: Anatomy, centre_mm, diameter_mm: float, shape: Tumour
             m[box] += f * rho
     anatomy.air_fraction[box] *= 1 - f
     anatomy.anisotropy[box] *= 1 - f
-    lab = label_voxels(f)
+    lab = label_voxels(f if anatomy.structures is None else np.where(anatomy.structures[box] < 0.5, f, 0))
     anatomy.label[box] |= lab.astype(np.uint8)
     n = int(lab.sum())
     d_label = equivalent_diameter_mm(n, anatomy.voxel_mm)
@@ -294,7 +298,8 @@ def sample_tumours(
 
     Diameters are log-uniform in ``diameter_range_mm`` (small nodules are as frequent as large
     ones per octave). Centres are lung voxels at least one radius from the lung boundary, the
-    grid's faces and earlier tumours; where no such voxel exists the deepest lung voxel is used.
+    grid's faces, earlier tumours and the airway and vessel tree (when the anatomy has one); where
+    no such voxel exists the deepest lung voxel is used.
 
     Args:
         anatomy: phantom to modify (in place).
@@ -314,6 +319,8 @@ def sample_tumours(
     for _ in range(count):
         d = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
         free = anatomy.lung_mask & (anatomy.label == 0)
+        if anatomy.structures is not None:
+            free &= anatomy.structures < 0.5
         depth = boundary_depth(free) * v
         candidates = np.flatnonzero(depth.ravel() >= d / 2 + v)
         if candidates.size == 0:
