@@ -32,3 +32,8 @@ from dfseg.transforms.tumour import *  # noqa: F403
 from dfseg.transforms.tumour import __all__ as _tum
 
 __all__ = [*_bh, *_dec, *_feat, *_flux, *_lung, *_mod, *_pipe, *_rec, *_reg, *_spec, *_tum]
+
+from dfseg.transforms.stepping import *  # noqa: E402, F403  (appended: raw stepping frames -> proj_*)
+from dfseg.transforms.stepping import __all__ as _step  # noqa: E402
+
+__all__ += [*_step]
