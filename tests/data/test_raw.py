@@ -161,6 +161,8 @@ def test_one_orientation_at_a_time(tmp_path: Path, kind: str) -> None:
     scan = read_raw(SCANS[kind](tmp_path, frames), orientations=[1])
     assert scan.sample.shape == (1, A, M, COLS, ROWS) and scan.orientations_deg.tolist() == [90.0]
     np.testing.assert_array_equal(scan.sample[0], dfseg_order(frames["sample"][1]))
+    shared = kind == "tiff-frames"  # its flats have no orient axis
+    np.testing.assert_array_equal(scan.flats[0], dfseg_order(frames["flats"][0 if shared else 1]))
     assert scan.meta["orientations_deg"] == [90.0]
     with pytest.raises(InputError, match="orientations"):
         read_raw(tmp_path / "layout.yaml", orientations=[2])
@@ -366,3 +368,16 @@ def test_bad_frames_are_one_line_naming_the_file(tmp_path: Path, case: str) -> N
         read_raw(layout)
     message = str(err.value)
     assert "\n" not in message and message.startswith(str(file)) and problem in message, message
+
+
+def test_the_documented_examples_are_valid_layouts(tmp_path: Path) -> None:
+    text = (Path(__file__).parents[2] / "docs" / "raw_frames.md").read_text(encoding="utf-8")
+    blocks = [b.split("```")[0] for b in text.split("```yaml\n")[1:]]
+    formats = []
+    for i, block in enumerate(blocks):
+        doc = yaml.safe_load(block)
+        if "format" in doc:  # the full examples (the others are excerpts)
+            layout = read_layout(write_layout(tmp_path / f"example{i}.yaml", doc))
+            assert layout.angles_deg.size == 360 and layout.flat_indices.tolist() == [0, 90, 180, 270, 360]
+            formats.append(layout.format)
+    assert formats == ["hdf5", "tiff"]
