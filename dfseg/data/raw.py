@@ -53,7 +53,8 @@ import yaml
 
 from dfseg.errors import InputError
 
-__all__ = ["BEAM_TYPES", "FORMATS", "ROLE_AXES", "RawLayout", "RawRole", "RawScan", "read_layout", "read_raw"]
+__all__ = ["BEAM_TYPES", "FORMATS", "ROLE_AXES", "RawLayout", "RawRole", "RawScan", "iter_orientations", "read_layout",
+           "read_raw"]
 
 FORMATS: tuple[str, ...] = ("hdf5", "tiff")
 BEAM_TYPES: tuple[str, ...] = ("parallel", "cone")
@@ -295,6 +296,8 @@ def _role(doc: _Doc, raw: Any, name: str, fmt: str, root: Path, default_file: st
     if "row" in fields or "col" in fields:
         raise doc.error(f"{name}.file", "row and col are the frame's axes, not file fields")
     axes_text = block.get("axes", "row col")
+    if isinstance(axes_text, list) and all(isinstance(a, str) for a in axes_text):
+        axes_text = " ".join(axes_text)
     if not isinstance(axes_text, str):
         raise doc.error(f"{name}.axes", f"expected axis names separated by spaces, got {axes_text!r}")
     axes = tuple(axes_text.split())
@@ -729,3 +732,14 @@ def read_raw(layout: RawLayout | str | os.PathLike, *, orientations: Sequence[in
                    darks=arrays.get("darks"), sample_phases=_phases(layout, "sample", sel),
                    flat_phases=_phases(layout, "flats", sel), angles_deg=layout.angles_deg.copy(),
                    orientations_deg=layout.orientations_deg[sel].copy(), meta=meta)
+
+
+def iter_orientations(layout: RawLayout | str | os.PathLike) -> Iterator[RawScan]:
+    """The scan one orientation at a time: :func:`read_raw` with ``orientations=[i]`` for each i in turn.
+
+    Memory stays that of one orientation's frames (and the flats); each item's arrays have N = 1.
+    """
+    if not isinstance(layout, RawLayout):
+        layout = read_layout(layout)
+    for i in range(layout.orientations_deg.size):
+        yield read_raw(layout, orientations=[i])

@@ -12,7 +12,7 @@ import pytest
 import tifffile
 import yaml
 
-from dfseg.data.raw import RawLayout, read_layout, read_raw
+from dfseg.data.raw import RawLayout, iter_orientations, read_layout, read_raw
 from dfseg.errors import InputError
 
 # every axis a different length, so a transposition cannot pass
@@ -126,13 +126,14 @@ def test_layout_fields_and_meta(tmp_path: Path) -> None:
 
 def test_json_layout_and_angle_list(tmp_path: Path) -> None:
     doc = base_layout("tiff")
-    doc.update({"angles_deg": [0, 30, 60, 90, 120], "sample": {"file": "s_{orient}_{angle}_{step}.tif"},
+    doc.update({"angles_deg": [0, 30, 60, 90, 120], "sample": {"file": "s_{orient}_{angle}.tif", "axes": ["step", "row", "col"]},
                 "flats": {"file": "f_{flat}_{step}.tif", "indices": FLAT_INDICES}})
     path = tmp_path / "layout.json"
     path.write_text(json.dumps(doc))
     layout = read_layout(path)
     assert layout.angles_deg.tolist() == [0, 30, 60, 90, 120] and layout.step_phases is None
-    assert layout.sample.fields == ("orient", "angle", "step") and layout.flats.fields == ("flat", "step")
+    assert layout.sample.fields == ("orient", "angle") and layout.sample.axes == ("step", "row", "col")
+    assert layout.flats.fields == ("flat", "step")
     assert layout.meta["beam"] == {"type": "parallel"}
 
 
@@ -166,6 +167,9 @@ def test_one_orientation_at_a_time(tmp_path: Path, kind: str) -> None:
     assert scan.meta["orientations_deg"] == [90.0]
     with pytest.raises(InputError, match="orientations"):
         read_raw(tmp_path / "layout.yaml", orientations=[2])
+    parts = list(iter_orientations(tmp_path / "layout.yaml"))
+    assert [p.orientations_deg.tolist() for p in parts] == [[0.0], [90.0]]
+    np.testing.assert_array_equal(np.concatenate([p.sample for p in parts]), dfseg_order(frames["sample"]))
 
 
 def test_step_positions_nominal_and_per_frame(tmp_path: Path) -> None:
