@@ -30,7 +30,8 @@ any order). The fields and the axes together must name every axis of the role, e
 ``dark`` (one dark frame). ``first: {angle: 1}`` gives the number of the first file of a field.
 
 Files are frames ``(row, col)``; dfseg's arrays are ``(U, Z)`` = (detector column, detector row).
-:func:`read_layout` checks the layout; :func:`read_raw` reads the frames into a :class:`RawScan`:
+:func:`read_layout` checks the layout; :func:`read_raw` reads the frames into a :class:`RawScan`
+(all orientations, or those asked for; :func:`iter_orientations` yields them one at a time):
 ``sample`` (N, A, M, U, Z), ``flats`` (N, F, M, U, Z), ``darks`` (D, U, Z), float32. Every problem
 (missing file, wrong frame shape, counts that disagree with the layout, non-numeric or non-finite
 data) is one :class:`~dfseg.errors.InputError` line naming the file and the field.
@@ -276,8 +277,8 @@ def _read_positions(doc: _Doc, value: Any, key: str, fmt: str, root: Path, role_
 
 
 def _role(doc: _Doc, raw: Any, name: str, fmt: str, root: Path, default_file: str | None,
-          sizes: dict[str, int | None]) -> tuple[RawRole, dict[str, Any]]:
-    """Check one role block; return the role and its extra fields (flats: indices/every, darks: count)."""
+          sizes: dict[str, int | None]) -> RawRole:
+    """Check one role block (its extra fields, flats' indices and darks' count, are read by the caller)."""
     block = doc.mapping(raw, name, _ROLE_KEYS | _ROLE_EXTRA[name])
     allowed = ROLE_AXES[name]
     file = block.get("file", default_file if fmt == "hdf5" else None)
@@ -339,10 +340,8 @@ def _role(doc: _Doc, raw: Any, name: str, fmt: str, root: Path, default_file: st
         except ValueError:
             raise doc.error(f"{name}.positions", f"shape {positions.shape} does not fit (orient, {index_axis}, step)"
                                                  f" = {full}") from None
-    extra = {k: block[k] for k in _ROLE_EXTRA[name] if k in block}
-    role = RawRole(file=str(root / file), dataset=dataset, axes=axes, fields=tuple(fields), first=first,
+    return RawRole(file=str(root / file), dataset=dataset, axes=axes, fields=tuple(fields), first=first,
                    positions=positions)
-    return role, extra
 
 
 def _angles(doc: _Doc, value: Any) -> np.ndarray:
@@ -457,7 +456,7 @@ def read_layout(path: str | os.PathLike) -> RawLayout:
     for role_name in ("sample", "flats"):
         if role_name not in top:
             raise doc.error(role_name, f"missing: say where the {role_name} frames are")
-    flats_block = top["flats"] if isinstance(top["flats"], Mapping) else {}
+    flats_block = doc.mapping(top["flats"], "flats", _ROLE_KEYS | _ROLE_EXTRA["flats"])
     if "indices" in flats_block and "every" in flats_block:
         raise doc.error("flats", "give indices or every, not both")
     if "indices" in flats_block:
@@ -480,11 +479,11 @@ def read_layout(path: str | os.PathLike) -> RawLayout:
         dark_count = doc.integer(top["darks"]["count"], "darks.count", minimum=1)
     sizes = {"orient": orientations.size, "angle": n_angles, "step": steps, "flat": flat_indices.size,
              "dark": dark_count, "row": None, "col": None}
-    sample, _ = _role(doc, top["sample"], "sample", fmt, root, default_file, sizes)
-    flats, _ = _role(doc, top["flats"], "flats", fmt, root, default_file, sizes)
+    sample = _role(doc, top["sample"], "sample", fmt, root, default_file, sizes)
+    flats = _role(doc, top["flats"], "flats", fmt, root, default_file, sizes)
     darks = None
     if top.get("darks") is not None:
-        darks, _ = _role(doc, top["darks"], "darks", fmt, root, default_file, sizes)
+        darks = _role(doc, top["darks"], "darks", fmt, root, default_file, sizes)
 
     meta: dict[str, Any] = {"orientations_deg": [float(w) for w in orientations], "pixel_mm": pixel, "beam": beam,
                             "phase_steps": steps, "n_angles": int(n_angles), "raw_layout": str(path)}
