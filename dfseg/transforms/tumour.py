@@ -1,12 +1,24 @@
-"""Synthetic-tumour augmentation: insert a physically consistent solid lesion into aerated lung.
+"""Synthetic-tumour augmentation: insert a solid lesion into aerated lung that looks measured.
 
 Physics (docs/physics.md section 2): a nodule replaces aerated alveoli by solid tissue, so inside it
-- attenuation rises to the solid-tissue value: ``mu -> mu + occ * max(mu_tissue - mu, 0)``
-  (the tissue-air difference times the local air fraction, since lung mu is the air/tissue mix);
-- the dark-field, which comes from the alveolar air-tissue interfaces, falls towards a residual
-  fraction of the local value (default 0), isotropic and anisotropic parts alike, and the
-  anisotropy amplitude (orientation of airways) vanishes;
-- ``occ`` in [0, 1] is the partial-volume occupancy of each voxel, restricted to the lung mask.
+- attenuation rises to the solid-tissue value times the tumour's interior density texture rho
+  (the simulator's, :func:`dfseg.simulate.tumours.interior_density`);
+- the dark-field, which comes from the alveolar air-tissue interfaces, falls towards the scan's
+  solid-tissue level (:func:`estimate_tissue_df`) plus a residual fraction of the local lung
+  value (default 0), isotropic and anisotropic parts alike;
+- the occupancy ``occ`` in [0, 1] (partial volume of each voxel, restricted to the lung mask) is
+  blurred by the scan's point-spread function (a Gaussian of ``psf_sigma_vox`` voxels), as a
+  simulated or measured lesion is by the detector and the reconstruction.
+
+What changes is the scan's *local mean*, not its noise: with ``m`` the image smoothed over
+``noise_scale_vox`` voxels (a Gaussian, the scale that separates anatomy from reconstruction noise),
+
+    attn' = attn + occ_b * max(mu_tissue * rho - m_attn, 0)
+    df'   = df   - occ_b * (1 - residual_df) * (m_df - df_tissue)   (each dark-field channel)
+
+so the lesion carries the noise and texture of the scan it goes into (``attn - m``), its edge has
+the scan's blur, and a noise-free scan gives the exact plateau of the physics above. Statistics of
+inserted lesions against simulated tumours of the same size: tests/transforms/test_tumour.py.
 
 The lesion's shape is the simulator's tumour model (:mod:`dfseg.simulate.tumours`: a
 :class:`~dfseg.simulate.tumours.TumourShape` drawn from a shape model and a seed, its
@@ -19,18 +31,28 @@ augmentation can be logged and replayed.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.networks.layers.convutils import gaussian_1d
+from monai.networks.layers.simplelayers import separable_filtering
 from monai.transforms import MapTransform, RandomizableTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type
 
 from dfseg.channels import DF_CHANNELS
 from dfseg.data.scan import scan_value
 from dfseg.errors import InputError
-from dfseg.simulate.tumours import SHAPE_MODELS, TumourShape, label_voxels, occupancy, sample_shape
+from dfseg.simulate.tumours import (
+    SHAPE_MODELS,
+    TumourShape,
+    interior_density,
+    label_voxels,
+    occupancy,
+    sample_shape,
+)
 
 __all__ = [
     "RandSyntheticTumourD",
@@ -38,6 +60,9 @@ __all__ = [
     "RandSyntheticTumourd",
     "SyntheticTumour",
     "LESION_MODELS",
+    "NOISE_SCALE_VOX",
+    "PSF_SIGMA_VOX",
+    "estimate_tissue_df",
     "estimate_tissue_mu",
     "lesion_shape",
 ]
@@ -74,16 +99,63 @@ def estimate_tissue_mu(attn: Any, lung_mask: Any) -> float:
         lung_mask: lung mask of the same spatial shape.
     """
     a = _as_torch(attn).reshape(-1).double()
+    body = a[_tissue_voxels(attn, lung_mask)]
+    if body.numel() == 0:
+        raise InputError("attn", "no voxel outside the lung attenuates more than the lung; give tissue_mu")
+    return float(body.median())
+
+
+def _tissue_voxels(attn: Any, lung_mask: Any) -> torch.Tensor:
+    """Flat boolean mask of the body's solid tissue: outside the lung, denser than the lung's median."""
+    a = _as_torch(attn).reshape(-1).double()
     m = _as_torch(lung_mask).reshape(-1).to(a.device) > 0
     if a.shape != m.shape:
         raise InputError("lung_mask", f"{m.numel()} voxels but attn has {a.numel()}")
     if not bool(m.any()):
         raise InputError("lung_mask", "empty lung mask: cannot place or calibrate a lesion")
-    lung_median = a[m].median()
-    body = a[(~m) & (a > lung_median)]
-    if body.numel() == 0:
-        raise InputError("attn", "no voxel outside the lung attenuates more than the lung; give tissue_mu")
-    return float(body.median())
+    return (~m) & (a > a[m].median())
+
+
+def estimate_tissue_df(df: Any, attn: Any, lung_mask: Any) -> torch.Tensor:
+    """Each dark-field channel's value in the body's solid tissue, estimated from the scan itself.
+
+    Solid tissue has no alveolar micro-structure, yet a measured scan shows a small dark-field
+    there (visibility hardening, the noise bias of ``-ln D``): the level a solid lesion falls to.
+    The median over the voxels :func:`estimate_tissue_mu` uses.
+
+    Args:
+        df: (C, X, Y, Z) dark-field channels.
+        attn: attenuation of the same grid, (1, X, Y, Z) or (X, Y, Z).
+        lung_mask: lung mask of the same grid.
+
+    Returns:
+        (C,) float64 tensor on ``df``'s device (zeros when the scan has no such voxel).
+    """
+    d = _as_torch(df)
+    tissue = _tissue_voxels(attn, lung_mask).to(d.device)
+    flat = d.reshape(d.shape[0], -1).double()
+    if not bool(tissue.any()):
+        return torch.zeros(d.shape[0], dtype=torch.float64, device=d.device)
+    return flat[:, tissue].median(dim=1).values
+
+
+#: Gaussian point-spread function of a lesion edge, voxels: dfseg's reconstructions (Joseph
+#: projector, ramp-filtered FBP, linear interpolation) at 0.10-0.20 mm voxels.
+PSF_SIGMA_VOX = 0.5
+#: Scale (voxels) of the local mean a lesion replaces; what varies faster is the scan's noise and
+#: stays in the lesion.
+NOISE_SCALE_VOX = 2.0
+#: ``|c0| <= eps`` gives ``aniso = 0``, as in :func:`dfseg.transforms.decomposition.directional_decomposition`.
+_ANISO_EPS = 1e-6
+
+
+def _smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian smoothing of a (C, X, Y, Z) tensor over its spatial axes (edges replicated)."""
+    if sigma <= 0:
+        return x
+    kernel = gaussian_1d(torch.tensor(float(sigma)), truncated=3.0, approx="sampled", normalize=True)
+    kernel = kernel.to(device=x.device, dtype=x.dtype)
+    return separable_filtering(x[None], [kernel] * 3, mode="replicate")[0]
 
 
 class SyntheticTumour(Transform):
@@ -101,31 +173,45 @@ class SyntheticTumour(Transform):
         residual_df: dark-field inside the lesion as a fraction of the local lung value (0 = none).
         df_layout: ``"decomposed"`` (5 channels, :data:`DF_CHANNELS`), ``"orientations"`` (N
             per-orientation channels) or ``"auto"`` (5 channels means decomposed).
+        psf_sigma_vox: Gaussian blur of the lesion's occupancy, voxels (0: a sharp partial-volume edge).
+        noise_scale_vox: Gaussian scale of the local mean the lesion replaces, voxels (0: the lesion
+            replaces every voxel's value, a noise-free plateau).
+        density_sd: relative standard deviation of the interior density texture; ``None`` takes the
+            shape model's (0.08 for the simulator's models, 0 for ``sphere``).
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
     def __init__(self, centre_vox: Sequence[float], diameter_mm: float, voxel_mm: float | Sequence[float] = 1.0,
                  *, shape_model: str = "smooth", shape_seed: int = 0, tissue_mu: float | None = None,
-                 residual_df: float = 0.0, df_layout: str = "auto") -> None:
+                 residual_df: float = 0.0, df_layout: str = "auto", psf_sigma_vox: float = PSF_SIGMA_VOX,
+                 noise_scale_vox: float = NOISE_SCALE_VOX, density_sd: float | None = None) -> None:
         if df_layout not in ("auto", "decomposed", "orientations"):
             raise ValueError(f"df_layout must be auto, decomposed or orientations, got {df_layout!r}")
         if not 0.0 <= residual_df <= 1.0:
             raise ValueError(f"residual_df must be in [0, 1], got {residual_df}")
         if not diameter_mm > 0:
             raise ValueError(f"diameter_mm must be > 0, got {diameter_mm}")
+        if psf_sigma_vox < 0 or noise_scale_vox < 0:
+            raise ValueError(f"psf_sigma_vox and noise_scale_vox must be >= 0, got {psf_sigma_vox}, {noise_scale_vox}")
         self.centre_vox = tuple(float(c) for c in centre_vox)
         self.diameter_mm, self.voxel_mm = float(diameter_mm), voxel_mm
         self.shape_model, self.shape_seed = shape_model, int(shape_seed)
         self.shape = lesion_shape(shape_model, self.shape_seed)
+        if density_sd is not None:
+            if not 0.0 <= density_sd < 0.5:
+                raise ValueError(f"density_sd must be in [0, 0.5), got {density_sd}")
+            self.shape = replace(self.shape, density_sd=float(density_sd))
         self.tissue_mu, self.residual_df, self.df_layout = tissue_mu, float(residual_df), df_layout
+        self.psf_sigma_vox, self.noise_scale_vox = float(psf_sigma_vox), float(noise_scale_vox)
 
     def params(self) -> dict[str, Any]:
         """The parameters, as plain JSON-able values (for logging and replay)."""
         return {"centre_vox": list(self.centre_vox), "diameter_mm": self.diameter_mm,
                 "voxel_mm": self.voxel_mm if np.ndim(self.voxel_mm) == 0 else list(self.voxel_mm),
                 "shape_model": self.shape_model, "shape_seed": self.shape_seed, "tissue_mu": self.tissue_mu,
-                "residual_df": self.residual_df}
+                "residual_df": self.residual_df, "psf_sigma_vox": self.psf_sigma_vox,
+                "noise_scale_vox": self.noise_scale_vox, "density_sd": float(self.shape.density_sd)}
 
     def __call__(self, attn: Any = None, df: Any = None, label: Any = None, lung_mask: Any = None) -> tuple[Any, Any, Any]:
         """Insert the lesion.
@@ -151,24 +237,37 @@ class SyntheticTumour(Transform):
             if x is not None and tuple(x.shape[-3:]) != spatial:
                 raise InputError(name, f"spatial shape {tuple(x.shape[-3:])} differs from {ref_name} {spatial}")
         device = _as_torch(ref).device
-        box, frac = occupancy(spatial, self.voxel_mm, self._centre_mm(spatial), self.diameter_mm, self.shape,
-                              missing_ok=True)
-        occ = torch.as_tensor(frac, dtype=torch.float64, device=device)
+        tight, frac = occupancy(spatial, self.voxel_mm, self._centre_mm(spatial), self.diameter_mm, self.shape,
+                                missing_ok=True)
+        # the lesion's box grown by the reach of the blur and of the local mean
+        margin = int(np.ceil(3.0 * max(self.psf_sigma_vox, self.noise_scale_vox))) + 1
+        box = tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(tight, spatial))
+        inner = tuple(slice(t.start - b.start, t.stop - b.start) for t, b in zip(tight, box))
+        shape_box = tuple(b.stop - b.start for b in box)
+        occ = torch.zeros(shape_box, dtype=torch.float64, device=device)
+        rho = torch.ones(shape_box, dtype=torch.float64, device=device)
+        if frac.size:
+            occ[inner] = torch.as_tensor(frac, dtype=torch.float64, device=device)
+            vox = float(np.mean(np.broadcast_to(np.asarray(self.voxel_mm, dtype=np.float64), (3,))))
+            rho[inner] = torch.as_tensor(interior_density(self.shape, frac.shape, vox), dtype=torch.float64,
+                                         device=device)
         if lung_mask is not None:
             lung = _as_torch(lung_mask).to(device)
             lung = lung.reshape(lung.shape[-3:]) if lung.ndim == 4 else lung
             if tuple(lung.shape) != spatial:
                 raise InputError("lung_mask", f"shape {tuple(lung.shape)} does not match images {spatial}")
             occ = occ * (lung[box] > 0).to(occ.dtype)
+        blurred = _smooth(occ[None], self.psf_sigma_vox)[0]
         box4 = (slice(None), *box)
-        return (self._attn(attn, lung_mask, occ, box4), self._df(df, occ, box4), self._label(label, occ, box4))
+        return (self._attn(attn, lung_mask, blurred, rho, box4), self._df(df, attn, lung_mask, blurred, box4),
+                self._label(label, occ, box4))
 
     def _centre_mm(self, spatial: tuple[int, ...]) -> np.ndarray:
         """The centre in the grid coordinates of :func:`dfseg.simulate.tumours.occupancy`."""
         vox = np.broadcast_to(np.asarray(self.voxel_mm, dtype=np.float64), (3,))
         return (np.asarray(self.centre_vox) - (np.asarray(spatial) - 1) / 2) * vox
 
-    def _attn(self, attn: Any, lung_mask: Any, occ: torch.Tensor, box4: tuple[slice, ...]) -> Any:
+    def _attn(self, attn: Any, lung_mask: Any, occ: torch.Tensor, rho: torch.Tensor, box4: tuple[slice, ...]) -> Any:
         if attn is None:
             return None
         mu_t = self.tissue_mu
@@ -179,29 +278,34 @@ class SyntheticTumour(Transform):
         a = _as_torch(attn).clone()
         b = box4 if a.ndim == 4 else box4[1:]
         region = a[b].double()
-        a[b] = (region + occ * (mu_t - region).clamp_min(0.0)).to(a.dtype)
+        mean = _smooth(region if region.ndim == 4 else region[None], self.noise_scale_vox).reshape(region.shape)
+        a[b] = (region + occ * (mu_t * rho - mean).clamp_min(0.0)).to(a.dtype)
         return convert_to_dst_type(a, attn)[0]
 
-    def _df(self, df: Any, occ: torch.Tensor, box4: tuple[slice, ...]) -> Any:
+    def _df(self, df: Any, attn: Any, lung_mask: Any, occ: torch.Tensor, box4: tuple[slice, ...]) -> Any:
         if df is None:
             return None
         d = _as_torch(df).clone()
         if d.ndim != 4:
             raise InputError("df", f"expected (C, X, Y, Z) dark-field, found shape {tuple(d.shape)}")
         region = d[box4].double()
-        keep_iso = 1.0 - occ * (1.0 - self.residual_df)
+        # the local mean above the solid-tissue level is what the lesion removes
+        tissue = (estimate_tissue_df(d, attn, lung_mask) if attn is not None and lung_mask is not None
+                  else torch.zeros(d.shape[0], dtype=torch.float64, device=d.device))
+        mean = _smooth(region, self.noise_scale_vox) - tissue.reshape(-1, 1, 1, 1)
+        lost = occ * (1.0 - self.residual_df)
         decomposed = self.df_layout == "decomposed" or (self.df_layout == "auto" and d.shape[0] == len(DF_CHANNELS))
         if decomposed:
-            c0 = region[0] * keep_iso
+            c0 = region[0] - lost * mean[0]
             # the lesion's own signal is isotropic: the anisotropic vector keeps only the lung fraction
-            vec = region[[3, 4]] * (1.0 - occ)
+            vec = region[[3, 4]] - occ * mean[[3, 4]]
             amp = torch.hypot(vec[0], vec[1])
-            safe = c0.abs() > 1e-12
+            safe = c0.abs() > _ANISO_EPS
             aniso = torch.where(safe, amp / torch.where(safe, c0, torch.ones_like(c0)), torch.zeros_like(c0))
             region = torch.stack([c0, amp, aniso, vec[0], vec[1]])
         else:
-            # every orientation scales alike: c0 and |c2| fall together, orientation is kept
-            region = region * keep_iso
+            # every orientation loses the same fraction of its local mean: c0 and |c2| fall together
+            region = region - lost * mean
         d[box4] = region.to(d.dtype)
         return convert_to_dst_type(d, df)[0]
 
@@ -229,6 +333,9 @@ class RandSyntheticTumourd(RandomizableTransform, MapTransform):
         voxel_mm: voxel size in mm; ``None`` reads it from the metadata, else the image's affine.
         tissue_mu: solid-tissue mu in 1/mm; ``None`` estimates it from the scan.
         residual_df: lesion dark-field as a fraction of the local lung value.
+        psf_sigma_vox: Gaussian blur of the lesion edge, voxels (:class:`SyntheticTumour`).
+        noise_scale_vox: scale of the local mean the lesion replaces, voxels; the scan's noise and
+            texture below it stay in the lesion.
         meta_key: where the scan's metadata lives in the data dictionary.
         allow_missing_keys: skip absent keys.
 
@@ -241,7 +348,8 @@ class RandSyntheticTumourd(RandomizableTransform, MapTransform):
     def __init__(self, keys: KeysCollection = ("attn", "df", "label"), mask_key: str = "lung_mask",
                  prob: float = 0.5, diameter_range_mm: tuple[float, float] = (0.5, 3.0), *,
                  shape_models: Sequence[str] = ("smooth",), voxel_mm: float | Sequence[float] | None = None,
-                 tissue_mu: float | None = None, residual_df: float = 0.0, meta_key: str = "meta",
+                 tissue_mu: float | None = None, residual_df: float = 0.0, psf_sigma_vox: float = PSF_SIGMA_VOX,
+                 noise_scale_vox: float = NOISE_SCALE_VOX, meta_key: str = "meta",
                  allow_missing_keys: bool = False) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
@@ -254,6 +362,7 @@ class RandSyntheticTumourd(RandomizableTransform, MapTransform):
             raise ValueError(f"shape_models must name some of {', '.join(LESION_MODELS)}, got {list(shape_models)}")
         self.mask_key, self.diameter_range_mm, self.shape_models = mask_key, diameter_range_mm, tuple(shape_models)
         self.voxel_mm, self.tissue_mu, self.residual_df = voxel_mm, tissue_mu, residual_df
+        self.psf_sigma_vox, self.noise_scale_vox = float(psf_sigma_vox), float(noise_scale_vox)
         self.meta_key = meta_key
         self.last_params: dict[str, Any] | None = None
 
@@ -287,7 +396,8 @@ class RandSyntheticTumourd(RandomizableTransform, MapTransform):
         present = {k: d[k] for k in self.key_iterator(d)}
         vox = scan_value(d, "voxel_mm", self.voxel_mm, key=next(iter(present), self.mask_key), meta_key=self.meta_key)
         self.last_params.update(voxel_mm=vox if np.ndim(vox) == 0 else list(vox),
-                                tissue_mu=self.tissue_mu, residual_df=self.residual_df)
+                                tissue_mu=self.tissue_mu, residual_df=self.residual_df,
+                                psf_sigma_vox=self.psf_sigma_vox, noise_scale_vox=self.noise_scale_vox)
         tumour = SyntheticTumour(**self.last_params)
         attn, df, label = tumour(present.get(attn_key), present.get(df_key), present.get(label_key), d[self.mask_key])
         for key, value in ((attn_key, attn), (df_key, df), (label_key, label)):

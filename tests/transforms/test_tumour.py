@@ -13,12 +13,15 @@ from dfseg.transforms.tumour import (
     LESION_MODELS,
     RandSyntheticTumourd,
     SyntheticTumour,
+    estimate_tissue_df,
     estimate_tissue_mu,
     lesion_shape,
 )
 
 MU_T, MU_LUNG, VOX = 0.02, 0.006, 0.25
 ANGLES = [0, 45, 90, 135]
+#: the lesion physics without the measured look: a sharp edge, every value replaced, no texture
+EXACT = {"psf_sigma_vox": 0.0, "noise_scale_vox": 0.0, "density_sd": 0.0}
 
 
 def _phantom(kind="numpy", device="cpu"):
@@ -56,7 +59,7 @@ def test_equivalent_diameter_and_partial_volume(model):
     d = (6 * label.sum() * VOX**3 / np.pi) ** (1 / 3)
     assert abs(d / 3.0 - 1) < 0.15
     attn = np.full((1, 32, 32, 32), MU_LUNG, np.float32)
-    attn, _, _ = SyntheticTumour((16, 16, 16), 3.0, VOX, shape_model=model, shape_seed=7, tissue_mu=MU_T)(
+    attn, _, _ = SyntheticTumour((16, 16, 16), 3.0, VOX, shape_model=model, shape_seed=7, tissue_mu=MU_T, **EXACT)(
         attn, None, None, np.ones((1, 32, 32, 32), np.uint8))
     partial = (attn > MU_LUNG + 1e-6) & (attn < MU_T - 1e-6)
     assert partial.sum() > 20 and attn.max() == pytest.approx(MU_T)
@@ -67,7 +70,7 @@ def test_same_shape_model_as_the_simulator():
     shape = sample_shape(np.random.default_rng(5), "lobulated")
     box, frac = occupancy((32, 32, 32), VOX, ((16 - 15.5) * VOX,) * 3, 2.5, shape)
     attn = np.full((1, 32, 32, 32), MU_LUNG)
-    attn, _, _ = SyntheticTumour((16, 16, 16), 2.5, VOX, shape_model="lobulated", shape_seed=5, tissue_mu=MU_T)(
+    attn, _, _ = SyntheticTumour((16, 16, 16), 2.5, VOX, shape_model="lobulated", shape_seed=5, tissue_mu=MU_T, **EXACT)(
         attn, None, None, np.ones((1, 32, 32, 32), np.uint8))
     occ = np.zeros((32, 32, 32))
     occ[box] = frac
@@ -88,7 +91,7 @@ def test_shape_depends_on_seed_and_model():
 @pytest.mark.parametrize("kind", KINDS)
 def test_lesion_physics_decomposed(kind):
     p = _phantom(kind)
-    attn, df, label = SyntheticTumour((16, 16, 16), 3.0, VOX, shape_seed=3)(
+    attn, df, label = SyntheticTumour((16, 16, 16), 3.0, VOX, shape_seed=3, **EXACT)(
         p["attn"], p["df"], p["label"], p["lung_mask"])
     for new, old in ((attn, p["attn"]), (df, p["df"]), (label, p["label"])):
         assert type(new) is type(old) and new.dtype == old.dtype and new.shape == old.shape
@@ -117,7 +120,7 @@ def test_lesion_physics_decomposed(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_orientation_layout_scales_channels(kind):
     p = _phantom(kind)
-    _, orient, _ = SyntheticTumour((16, 16, 16), 2.0, VOX, tissue_mu=MU_T, df_layout="orientations")(
+    _, orient, _ = SyntheticTumour((16, 16, 16), 2.0, VOX, tissue_mu=MU_T, df_layout="orientations", **EXACT)(
         None, p["orient"], None, p["lung_mask"])
     orient = np.asarray(orient)
     assert np.abs(orient[:, 16, 16, 16]).max() < 1e-7
@@ -180,3 +183,51 @@ def test_torch_device(device):
     p = _phantom("torch", device)
     out = RandSyntheticTumourd(prob=1.0, voxel_mm=VOX)(p)
     assert all(out[k].device == p[k].device for k in ("attn", "df", "label"))
+
+
+def test_lesion_keeps_the_scan_noise():
+    """On a noisy scan the lesion carries the scan's noise (what varies faster than the local mean),
+    not a flat plateau; its mean is the tissue value."""
+    rng = np.random.default_rng(0)
+    attn = np.full((1, 40, 40, 40), MU_LUNG, np.float32) + rng.normal(0, 0.002, (1, 40, 40, 40)).astype(np.float32)
+    lung = np.ones((1, 40, 40, 40), np.uint8)
+    out, _, label = SyntheticTumour((20, 20, 20), 6.0, VOX, tissue_mu=MU_T, density_sd=0.0)(
+        attn, None, np.zeros_like(lung), lung)
+    from scipy import ndimage
+    inner = ndimage.binary_erosion(label[0] > 0, iterations=3)
+    assert inner.sum() > 300
+    assert float(out[0][inner].mean()) == pytest.approx(MU_T, rel=0.02)
+    # white noise minus its Gaussian local mean (sigma 2 voxels) keeps about 0.97 of its std
+    assert 0.85 * 0.002 < float(out[0][inner].std()) < 1.05 * 0.002
+    flat, _, _ = SyntheticTumour((20, 20, 20), 6.0, VOX, tissue_mu=MU_T, **EXACT)(attn, None, None, lung)
+    assert float(flat[0][inner].std()) < 1e-6  # the plateau this replaces
+
+
+def test_lesion_edge_has_the_requested_blur():
+    """The occupancy is blurred by a Gaussian PSF: a wider PSF gives a wider 10-90 % edge."""
+    lung = np.ones((1, 40, 40, 40), np.uint8)
+    attn = np.full((1, 40, 40, 40), MU_LUNG, np.float32)
+
+    def edge_width(psf):
+        out = SyntheticTumour((20, 20, 20), 6.0, VOX, tissue_mu=MU_T, shape_model="sphere", psf_sigma_vox=psf,
+                              noise_scale_vox=0.0)(attn, None, None, lung)[0]
+        profile = (np.asarray(out)[0, 20:, 20, 20] - MU_LUNG) / (MU_T - MU_LUNG)
+        return float(np.interp(0.1, profile[::-1], np.arange(20)[::-1]) - np.interp(0.9, profile[::-1], np.arange(20)[::-1]))
+
+    sharp, blurred = edge_width(0.0), edge_width(1.5)
+    # a Gaussian of sigma s alone has a 10-90 % width of 2.563 s; widths of convolved edges add
+    # about in quadrature
+    assert sharp < 2.0
+    assert blurred == pytest.approx(np.hypot(sharp, 2.563 * 1.5), rel=0.1)
+
+
+def test_tissue_dark_field_is_the_floor():
+    """Inside the lesion the dark-field falls to the scan's solid-tissue level, not to zero."""
+    p = _phantom()
+    df = np.asarray(p["df"]).copy()
+    body = (np.asarray(p["attn"])[0] >= MU_T) & (np.asarray(p["lung_mask"])[0] == 0)
+    df[0][body] = 0.01  # c0 of solid tissue (visibility hardening, the bias of -ln D)
+    np.testing.assert_allclose(estimate_tissue_df(df, p["attn"], p["lung_mask"])[0].item(), 0.01, rtol=1e-6)
+    _, out, _ = SyntheticTumour((16, 16, 16), 3.0, VOX, tissue_mu=MU_T, density_sd=0.0)(
+        p["attn"], df, None, p["lung_mask"])
+    assert float(out[0, 16, 16, 16]) == pytest.approx(0.01, abs=1e-4)
