@@ -467,8 +467,8 @@ def read_layout(path: str | os.PathLike) -> RawLayout:
         bad = flat_indices[flat_indices > n_angles]
         if bad.size:
             raise doc.error("flats.indices", f"index {int(bad[0])} is past the last projection ({n_angles} angles)")
-        if np.any(np.diff(flat_indices) < 0):
-            raise doc.error("flats.indices", "indices must be in acquisition order (non-decreasing)")
+        if np.any(np.diff(flat_indices) <= 0):
+            raise doc.error("flats.indices", "indices must increase strictly (acquisition order, one series each)")
     elif "every" in flats_block:
         every = doc.integer(flats_block["every"], "flats.every", minimum=1)
         flat_indices = np.arange(0, n_angles, every, dtype=np.int64)
