@@ -26,9 +26,14 @@ squares of ``(g_k, g_k cos x_k, g_k sin x_k)`` given the pixels' coefficients, o
 (:func:`estimate_steps`). It needs M >= 4 and a fringe phase ``phi_p`` that varies across the
 pixels used (moire fringes in a flat field). A constant added to every ``x_k`` is absorbed by
 every ``phi_p`` and cannot be measured; the estimate is fixed so that its circular mean offset
-from the nominal phases is 0 and its mean dose is 1. When the pixels' curves are known (the air
-region of a sample projection against the interpolated flat), step (b) alone gives each frame's
-phase and dose in the flat's frame of reference, for any M >= 3 (:func:`estimate_steps_from_reference`).
+from the nominal phases is 0 and its mean dose is 1. With phases and doses both free, the frames
+cannot tell either the first harmonic of the doses in the step phase: ``I = C U^T`` with rows
+``u_k = g_k (1, cos x_k, sin x_k)`` is unchanged by a Lorentz boost of the u's (and the inverse on
+the pixels' coefficients), which keeps them on the cone ``u0^2 = u1^2 + u2^2``; that harmonic is
+set to 0 (:func:`_boost`). Doses alone at known phases are solved in closed form. When the pixels'
+curves are known (the air region of a sample projection against the interpolated flat), step (b)
+alone gives each frame's phase and dose in the flat's frame of reference, for any M >= 3
+(:func:`estimate_steps_from_reference`).
 """
 
 from __future__ import annotations
@@ -60,6 +65,12 @@ METHODS = ("auto", "fft", "lsq")
 
 #: Largest departure (radians) from equal spacing the FFT path accepts.
 _EQUAL_SPACING_TOL = 1e-9
+
+#: Passes over a scan's projections that refine the flats' gauge when their phases and doses are both estimated.
+_MAX_REFINE = 20
+
+#: Refinement stops once no flat needs a boost larger than this (a first harmonic of the relative dose).
+_REFINE_TOL = 1e-10
 
 #: Elements of float64 raw frames :func:`retrieve_projections` converts at once (64 MiB).
 _CHUNK_ELEMENTS = 2**23
@@ -384,20 +395,37 @@ def _frame_step(f, c, w, x, g, fit_phases: bool, fit_dose: bool, where: str, *, 
     return x, g
 
 
-def _boost(x, g):
-    """Remove the first harmonic of the dose by a Lorentz boost of ``u_k = g_k (1, cos x_k, sin x_k)``.
+def _first_harmonic(x, g):
+    """``beta`` ``(L, 2)`` of the relative dose ``g / mean(g) ~ b0 + beta . (cos x_k, sin x_k)`` (least squares)."""
+    torch = _torch()
+    design = _design(x)
+    coef = torch.linalg.lstsq(design, (g / g.mean(dim=-1, keepdim=True))[..., None]).solution[..., 0]
+    return coef[:, 1:]
+
+
+def _dose_variance(x, g) -> float:
+    """Pooled variance of relative doses ``(L, M)`` about their fit by ``b0 + beta . (cos x, sin x)``: what the
+    data tell of the dose fluctuation (the fitted first harmonic is what they do not, when phases are free)."""
+    torch = _torch()
+    rel = g / g.mean(dim=-1, keepdim=True)
+    design = _design(x)
+    coef = torch.linalg.lstsq(design, rel[..., None]).solution
+    resid = rel - (design @ coef)[..., 0]
+    return float((resid**2).sum() / (resid.numel() - 3 * resid.shape[0]))
+
+
+def _boost(x, g, beta=None):
+    """Lorentz boost of ``u_k = g_k (1, cos x_k, sin x_k)`` by ``beta`` ``(L, 2)``; returns the new ``(x, g)``.
 
     With phases and doses both free, ``I = C U^T`` is unchanged by ``U -> U L^T``, ``C -> C L^-1``
     for any L preserving the cone ``u0^2 = u1^2 + u2^2``: a boost changes ``g_k`` by a factor
     ``gamma (1 - beta . (cos x_k, sin x_k))`` and shifts the phases, and the data cannot tell. The
-    boost chosen here makes the dose's first harmonic in the step phase (to first order) vanish;
-    repeated every iteration it converges to that gauge.
+    default ``beta`` is the dose's own first harmonic (:func:`_first_harmonic`), which the boost
+    takes out to first order; repeated every iteration it converges to that gauge.
     """
     torch = _torch()
     n = torch.stack([torch.cos(x), torch.sin(x)], dim=-1)  # (L, M, 2)
-    design = torch.cat([torch.ones_like(x)[..., None], n], dim=-1)  # (L, M, 3)
-    coef = torch.linalg.lstsq(design, (g / g.mean(dim=-1, keepdim=True))[..., None]).solution[..., 0]
-    beta = coef[:, 1:]  # relative dose ~ 1 + beta . n: a boost by beta takes it out
+    beta = _first_harmonic(x, g) if beta is None else beta
     speed = beta.norm(dim=-1, keepdim=True)
     beta = torch.where(speed > 0.5, beta * (0.5 / speed.clamp_min(1e-300)), beta)
     speed = beta.norm(dim=-1, keepdim=True)
@@ -410,11 +438,11 @@ def _boost(x, g):
     return torch.atan2(uv_new[..., 1], uv_new[..., 0]), u0_new
 
 
-def _gauge(x, g, x_nominal, fit_phases: bool, fit_dose: bool):
+def _gauge(x, g, x_nominal, fit_phases: bool, fit_dose: bool, boost: bool = True):
     """Fix what the data cannot tell: mean dose 1, circular mean offset from the nominal phases 0, and
-    (phases and doses both free) no first harmonic of the dose in the step phase (:func:`_boost`)."""
+    (phases and doses both free, ``boost``) no first harmonic of the dose in the step phase (:func:`_boost`)."""
     torch = _torch()
-    if fit_phases and fit_dose:
+    if fit_phases and fit_dose and boost:
         x, g = _boost(x, g)
     if fit_dose:
         g = g / g.mean(dim=-1, keepdim=True)
@@ -688,6 +716,14 @@ def _air_weights(air_columns: int, air_mask, n: int, a: int, u: int, z: int, dev
     return torch.broadcast_to(cols.reshape(1, 1, -1), (n, a, u * z))
 
 
+def _check_flat(flat: Params) -> None:
+    if not bool((flat[0] > 0).all()):
+        raise InputError("flats", "zero or negative mean counts in some pixel after dark subtraction; "
+                                  "check the flat field and the dark frames")
+    if not bool((flat[1] > 0).all()):
+        raise InputError("flats", "zero visibility in some pixel: D is undefined there")
+
+
 def retrieve_projections(sample, flats, *, darks=None, sample_phases=None, flat_phases=None, flat_indices=None,
                          sample_indices=None, air_columns: int = 0, air_mask=None, estimate_phases: bool = False,
                          method: str = "auto", clip_dark: bool = False) -> dict[str, Any]:
@@ -699,7 +735,12 @@ def retrieve_projections(sample, flats, *, darks=None, sample_phases=None, flat_
     flat interpolated to its time (:func:`interpolate_flats`); the sample's step phases and doses
     from its air region against that flat (:func:`estimate_steps_from_reference`; with phases to
     estimate and no air region, from the whole projection by :func:`estimate_steps`); then
-    ``T = a0_s / a0_r``, ``D = V_s / V_r``, ``dphi = phi_s - phi_r``. Sample doses are normalised to
+    ``T = a0_s / a0_r``, ``D = V_s / V_r``, ``dphi = phi_s - phi_r``. When the flats' phases and
+    doses are both estimated, each flat's unmeasurable first dose harmonic (module doc) is chosen
+    by pooling it with the projections it serves, weighted by the dose variance each series shows
+    (a few passes over the air pixels of all projections, gathered once per orientation): exact
+    when either the flats' or the sample's doses are stable; with both fluctuating, about
+    sqrt(projections per flat) times better than each flat alone. Sample doses are normalised to
     mean 1 per projection: frame-to-frame fluctuations within a stepping series are removed here,
     the projection's overall flux stays in ``T`` for the air-column flux normalisation
     (``dfseg.transforms.flux``), so without drift the air columns read T ~ 1, D ~ 1. Work goes
@@ -734,7 +775,7 @@ def retrieve_projections(sample, flats, *, darks=None, sample_phases=None, flat_
 
     Raises:
         InputError: not 5-D, sample and flats disagree on N, M, U or Z, fewer than 3 steps (4 to
-            estimate phases without an air region), non-finite frames, flats with zero counts or
+            estimate phases), non-finite frames, flats with zero counts or
             zero visibility, bad phases, indices, air region or method.
     """
     torch = _torch()
@@ -772,41 +813,72 @@ def retrieve_projections(sample, flats, *, darks=None, sample_phases=None, flat_
     xs_out, gs_out = xs_all.clone(), torch.ones((n, a, m), dtype=torch.float64, device=device)
     xr_out, gr_out = xr_all.clone(), torch.ones((n, n_flats, m), dtype=torch.float64, device=device)
     block = max(1, _CHUNK_ELEMENTS // (m * u * z))
+    joint = bool(estimate_phases) and dose and m >= 4  # the flats' phases and doses both free
+    if joint:  # which flats each projection's reference mixes: the gauge refinement's design matrix
+        mix = np.zeros((a, n_flats))
+        np.add.at(mix, (np.arange(a), lo), 1.0 - wt)
+        np.add.at(mix, (np.arange(a), hi), wt)
+        mix = torch.from_numpy(mix).to(device)
+
+    def sample_block(i: int, s: int, e: int):
+        fs = _as64(sample[i, s:e], "sample", device).reshape(e - s, m, u * z).transpose(1, 2)
+        _check_finite(fs, "sample")
+        fs = fs - dark[None, :, None]
+        return fs.clamp_min(0.0) if clip_dark else fs
+
+    def sample_steps(fs, ref, w, xs):
+        """Step phases and doses of sample frames: from the air region against the flat, or AIA, or as given."""
+        gs = torch.ones_like(xs)
+        if dose:
+            xs, gs = _frame_step(fs, _coeffs(*ref), w, xs, gs, estimate_phases, True, "sample", ratio=True)
+            gs = gs / gs.mean(dim=-1, keepdim=True)
+        elif estimate_phases:
+            xs, gs = _als(fs, xs, torch.ones(fs.shape[:2], dtype=torch.float64, device=device),
+                          fit_phases=True, fit_dose=False, max_iter=500, tol=1e-12, where="sample")
+        return xs, gs
+
     for i in range(n):
         fr = _as64(flats[i], "flats", device).reshape(n_flats, m, u * z).transpose(1, 2)
         _check_finite(fr, "flats")
         fr = fr - dark[None, :, None]
         if clip_dark:
             fr = fr.clamp_min(0.0)
-        xr = xr_all[i]
+        xr, gr = xr_all[i], gr_out[i]
         if estimate_phases or (dose and m >= 4):
             xr, gr = _als(fr, xr, torch.ones(fr.shape[:2], dtype=torch.float64, device=device),
                           fit_phases=estimate_phases, fit_dose=dose and m >= 4, max_iter=500, tol=1e-12,
                           where="flats")
-            xr_out[i], gr_out[i] = xr, gr
-        flat = _fit(fr / gr_out[i][:, None, :], xr, method, estimate_phases or flat_phases is not None,
-                    "flat_phases")
-        if not bool((flat[0] > 0).all()):
-            raise InputError("flats", "zero or negative mean counts in some pixel after dark subtraction; "
-                                      "check the flat field and the dark frames")
-        if not bool((flat[1] > 0).all()):
-            raise InputError("flats", "zero visibility in some pixel: D is undefined there")
+        given = estimate_phases or flat_phases is not None
+        flat = _fit(fr / gr[:, None, :], xr, method, given, "flat_phases")
+        _check_flat(flat)
+        if joint:
+            # Phases and doses both free leave each flat a Lorentz boost (_boost) that its frames
+            # cannot tell: the first harmonic of its doses. Each flat is boosted so that, weighted
+            # by the inverse of the dose variance each series shows (the part of it that the data
+            # do tell), its own doses and those of the projections it serves have none on average.
+            # The air pixels of all projections are gathered once for these passes.
+            idx = torch.nonzero(air[i].amax(dim=0) > 0).reshape(-1)
+            air_frames = torch.cat([sample_block(i, s, min(a, s + block))[:, idx] for s in range(0, a, block)])
+            eye = torch.eye(n_flats, dtype=torch.float64, device=device)
+            for _ in range(_MAX_REFINE):
+                ref = _interp(tuple(p[:, idx] for p in flat), lo, hi, wt)
+                xs, gs = sample_steps(air_frames, ref, air[i][:, idx], xs_all[i])
+                weights = [1.0 / math.sqrt(_dose_variance(*q) + 1e-20) for q in ((xs, gs), (xr, gr))]
+                design = torch.cat([mix * weights[0], eye * weights[1]])
+                rhs = torch.cat([_first_harmonic(xs, gs) * weights[0], _first_harmonic(xr, gr) * weights[1]])
+                beta = (torch.linalg.pinv(design) @ rhs).clamp(-0.5, 0.5)
+                xr, gr = _gauge(*_boost(xr, gr, beta), xr_all[i], True, True, boost=False)
+                flat = _fit(fr / gr[:, None, :], xr, method, given, "flat_phases")
+                _check_flat(flat)
+                if float(beta.abs().max()) < _REFINE_TOL:
+                    break
+            del air_frames
+        xr_out[i], gr_out[i] = xr, gr
         for s in range(0, a, block):
             e = min(a, s + block)
-            fs = _as64(sample[i, s:e], "sample", device).reshape(e - s, m, u * z).transpose(1, 2)
-            _check_finite(fs, "sample")
-            fs = fs - dark[None, :, None]
-            if clip_dark:
-                fs = fs.clamp_min(0.0)
+            fs = sample_block(i, s, e)
             ref = _interp(flat, lo[s:e], hi[s:e], wt[s:e])
-            xs, gs = xs_all[i, s:e], gs_out[i, s:e]
-            if dose:
-                xs, gs = _frame_step(fs, _coeffs(*ref), air[i, s:e], xs, gs, estimate_phases, True, "sample",
-                                     ratio=True)
-                gs = gs / gs.mean(dim=-1, keepdim=True)
-            elif estimate_phases:
-                xs, gs = _als(fs, xs, torch.ones(fs.shape[:2], dtype=torch.float64, device=device),
-                              fit_phases=True, fit_dose=False, max_iter=500, tol=1e-12, where="sample")
+            xs, gs = sample_steps(fs, ref, None if air is None else air[i, s:e], xs_all[i, s:e])
             xs_out[i, s:e], gs_out[i, s:e] = xs, gs
             params = _fit(fs / gs[:, None, :], xs, method, estimate_phases or sample_phases is not None,
                           "sample_phases")
