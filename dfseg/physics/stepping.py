@@ -104,6 +104,11 @@ def _as64(x: Any, where: str, device=None):
     return torch.from_numpy(a).to(device or "cpu")
 
 
+def _host(x: Any) -> np.ndarray:
+    """Small index arrays (times of flats and projections) as float64 numpy, from numpy, lists or tensors."""
+    return x.detach().cpu().double().numpy() if _is_torch(x) else np.asarray(x, dtype=np.float64)
+
+
 def _out(t, like: Any):
     """float64 result ``t`` as numpy, or as torch when ``like`` is a tensor (it already is on its device)."""
     return t if _is_torch(like) else t.cpu().numpy()
@@ -506,7 +511,8 @@ def estimate_steps(frames, phases=None, *, axis: int = 0, mask=None, fit_phases:
 
     Suited to a flat-field series (every pixel is air) or any region with moire fringes. The
     result is fixed up to what the data cannot tell: mean dose 1 and circular mean offset from
-    ``phases`` 0 per leading index.
+    ``phases`` 0 per leading index, and, with both fitted, no first harmonic of the dose in the
+    step phase (module doc). Doses alone (``fit_phases=False``) come in closed form.
 
     Args:
         frames: counts ``(*lead, M, *pix)``, dark-subtracted, M >= 4.
@@ -642,9 +648,9 @@ def interpolate_flats(flat: Params, flat_positions: Sequence[float], positions: 
         raise InputError("flat", f"flat axis {axis} out of range for shape {tuple(ts[0].shape)}")
     axis %= ts[0].ndim
     n_flats = ts[0].shape[axis]
-    lo, hi, w = _interp_weights(flat_positions, positions)
-    if np.asarray(flat_positions).size != n_flats:
-        raise InputError("flat_indices", f"{np.asarray(flat_positions).size} flat positions for {n_flats} flats")
+    lo, hi, w = _interp_weights(_host(flat_positions), _host(positions))
+    if np.size(_host(flat_positions)) != n_flats:
+        raise InputError("flat_indices", f"{np.size(_host(flat_positions))} flat positions for {n_flats} flats")
     moved = [p.movedim(axis, 0) for p in ts]
     rest = moved[0].shape[1:]
     out = _interp(tuple(p.reshape(n_flats, -1) for p in moved), lo, hi, w)
@@ -801,13 +807,13 @@ def retrieve_projections(sample, flats, *, darks=None, sample_phases=None, flat_
     if estimate_phases and m < 4:
         raise InputError("estimate_phases", f"estimating step phases from the flats needs at least 4 steps, got {m}")
     positions = np.arange(a, dtype=np.float64) if sample_indices is None else sample_indices
-    if np.asarray(positions).size != a:
-        raise InputError("sample_indices", f"{np.asarray(positions).size} indices for {a} projections")
+    if np.size(_host(positions)) != a:
+        raise InputError("sample_indices", f"{np.size(_host(positions))} indices for {a} projections")
     if flat_indices is None:
         flat_indices = np.linspace(0.0, a - 1.0, n_flats) if n_flats > 1 else np.zeros(1)
-    if np.asarray(flat_indices).size != n_flats:
-        raise InputError("flat_indices", f"{np.asarray(flat_indices).size} indices for {n_flats} flat acquisitions")
-    lo, hi, wt = _interp_weights(flat_indices, positions)
+    if np.size(_host(flat_indices)) != n_flats:
+        raise InputError("flat_indices", f"{np.size(_host(flat_indices))} indices for {n_flats} flat acquisitions")
+    lo, hi, wt = _interp_weights(_host(flat_indices), _host(positions))
 
     out = {k: torch.empty((n, a, u, z), dtype=torch.float64, device=device) for k in ("T", "D", "dphi")}
     xs_out, gs_out = xs_all.clone(), torch.ones((n, a, m), dtype=torch.float64, device=device)
