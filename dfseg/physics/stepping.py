@@ -761,8 +761,9 @@ def retrieve_projections(sample, flats, *, darks=None, sample_phases=None, flat_
             ``2 pi k / M``. With ``estimate_phases`` the nominal phases the estimate starts from.
         flat_phases: flat step phases, ``(M,)``, ``(F, M)`` or ``(N, F, M)``; None: ``2 pi k / M``.
         flat_indices: ``(F,)`` time of each flat acquisition on the scale of ``sample_indices``
-            (projection index or timestamp), strictly increasing; None: evenly over the scan,
-            ``linspace(0, A - 1, F)`` (one flat: constant).
+            (projection index or timestamp), strictly increasing; ``RawScan.flat_indices`` (the
+            projection a flat series was taken before, A after the last; docs/raw_frames.md) go
+            as they are. None: evenly over the scan, ``linspace(0, A - 1, F)`` (one flat: constant).
         sample_indices: ``(A,)`` time of each projection; None: ``0 .. A - 1``.
         air_columns: air-only detector columns at each edge of U (sidecar ``air_columns``); > 0
             turns on the per-frame dose correction (and the air region phase estimate).

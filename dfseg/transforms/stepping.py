@@ -97,7 +97,8 @@ class PhaseSteppingRetrieval(Transform):
             (2 pi * grating position / period); None: ``2 pi k / M``.
         flat_phases: flat step phases, ``(M,)``, ``(F, M)`` or ``(N, F, M)``; None: ``2 pi k / M``.
         flat_indices: ``(F,)`` times of the flat acquisitions (projection index or timestamp, on the
-            scale of ``sample_indices``); None: ``linspace(0, A - 1, F)``.
+            scale of ``sample_indices``; ``RawScan.flat_indices`` as they are); None:
+            ``linspace(0, A - 1, F)``.
         sample_indices: ``(A,)`` times of the projections; None: ``0 .. A - 1``.
         air_columns: air-only detector columns at each edge of U (sidecar ``air_columns``); > 0
             corrects each frame's dose (flux) from them.
