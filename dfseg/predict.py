@@ -16,7 +16,8 @@ of scan folders, manifests (every split) or one pair of image files. For each sc
    image (docs/lung_mask.md); a scan in which neither finds a lung is refused.
 4. **Resample** attn and df to the training voxel size (``monai.transforms.Spacing``, which keeps
    origin and direction), build the network input with training's evaluation chain
-   (:func:`dfseg.training.eval_transforms`: modality channels, channel-wise z-score), run
+   (:func:`dfseg.training.eval_transforms`: modality channels scaled as the model records,
+   ``run_info.json["normalisation"]``), run
    ``monai.inferers.sliding_window_inference`` with the training ROI (Gaussian blending, overlap
    0.25, as the bundles' inferer; CUDA when present, AMP only on CUDA), sigmoid, and resample the
    probabilities back onto the input grid (``ResampleToMatch``).
@@ -85,6 +86,7 @@ from dfseg.io import (
 from dfseg.preprocess import Chains, build_chains
 from dfseg.training import build_network, eval_transforms, load_checkpoint
 from dfseg.training.handlers import prediction_record
+from dfseg.transforms.intensity import check_normalisation
 from dfseg.transforms.lung import LungMaskd
 
 __all__ = ["CSV_COLUMNS", "MONTAGE_LESIONS", "Model", "find_scans", "lesion_table", "load_model", "predict",
@@ -112,6 +114,7 @@ class Model:
     record: dict
     network: torch.nn.Module
     modality: str
+    normalisation: str
     roi_size: list[int]
     voxel_mm: list[float] | None
     correction: dict
@@ -205,6 +208,10 @@ def load_model(run_dir: str | os.PathLike, *, calibration: str | os.PathLike | N
         raise InputError(info_path, "records no ROI size (predict.roi_size or hyper_parameters.patch_size)")
     roi = [int(v) for v in np.broadcast_to(np.ravel(roi), (3,))]
     modality = str(record["modality"])
+    try:  # records written before the physical scaling trained on a per-volume z-score
+        normalisation = check_normalisation(str(record.get("normalisation", "zscore")))
+    except InputError as err:
+        raise InputError(info_path, err.problem) from None
     args = {k: v for k, v in record["network"].items() if k != "parameter_count"}
     try:
         network = build_network(args, modality, roi)
@@ -221,7 +228,8 @@ def load_model(run_dir: str | os.PathLike, *, calibration: str | os.PathLike | N
     dev = _device(device)
     network.to(dev).eval()
     correction = dict(plan.get("correction") or {})
-    return Model(run_dir=run_dir.resolve(), record=dict(record), network=network, modality=modality, roi_size=roi,
+    return Model(run_dir=run_dir.resolve(), record=dict(record), network=network, modality=modality,
+                 normalisation=normalisation, roi_size=roi,
                  voxel_mm=None if plan.get("voxel_mm") is None else [float(v) for v in plan["voxel_mm"]],
                  correction=correction, device=dev, model_sha256=sha256_file(model_path),
                  calibration=_calibration(correction, calibration, info_path))
@@ -420,7 +428,8 @@ def _probabilities(data: dict, lung: np.ndarray, model: Model, sw_batch_size: in
     if resample:
         image_sp, mask_sp = Spacing(pixdim=model.voxel_mm, mode="bilinear"), Spacing(pixdim=model.voxel_mm, mode="nearest")
         feed = {"attn": image_sp(data["attn"]), "df": image_sp(data["df"]), "lung_mask": mask_sp(lung_t)}
-    image = eval_transforms(model.modality, preprocessed=True, with_label=False, spatial_dims=3)(feed)["image"]
+    image = eval_transforms(model.modality, preprocessed=True, with_label=False, spatial_dims=3,
+                            normalisation=model.normalisation)(feed)["image"]
     x = torch.as_tensor(image, dtype=torch.float32).as_subclass(torch.Tensor)[None].to(model.device)
     amp = model.device.type == "cuda"
     with torch.no_grad(), (torch.autocast("cuda") if amp else contextlib.nullcontext()):

@@ -27,6 +27,7 @@ from dfseg.data.scan import as_floats, scan_meta
 from dfseg.io import read_json, save_nifti, sha256_file, voxel_size, write_json
 from dfseg.networks import count_parameters
 from dfseg.training.distributed import is_rank0
+from dfseg.transforms.intensity import check_normalisation
 
 __all__ = ["MetricsWriter", "NullSummaryWriter", "ProbabilityWriter", "RunInfoWriter", "TrainingProgress", "epoch_line",
            "hardware_info", "lr_writer", "prediction_record", "run_info", "summary_writer"]
@@ -139,14 +140,15 @@ def run_info(*, bundle: str, manifest: str | os.PathLike, fold: int | None, moda
              hyper_parameters: Mapping[str, Any], network: Mapping[str, Any],
              calibration: str | os.PathLike | None = None, preprocessed: bool | None = None,
              model: torch.nn.Module | None = None, spatial_dims: int | None = None,
-             extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+             normalisation: str = "lung_reference", extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``run_info.json`` record of a training run (the keys ``dfseg.reporting.model_card`` reads).
 
     Keys: ``bundle``, ``started_utc``, ``manifest`` {path, sha256}, ``fold``, ``modality``,
     ``input_channels`` (names), ``in_channels``, ``seed``, ``hyper_parameters``, ``network``
     (``name`` + constructor arguments, and ``parameter_count`` when ``model`` is given),
     ``calibration`` {path, sha256} or None, ``preprocessed``, ``geometry`` (``ct`` for
-    ``spatial_dims`` 3, ``radiograph`` for 2), ``predict`` (:func:`prediction_record`: training voxel
+    ``spatial_dims`` 3, ``radiograph`` for 2), ``normalisation`` (the network-input scaling,
+    :data:`dfseg.transforms.intensity.NORMALISATIONS`; a record without it means ``zscore``), ``predict`` (:func:`prediction_record`: training voxel
     size, ROI, correction chain), ``hardware``, ``versions``, ``command`` (argv), plus ``extra``. ``RunInfoWriter`` adds ``max_epochs``, ``completed_epochs``, ``finished_utc`` and
     ``resumed_at_iteration``.
     """
@@ -171,6 +173,7 @@ def run_info(*, bundle: str, manifest: str | os.PathLike, fold: int | None, moda
         "calibration": cal,
         "preprocessed": preprocessed,
         "geometry": None if spatial_dims is None else ("ct" if int(spatial_dims) == 3 else "radiograph"),
+        "normalisation": check_normalisation(normalisation),
         "presence_score": "maximum tumour probability inside the lung mask (per volume)",
         "predict": prediction_record(manifest, calibration=calibration, preprocessed=preprocessed,
                                      roi_size=hyper_parameters.get("patch_size")),

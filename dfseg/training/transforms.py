@@ -8,7 +8,9 @@ Chain (keys ``attn``, ``df``, ``label``, ``lung_mask``)::
       -> drop d["meta"] (nested dicts that MONAI's collate cannot batch)
       -> [training only, 3D only, random] RandSyntheticTumourd on the whole volume (inside the lung mask)
       -> SelectModalityd(modality) -> "image" (attn 1, df 4, combined 5 channels)
-      -> NormalizeIntensityd(image, channel-wise z-score over the volume)
+      -> LungReferenceNormalized(image): attn over the body's solid-tissue mu, dark-field over the
+         lung's median c0 (dfseg.transforms.intensity; ``normalisation="zscore"``: the per-volume
+         z-score of models recorded without a normalisation)
       -> [spatial_dims=2 only] squeeze the singleton Z axis of radiographs: (C, X, Y, 1) -> (C, X, Y)
       -> [training only, random] RandWeightedCropd(patch; centres weighted outside lung / lung /
          tumour, each lesion alike: SamplingMapd), flips,
@@ -52,6 +54,7 @@ from scipy import ndimage
 from dfseg.channels import MODALITY_CHANNELS
 from dfseg.data.scan import LoadScand
 from dfseg.errors import InputError
+from dfseg.transforms.intensity import LungReferenceNormalized, check_normalisation
 from dfseg.transforms.modality import SelectModalityd
 from dfseg.transforms.pipeline import volume_chain
 from dfseg.transforms.tumour import RandSyntheticTumourd
@@ -160,20 +163,20 @@ def _synthetic(prob: float, diameter_mm: Sequence[float]) -> list:
                                  diameter_range_mm=tuple(float(d) for d in diameter_mm))]
 
 
-def _select(modality: str) -> list:
+def _select(modality: str, normalisation: str) -> list:
     in_channels(modality)
-    return [
-        SelectModalityd(keys=IMAGE_KEYS, modality=modality, output_key="image"),
-        # per-volume, per-channel z-score: attenuation (~0.02/mm) and dark-field (~1e-3/mm) differ by
-        # orders of magnitude; the network sees comparable ranges whatever the modality.
-        NormalizeIntensityd(keys="image", channel_wise=True),
-    ]
+    if check_normalisation(normalisation) == "zscore":
+        scale = NormalizeIntensityd(keys="image", channel_wise=True)
+    else:  # attenuation (~0.03/mm) and dark-field (~0.1/mm) in units of the scan's own tissue references
+        scale = LungReferenceNormalized(keys="image", channels=MODALITY_CHANNELS[modality])
+    return [SelectModalityd(keys=IMAGE_KEYS, modality=modality, output_key="image"), scale]
 
 
 def train_transforms(modality: str, patch_size: Sequence[int] | int, *, preprocessed: bool = False,
                      calibration: str | os.PathLike | None = None, num_samples: int = 2,
                      class_ratios: Sequence[float] = (1.0, 2.0, 3.0), synthetic_tumour_prob: float = 0.3,
-                     synthetic_diameter_mm: Sequence[float] = (0.5, 3.0), spatial_dims: int = 3) -> Compose:
+                     synthetic_diameter_mm: Sequence[float] = (0.5, 3.0), spatial_dims: int = 3,
+                     normalisation: str = "lung_reference") -> Compose:
     """Training chain: load, correct, synthetic tumours, select modality, normalise, patch, augment.
 
     Args:
@@ -189,6 +192,7 @@ def train_transforms(modality: str, patch_size: Sequence[int] | int, *, preproce
         synthetic_diameter_mm: diameter range of synthetic tumours, mm.
         spatial_dims: 3 (CT volumes) or 2 (radiographs stored as (X, Y, 1); Z is squeezed, no
             synthetic tumours).
+        normalisation: network-input scaling (:data:`dfseg.transforms.intensity.NORMALISATIONS`).
 
     Returns:
         ``Compose`` producing dicts with ``image`` (C, *patch) float32 and ``label`` (1, *patch).
@@ -201,7 +205,7 @@ def train_transforms(modality: str, patch_size: Sequence[int] | int, *, preproce
     return Compose([
         *_corrected_scan(keys, preprocessed, calibration),
         *(_synthetic(synthetic_tumour_prob, synthetic_diameter_mm) if dims == 3 else []),
-        *_select(modality),
+        *_select(modality, normalisation),
         *_squeeze_z(("image", "label", "lung_mask"), dims),
         SamplingMapd(ratios=class_ratios),
         RandWeightedCropd(keys=("image", "label"), w_key="sampling", spatial_size=patch, num_samples=int(num_samples)),
@@ -217,7 +221,7 @@ def train_transforms(modality: str, patch_size: Sequence[int] | int, *, preproce
 
 def eval_transforms(modality: str, *, preprocessed: bool = False,
                     calibration: str | os.PathLike | None = None, with_label: bool = True,
-                    spatial_dims: int = 3) -> Compose:
+                    spatial_dims: int = 3, normalisation: str = "lung_reference") -> Compose:
     """Deterministic whole-volume chain for validation, evaluation and inference.
 
     Returns dicts with ``image`` (C, X, Y, Z), ``lung_mask`` (1, X, Y, Z) and, when ``with_label``,
@@ -227,7 +231,7 @@ def eval_transforms(modality: str, *, preprocessed: bool = False,
     keys = ("attn", "df", "lung_mask") + (("label",) if with_label else ())
     return Compose([
         *_corrected_scan(keys, preprocessed, calibration),
-        *_select(modality),
+        *_select(modality, normalisation),
         *_squeeze_z(("image", "lung_mask") + (("label",) if with_label else ()), spatial_dims),
     ])
 

@@ -37,3 +37,8 @@ from dfseg.transforms.stepping import *  # noqa: E402, F403  (appended: raw step
 from dfseg.transforms.stepping import __all__ as _step  # noqa: E402
 
 __all__ += [*_step]
+
+from dfseg.transforms.intensity import *  # noqa: E402, F403  (network input in tissue units)
+from dfseg.transforms.intensity import __all__ as _int  # noqa: E402
+
+__all__ += [*_int]
