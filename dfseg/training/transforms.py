@@ -13,8 +13,9 @@ Chain (keys ``attn``, ``df``, ``label``, ``lung_mask``)::
          z-score of models recorded without a normalisation)
       -> [spatial_dims=2 only] squeeze the singleton Z axis of radiographs: (C, X, Y, 1) -> (C, X, Y)
       -> [training only, random] RandWeightedCropd(patch; centres weighted outside lung / lung /
-         tumour, each lesion alike: SamplingMapd), flips,
-         90-degree rotations
+         tumour, each lesion alike: SamplingMapd), then nnU-Net's augmentation (:func:`augmentation`):
+         rotation and scaling, elastic deformation, Gaussian noise, blur, per-channel intensity
+         scaling, simulated low resolution, flips and 90-degree rotations
 
 Everything up to the first random transform is deterministic, so ``CacheDataset`` caches it.
 Preprocessed manifests (written by ``dfseg preprocess``) skip the correction chain.
@@ -43,8 +44,15 @@ from monai.transforms import (
     EnsureTyped,
     MapTransform,
     NormalizeIntensityd,
+    Rand2DElasticd,
+    Rand3DElasticd,
+    RandAffined,
     RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
     RandRotate90d,
+    RandScaleIntensityd,
+    RandSimulateLowResolutiond,
     RandWeightedCropd,
     SpatialPadd,
     SqueezeDimd,
@@ -62,6 +70,7 @@ from dfseg.transforms.tumour import RandSyntheticTumourd
 __all__ = [
     "MODALITY_CHANNELS",
     "PresenceScored",
+    "augmentation",
     "eval_postprocessing",
     "eval_transforms",
     "in_channels",
@@ -176,7 +185,7 @@ def train_transforms(modality: str, patch_size: Sequence[int] | int, *, preproce
                      calibration: str | os.PathLike | None = None, num_samples: int = 2,
                      class_ratios: Sequence[float] = (1.0, 2.0, 3.0), synthetic_tumour_prob: float = 0.3,
                      synthetic_diameter_mm: Sequence[float] = (0.5, 3.0), spatial_dims: int = 3,
-                     normalisation: str = "lung_reference") -> Compose:
+                     normalisation: str = "lung_reference", augment: bool = True) -> Compose:
     """Training chain: load, correct, synthetic tumours, select modality, normalise, patch, augment.
 
     Args:
@@ -193,6 +202,8 @@ def train_transforms(modality: str, patch_size: Sequence[int] | int, *, preproce
         spatial_dims: 3 (CT volumes) or 2 (radiographs stored as (X, Y, 1); Z is squeezed, no
             synthetic tumours).
         normalisation: network-input scaling (:data:`dfseg.transforms.intensity.NORMALISATIONS`).
+        augment: nnU-Net's spatial and intensity augmentation (:func:`augmentation`); flips and
+            90-degree rotations are always on.
 
     Returns:
         ``Compose`` producing dicts with ``image`` (C, *patch) float32 and ``label`` (1, *patch).
@@ -212,11 +223,46 @@ def train_transforms(modality: str, patch_size: Sequence[int] | int, *, preproce
         # volumes smaller than the patch (allow_smaller keeps them whole) are padded with the
         # normalised mean 0: SwinUNETR needs its full patch (>= 64 voxels, see its bundle).
         SpatialPadd(keys=("image", "label"), spatial_size=patch),
+        *(augmentation(dims) if augment else []),
         RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=0),
         RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=1),
         RandRotate90d(keys=("image", "label"), prob=0.5, spatial_axes=(0, 1)),
         EnsureTyped(keys=("image", "label"), dtype=torch.float32, track_meta=False),
     ])
+
+
+def augmentation(spatial_dims: int = 3) -> list:
+    """nnU-Net's data augmentation (Isensee et al. 2021, its default probabilities) on a patch.
+
+    Spatial, image and label together (label resampled nearest-neighbour, edges replicated):
+    rotation up to 15 degrees about each axis and scaling by 0.8-1.2 along each axis (probability 0.2:
+    posture, voxel sizes 0.12-0.19 mm from a 0.15 mm scan), elastic deformation (0.1: lung
+    inflation and soft anatomy). Image only, in the normalised tissue units: Gaussian noise of std
+    up to 0.05 (0.1: a lower dose), Gaussian blur of 0.5-1 voxel (0.2: a wider detector
+    point-spread function), per-channel intensity scaling by 0.85-1.15 (0.15: references off by a
+    few per cent), simulated low resolution by 0.5-1 (0.25: a coarser scanner). Intensity stays
+    proportional (no shift, no gamma), so air and solid tissue keep their physical zero of
+    dark-field.
+    """
+    keys, modes = ("image", "label"), ("bilinear", "nearest")
+    angle = np.deg2rad(15.0)
+    if _check_dims(spatial_dims) == 3:
+        rotate, elastic = (angle, angle, angle), Rand3DElasticd(
+            keys=keys, prob=0.1, sigma_range=(5.0, 7.0), magnitude_range=(30.0, 80.0), mode=modes,
+            padding_mode="border")
+    else:
+        rotate, elastic = angle, Rand2DElasticd(
+            keys=keys, prob=0.1, spacing=(8, 8), magnitude_range=(0.5, 1.5), mode=modes, padding_mode="border")
+    smooth = (0.5, 1.0)
+    return [
+        RandAffined(keys=keys, prob=0.2, rotate_range=rotate, scale_range=(0.2,) * spatial_dims, mode=modes,
+                    padding_mode="border"),
+        elastic,
+        RandGaussianNoised(keys="image", prob=0.1, mean=0.0, std=0.05),
+        RandGaussianSmoothd(keys="image", prob=0.2, sigma_x=smooth, sigma_y=smooth, sigma_z=smooth),
+        RandScaleIntensityd(keys="image", prob=0.15, factors=0.15, channel_wise=True),
+        RandSimulateLowResolutiond(keys="image", prob=0.25, zoom_range=(0.5, 1.0)),
+    ]
 
 
 def eval_transforms(modality: str, *, preprocessed: bool = False,
