@@ -69,6 +69,7 @@ from dfseg.transforms.tumour import RandSyntheticTumourd
 
 __all__ = [
     "MODALITY_CHANNELS",
+    "LungOnlyd",
     "PresenceScored",
     "augmentation",
     "eval_postprocessing",
@@ -310,10 +311,34 @@ class PresenceScored(MapTransform):
         return d
 
 
+class LungOnlyd(MapTransform):
+    """Zero ``pred`` outside the lung mask: tumours live in the lung, so no candidate survives outside
+    it (``dfseg predict`` and ``dfseg evaluate`` apply the same rule). An absent or empty mask
+    leaves ``pred`` unchanged.
+    """
+
+    def __init__(self, keys: Any = "pred", mask_key: str = "lung_mask") -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.mask_key = mask_key
+
+    def __call__(self, data: Any) -> Any:
+        d = dict(data)
+        mask = d.get(self.mask_key)
+        if mask is None or not bool((torch.as_tensor(mask) > 0).any()):
+            return d
+        for key in self.key_iterator(d):
+            pred = d[key]
+            inside = (torch.as_tensor(mask) > 0).to(torch.as_tensor(pred).device)
+            d[key] = pred * inside.to(torch.as_tensor(pred).dtype).expand_as(torch.as_tensor(pred))
+        return d
+
+
 def eval_postprocessing(threshold: float = 0.5) -> Compose:
-    """Sigmoid on ``pred``, presence score, binary ``pred_bin`` for Dice."""
+    """Sigmoid on ``pred``, zero outside the lung (:class:`LungOnlyd`), presence score, binary
+    ``pred_bin`` for Dice."""
     return Compose([
         Activationsd(keys="pred", sigmoid=True),
+        LungOnlyd(),
         PresenceScored(),
         CopyItemsd(keys="pred", names="pred_bin"),
         AsDiscreted(keys="pred_bin", threshold=float(threshold)),
