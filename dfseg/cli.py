@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "model-card": ("model_card", "write the model card (JSON + Markdown) of a training run"),
     "demo": ("demo", "run the whole pipeline on a built-in simulated cohort"),
     "doctor": ("doctor", "report the environment (versions, CUDA, threads, disk) and what is missing"),
+    "retrieve": ("retrieve", "retrieve proj_T / proj_D (and attn / df) from a Talbot-Lau scanner's raw phase-stepping frames"),
 }
 
 
