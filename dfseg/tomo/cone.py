@@ -2,8 +2,9 @@
 
 Projector (:func:`project_geometry`, parallel or cone): Joseph's method in 3D. Per angle the rays
 step plane by plane along the volume axis (x or y) the central ray is closest to; at each plane
-the volume is interpolated bilinearly (``grid_sample``, zero outside) and weighted by the path
-length per step ``voxel / |d_axis|``.
+the volume is interpolated bilinearly (``grid_sample`` on the stack of planes, zero outside) and
+weighted by the path length per step ``voxel / |d_axis|``. In dfseg's default geometry it is
+:func:`dfseg.tomo.project` (tests/tomo/test_geometry.py).
 
 FDK (:func:`fdk`, Feldkamp-Davis-Kress): cosine pre-weighting ``SD / sqrt(SD^2 + u^2 + v^2)``,
 the ramp filter along detector rows in the pitch seen at the axis (``du / M``), and a voxel-driven
@@ -54,7 +55,9 @@ def project_geometry(volume, geometry: Geometry | dict | None, voxel_mm: float, 
             covers the volume: ``U = round(X voxel M / du)``, ``V = round(Z voxel M / dv)``.
         voxel_mm: voxel size in mm (cubic voxels).
         n_angles: A when the geometry has no angle list.
-        budget_bytes: bytes for the sampling grids and samples of one chunk of rays.
+        budget_bytes: bytes for the sampling grids and samples of one chunk of rays (default
+            :data:`dfseg.tomo.projector.OPERATOR_BUDGET_BYTES`); the volumes are also held
+            once or twice more, as stacks of planes along x and y.
 
     Returns:
         ``(..., A, U, V)`` line integrals (unitless); numpy in -> numpy out, tensors stay on
