@@ -137,9 +137,9 @@ class FBPReconstructiond(MapTransform):
         average_keys: keys whose channels are averaged into one (e.g. ``("proj_T",)``).
         check_orientations: compare the channel count with ``len(meta["orientations_deg"])``
             when the sidecar has it.
-        geometry: the scan geometry, else ``meta["geometry"]`` when that is a geometry block (a
-            mapping); a string there (the simulator's ``"ct"``) or nothing keeps dfseg's
-            parallel beam.
+        geometry: the scan geometry, else the sidecar's ``meta["beam"]`` block (the fields of
+            :meth:`dfseg.tomo.Geometry.describe`; ``meta["geometry"]`` when that is a mapping);
+            no block keeps dfseg's parallel beam (``meta["geometry"]`` is the scan type, ``"ct"``).
         volume_shape: ``(X, Y, Z)`` of the outputs with a geometry (default: the detector's field
             of view at the axis).
         budget_bytes: memory budget of the reconstruction.
@@ -176,13 +176,16 @@ class FBPReconstructiond(MapTransform):
         orientations = scan_value(d, "orientations_deg", meta_key=self.meta_key, default=None)
         n_or = len(orientations) if self.check_orientations and orientations else None
         geometry = self.geometry
-        if geometry is None:
-            block = scan_value(d, "geometry", meta_key=self.meta_key, default=None)
-            if isinstance(block, Mapping | Geometry):
-                try:
-                    geometry = Geometry.from_meta(block)
-                except InputError as err:
-                    raise InputError(f"{self.meta_key}.{err.where}", err.problem) from None
+        if geometry is None:  # the sidecar's "beam" block (its "geometry" names the scan type: ct)
+            for name in ("beam", "geometry"):
+                block = scan_value(d, name, meta_key=self.meta_key, default=None)
+                if isinstance(block, Mapping | Geometry):
+                    try:
+                        geometry = Geometry.from_meta(block)
+                    except InputError as err:
+                        field = str(err.where).removeprefix("geometry")
+                        raise InputError(f"{self.meta_key}.{name}{field}", err.problem) from None
+                    break
         for key in keys:
             op = FBPReconstruction(pixel, filter_name=self.filter_name, average_channels=key in self.average_keys,
                                    n_orientations=n_or, geometry=geometry, volume_shape=self.volume_shape,

@@ -40,7 +40,7 @@ def test_default_path_is_unchanged(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_sidecar_cone_geometry_runs_fdk(kind):
     proj = stack(CONE, n_angles=90)
-    meta = {"voxel_mm": VOXEL, "orientations_deg": [0, 90], "geometry": CONE.describe()}
+    meta = {"voxel_mm": VOXEL, "orientations_deg": [0, 90], "geometry": "ct", "beam": CONE.describe()}
     d = {"proj_D": as_kind(kind, proj), "meta": meta}
     out = FBPReconstructiond(keys="proj_D", output_keys="df")(d)
     assert "proj_D" not in out and type(out["df"]) is type(d["proj_D"])
@@ -71,5 +71,7 @@ def test_geometry_errors_name_the_key():
         FBPReconstructiond(keys="proj_D")({"proj_D": proj, "meta": {"voxel_mm": VOXEL, "geometry": bad_angles}})
     with pytest.raises(InputError, match=r"^meta\.geometry\.kind: unknown geometry 'helical'"):
         FBPReconstructiond(keys="proj_D")({"proj_D": proj, "meta": {"voxel_mm": VOXEL, "geometry": {"kind": "helical"}}})
+    with pytest.raises(InputError, match=r"^meta\.beam\.kind: unknown geometry 'helical'"):
+        FBPReconstructiond(keys="proj_D")({"proj_D": proj, "meta": {"voxel_mm": VOXEL, "beam": {"kind": "helical"}}})
     with pytest.raises(InputError, match=r"^geometry: 'radiograph' scans have no reconstruction geometry"):
         FBPReconstruction(VOXEL, geometry="radiograph")
