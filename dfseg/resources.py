@@ -99,7 +99,8 @@ def shipped_model() -> Path:
 
 
 def package_model(run_dir: str | os.PathLike, calibration: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Reduce a training run to a model folder that works on any machine: ``model.pt``,
+    """Reduce a training run to a model folder that works on any machine: ``model.pt`` (the
+    network's state_dict, as the MONAI Model Zoo ships weights),
     ``run_info.json`` whose calibration is named relative to the folder, and ``calibration.json``.
 
     Args:
@@ -113,8 +114,17 @@ def package_model(run_dir: str | os.PathLike, calibration: str | os.PathLike, de
     if recorded.get("sha256") and sha256_file(calibration) != recorded["sha256"]:
         raise DfsegError(calibration, "is not the calibration the run recorded (sha256 differs)")
     recorded["path"] = "calibration.json"
-    with open(run_dir / "model.pt", "rb") as src, atomic_write(dest / "model.pt") as fh:
-        shutil.copyfileobj(src, fh)
+    import torch
+
+    from dfseg.training.checkpoint import load_checkpoint
+
+    state = load_checkpoint(run_dir / "model.pt")
+    if isinstance(state.get("model"), dict):  # BestModelSaver's {"model": state_dict}
+        state = state["model"]
+    # the Model Zoo's layout: models/model.pt is the network's state_dict itself, so ckpt_export and
+    # CheckpointLoader take it with their default arguments
+    with atomic_write(dest / "model.pt") as fh:
+        torch.save(state, fh)
     with open(calibration, "rb") as src, atomic_write(dest / "calibration.json") as fh:
         shutil.copyfileobj(src, fh)
     write_json(dest / "run_info.json", record)
