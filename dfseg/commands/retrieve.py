@@ -15,11 +15,13 @@ optional step-phase estimation, per-frame doses from the air columns). ``OUT`` g
                      ``retrieval`` block (method, estimated phases and doses per orientation, centre of rotation)
 
 which ``dfseg predict OUT`` reads as a scan folder (its projection chain reconstructs ``proj_T``/``proj_D``
-in the sidecar's geometry) and ``dfseg import`` finds like any scan folder. The sidecar's ``geometry``
-is ``"ct"`` for dfseg's own geometry (parallel beam, angles evenly over [0, 180), centred axis) and
-otherwise the geometry block :class:`dfseg.tomo.Geometry` reads (360 degree scans, angle lists, cone
-beam, an off-centre axis). The volumes are on the reconstruction's default grid: the detector's field of
-view at the axis, voxel = detector pixel / magnification.
+in the sidecar's geometry) and ``dfseg import`` finds like any scan folder. The sidecar's ``geometry`` is
+the scan type, ``"ct"``; its ``beam`` is the reconstruction geometry (:meth:`dfseg.tomo.Geometry.describe`,
+which ``FBPReconstructiond`` reads): the layout's beam type and source distances, its angles (``scan_deg``
+for angles evenly over 180 or 360 degrees, else the list), the detector pixel and the centre of rotation
+(the layout's ``cor_offset_px``, or estimated with ``--estimate-cor``). The volumes are on the
+reconstruction's default grid: the detector's field of view at the axis, voxel = detector pixel /
+magnification.
 
 Everything is written through :func:`dfseg.io.atomic_directory`: a failure leaves no output.
 """
@@ -248,16 +250,16 @@ def retrieve_scan(layout: str | os.PathLike, out: str | os.PathLike, *, estimate
             files += ["attn.nii.gz", "df.nii.gz"]
 
         sid = str(scan_id or meta.get("scan_id") or out_path.resolve().name)
-        default_geometry = geometry.is_default(n_a, n_u, voxel)
         sidecar: dict[str, Any] = {
             "subject_id": str(subject_id or meta.get("subject_id") or sid),
             "scan_id": sid,
-            **{k: v for k, v in meta.items() if k not in ("subject_id", "scan_id", "raw_layout")},
+            **{k: v for k, v in meta.items() if k not in ("subject_id", "scan_id", "raw_layout", "beam")},
             "voxel_mm": voxel,
             "air_columns": air,
             "n_angles": int(n_a),
             "exposures": int(n_or * n_a),
-            "geometry": "ct" if default_geometry else geometry.describe(),
+            "geometry": "ct",
+            "beam": geometry.describe(),
             "raw_layout": str(lay.path.resolve()),
             "retrieval": {
                 "method": method,
