@@ -54,6 +54,8 @@ HELP = "retrieve proj_T / proj_D (and attn / df) from a Talbot-Lau scanner's raw
 PROJECTION_FILES = {"T": "proj_T.nii.gz", "D": "proj_D.nii.gz", "dphi": "proj_dphi.nii.gz"}
 #: Methods of the stepping-curve fit (:data:`dfseg.physics.stepping.METHODS`).
 METHODS = ("auto", "lsq", "fft")
+#: How far from 1 the air columns' mean D may be before the retrieval is reported as doubtful.
+AIR_D_TOLERANCE = 0.1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     n, a, u, z = result["shape"]
     print(f"retrieved {n} orientation(s) x {a} angles of {u} x {z} pixels; centre of rotation "
           f"{result['cor_offset_px']:+.2f} px ({result['cor_source']})")
+    for note in result["notes"]:
+        print(f"note: {note}")
     for problem in result["sidecar_problems"]:
         print(f"note: {problem} (fix it in the layout or sidecar.json before dfseg import / preprocess / predict)")
     print(f"wrote {', '.join(result['files'])} into {args.out}")
@@ -176,8 +180,11 @@ def retrieve_scan(layout: str | os.PathLike, out: str | os.PathLike, *, estimate
 
     Returns:
         ``{"out", "files", "shape" (N, A, U, Z), "cor_offset_px", "cor_source", "sidecar",
-        "sidecar_problems"}``; ``sidecar_problems`` lists what the sidecar schema (which
-        ``dfseg import`` / ``preprocess`` check) finds missing or wrong, e.g. no ``kvp`` in the layout.
+        "sidecar_problems", "notes"}``; ``sidecar_problems`` lists what the sidecar schema (which
+        ``dfseg import`` / ``preprocess`` check) finds missing or wrong, e.g. no ``kvp`` in the layout;
+        ``notes`` the orientations whose air columns read a D more than :data:`AIR_D_TOLERANCE` from 1
+        (an object in the air columns, or step phases and doses the air columns cannot determine:
+        they see too few fringe phases).
 
     Raises:
         InputError: a bad layout, missing or malformed frames, a retrieval that fails (one line, naming
@@ -276,7 +283,12 @@ def retrieve_scan(layout: str | os.PathLike, out: str | os.PathLike, *, estimate
         }
         write_json(tmp / "sidecar.json", sidecar)
         files.append("sidecar.json")
+    notes = [f"orientation {o['orientation_deg']:g} deg: the air columns read D = {o['air_D_mean']:.3f}, not about 1; "
+             "check --air-columns (does the object reach into them?); with --estimate-phases the air columns may "
+             "see too few fringe phases to fix each frame's phase and dose: try --air-columns 0 (phases from the "
+             "whole projection, no dose correction) or no --estimate-phases"
+             for o in summaries if abs(o.get("air_D_mean", 1.0) - 1.0) > AIR_D_TOLERANCE]
     problems = [f"{p.where.split(':', 1)[-1] or 'sidecar.json'}: {p.message}"
                 for p in validate_sidecar(sidecar, "sidecar.json")]
     return {"out": out_path, "files": files, "shape": (n_or, n_a, n_u, n_z), "cor_offset_px": cor,
-            "cor_source": cor_source, "sidecar": sidecar, "sidecar_problems": problems}
+            "cor_source": cor_source, "sidecar": sidecar, "sidecar_problems": problems, "notes": notes}
