@@ -126,13 +126,17 @@ def _phase_departure(est: np.ndarray, given: np.ndarray | None) -> tuple[float, 
 
 
 def _reference_visibility(scan: RawScan, res: Mapping[str, np.ndarray]) -> float:
-    """Median visibility a1 / a0 of the flats' stepping curves (dark-subtracted, doses divided out)."""
-    flats = np.asarray(scan.flats[0], dtype=np.float64)  # (F, M, U, Z)
-    if scan.darks is not None:
-        flats = subtract_dark(flats, scan.darks, stack_axis=0)
-    flats = flats / res["flat_dose"][0][:, :, None, None]
-    a0, a1, _ = fit_curves(flats, res["flat_phases"][0], axis=1, method="lsq")
-    return float(np.median(a1 / a0))
+    """Median visibility a1 / a0 of the flats' stepping curves (dark-subtracted, doses divided out), one flat
+    series at a time (a float64 copy of every flat at once would double the memory of the frames)."""
+    medians = []
+    for f in range(scan.flats.shape[1]):
+        frames = np.asarray(scan.flats[0, f], dtype=np.float64)  # (M, U, Z)
+        if scan.darks is not None:
+            frames = subtract_dark(frames, scan.darks, stack_axis=0)
+        frames = frames / res["flat_dose"][0, f][:, None, None]
+        a0, a1, _ = fit_curves(frames, res["flat_phases"][0, f], axis=0, method="lsq")
+        medians.append(np.median(a1 / a0))
+    return float(np.median(medians))
 
 
 def _orientation_summary(scan: RawScan, res: Mapping[str, np.ndarray], air: int, estimate_phases: bool) -> dict[str, Any]:
@@ -226,6 +230,9 @@ def retrieve_scan(layout: str | os.PathLike, out: str | os.PathLike, *, estimate
                         stacks[key] = np.empty((n_or, *res[key].shape[1:]), dtype=np.float32)
                     stacks[key][i] = res[key][0]
                 summaries.append(_orientation_summary(scan, res, air, estimate_phases))
+                # what "auto" chose (stepping.fit_curves): FFT for nominal equal steps, else least squares
+                fit = method if method != "auto" else ("lsq" if estimate_phases or scan.sample_phases is not None
+                                                       else "fft")
                 del scan, res
                 bar.update()
         _, n_a, n_u, n_z = stacks["T"].shape
@@ -270,6 +277,7 @@ def retrieve_scan(layout: str | os.PathLike, out: str | os.PathLike, *, estimate
             "raw_layout": str(lay.path.resolve()),
             "retrieval": {
                 "method": method,
+                "fit": fit,
                 "estimate_phases": bool(estimate_phases),
                 "air_columns": air,
                 "dose_correction": air > 0,

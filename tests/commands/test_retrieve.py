@@ -120,7 +120,7 @@ def test_sidecar_holds_what_the_correction_chain_reads(raw, retrieved):
     assert Geometry.from_meta(sc["beam"]).is_default(N_A, N_U, PIXEL)
     assert validate_sidecar(sc, "sidecar.json") == []
     r = sc["retrieval"]
-    assert r["method"] == "auto" and r["estimate_phases"] and r["air_columns"] == AIR and r["dose_correction"]
+    assert r["method"] == "auto" and r["fit"] == "lsq" and r["estimate_phases"] and r["air_columns"] == AIR and r["dose_correction"]
     assert r["flat_indices"] == [0, 8, 16, 24] and r["cor_source"] == "default 0" and r["cor_offset_px"] == 0
     assert [o["orientation_deg"] for o in r["orientations"]] == [0.0, 90.0]
     for o in r["orientations"]:
