@@ -10,16 +10,16 @@ from dfseg.cli import COMMANDS, _command_parser, main
 
 #: sub-commands that write a file or folder: they take -o/--out
 WRITES = {"simulate", "import", "calibrate", "preprocess", "register", "cv", "evaluate", "predict", "study",
-          "model-card", "demo", "train", "export"}
+          "model-card", "demo", "train", "export", "retrieve"}
 #: sub-commands that only print
 PRINTS = {"validate-manifest", "doctor"}
 #: sub-commands that show progress bars: they take --no-progress
-PROGRESS = {"simulate", "preprocess", "cv", "evaluate", "predict", "study", "demo", "train"}
+PROGRESS = {"simulate", "preprocess", "cv", "evaluate", "predict", "study", "demo", "train", "retrieve"}
 #: the smallest argument lists of this repository's commands, old output spellings included
 MINIMAL = {"simulate": [], "calibrate": ["phantoms"], "preprocess": ["m.json", "--calibration", "c.json"],
            "register": ["--fixed", "f.nii.gz", "--moving", "m.nii.gz"], "cv": ["--bundle", "b", "--manifest", "m.json"],
            "evaluate": ["--predictions", "p", "--manifest", "m.json"], "predict": [], "import": ["src"],
-           "model-card": ["run"], "demo": []}
+           "model-card": ["run"], "demo": [], "retrieve": ["layout.yaml"]}
 
 
 def test_help_lists_every_command():
