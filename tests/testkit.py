@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -23,3 +24,30 @@ def as_kind(kind: str, x: Any, device: str = "cpu") -> Any:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     return torch.as_tensor(x, device=device) if kind == "torch" else np.asarray(x)
+
+
+def astra_parallel_fbp(sino: np.ndarray, angles: np.ndarray, du: float, n: int, voxel: float) -> np.ndarray:
+    """ASTRA's CPU FBP (strip projector, Ram-Lak) of a centred parallel sinogram (A, U) -> (n, n) in 1/mm,
+    on voxels of ``voxel`` mm with detector bins of ``du`` mm.
+
+    ASTRA's 2D frame: x along columns, y up the rows, voxel = 1; its ray at angle a runs along
+    (sin a, -cos a) with the detector along (cos a, sin a), so a = t + pi/2 is dfseg's angle t and
+    ``arr[row, col] = img[col, n - 1 - row]``.
+    """
+    import astra  # the dev extra's oracle toolbox (CPU FBP of parallel beams)
+
+    pg = astra.create_proj_geom("parallel", du / voxel, sino.shape[1], angles + math.pi / 2)
+    vg = astra.create_vol_geom(n, n)
+    pid = astra.create_projector("strip", pg, vg)
+    sid = astra.data2d.create("-sino", pg, sino.astype(np.float32))
+    rid = astra.data2d.create("-vol", vg, 0)
+    cfg = astra.astra_dict("FBP")
+    cfg.update(ProjectorId=pid, ProjectionDataId=sid, ReconstructionDataId=rid)
+    aid = astra.algorithm.create(cfg)
+    try:
+        astra.algorithm.run(aid)
+        return astra.data2d.get(rid)[::-1].T / voxel
+    finally:
+        astra.algorithm.delete(aid)
+        astra.data2d.delete([sid, rid])
+        astra.projector.delete(pid)

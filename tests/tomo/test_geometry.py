@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.ndimage import maximum_filter, minimum_filter
+from testkit import astra_parallel_fbp
 
 from dfseg.errors import InputError
 from dfseg.tomo import (
@@ -152,31 +153,6 @@ def test_phantom_line_integrals_are_exact():
 # --------------------------------------------------------------------------- parallel FBP vs ASTRA
 
 
-def astra_fbp(sino: np.ndarray, angles: np.ndarray, du: float, n: int) -> np.ndarray:
-    """ASTRA's CPU FBP (strip projector, Ram-Lak) of a centred parallel sinogram (A, U) -> (n, n) in 1/mm.
-
-    ASTRA's 2D frame: x along columns, y up the rows, voxel = 1; its ray at angle a runs along
-    (sin a, -cos a) with the detector along (cos a, sin a), so a = t + pi/2 is dfseg's angle t and
-    ``arr[row, col] = img[col, n - 1 - row]``.
-    """
-    astra = pytest.importorskip("astra")
-    pg = astra.create_proj_geom("parallel", du / VOXEL, sino.shape[1], angles + math.pi / 2)
-    vg = astra.create_vol_geom(n, n)
-    pid = astra.create_projector("strip", pg, vg)
-    sid = astra.data2d.create("-sino", pg, sino.astype(np.float32))
-    rid = astra.data2d.create("-vol", vg, 0)
-    cfg = astra.astra_dict("FBP")
-    cfg.update(ProjectorId=pid, ProjectionDataId=sid, ReconstructionDataId=rid)
-    aid = astra.algorithm.create(cfg)
-    try:
-        astra.algorithm.run(aid)
-        return astra.data2d.get(rid)[::-1].T / VOXEL
-    finally:
-        astra.algorithm.delete(aid)
-        astra.data2d.delete([sid, rid])
-        astra.projector.delete(pid)
-
-
 @pytest.mark.parametrize(("scan_deg", "n_angles", "cor", "du"), [
     (180, 180, 0, 0.5),
     (360, 360, 3, 0.4),  # 360 degrees, axis 3 pixels off centre, detector finer than the voxel
@@ -197,7 +173,7 @@ def test_parallel_fbp_matches_astra(scan_deg, n_angles, cor, du):
             centred[:, : n_u - cor] = sino[:, cor:, 0]
         else:
             centred[:, -cor:] = sino[:, : n_u + cor, 0]
-        ref = astra_fbp(centred, g.angles(n_angles), du, N)
+        ref = astra_parallel_fbp(centred, g.angles(n_angles), du, N, VOXEL)
         truth = ellipsoid_volume(ph, (N, N, 1), VOXEL)[..., 0]
         inside = truth > 0
         assert rel_rmse(mine, ref, inside) < tol, profile
