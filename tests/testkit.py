@@ -51,3 +51,18 @@ def astra_parallel_fbp(sino: np.ndarray, angles: np.ndarray, du: float, n: int, 
         astra.algorithm.delete(aid)
         astra.data2d.delete([sid, rid])
         astra.projector.delete(pid)
+
+
+def rel_rmse(a, b, mask=None) -> float:
+    """Relative RMSE of ``a`` against the reference ``b`` (over ``mask`` when given)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if mask is not None:
+        a, b = a[mask], b[mask]
+    return float(np.sqrt(np.mean((a - b) ** 2) / np.mean(b**2)))
+
+
+def flat(img: np.ndarray, width: int = 5) -> np.ndarray:
+    """Inside the object and at least width // 2 voxels from any edge of the phantom."""
+    from scipy.ndimage import maximum_filter, minimum_filter
+
+    return ((maximum_filter(img, width) - minimum_filter(img, width)) < 1e-9) & (img > 0)

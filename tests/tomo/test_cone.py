@@ -9,8 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import maximum_filter, minimum_filter
-from testkit import DEVICES, astra_parallel_fbp
+from testkit import DEVICES, astra_parallel_fbp, flat, rel_rmse
 
 from dfseg.errors import InputError
 from dfseg.tomo import (
@@ -42,18 +41,6 @@ def phantom(profile: str = "uniform") -> list[Ellipsoid]:
 def cone(n_u: int = 80, n_v: int = 41, **kw) -> Geometry:
     kw = {"scan_deg": 360, "detector_pixel_mm": 1.0, **kw}
     return Geometry(kind="cone", source_object_mm=SO, source_detector_mm=SD, detector_shape=(n_u, n_v), **kw)
-
-
-def rel_rmse(a, b, mask=None) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if mask is not None:
-        a, b = a[mask], b[mask]
-    return float(np.sqrt(np.mean((a - b) ** 2) / np.mean(b**2)))
-
-
-def flat(img: np.ndarray, width: int = 5) -> np.ndarray:
-    """Inside the object and at least width // 2 voxels from any edge of the phantom."""
-    return ((maximum_filter(img, width) - minimum_filter(img, width)) < 1e-9) & (img > 0)
 
 
 @pytest.fixture(scope="module")

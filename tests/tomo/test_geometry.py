@@ -9,8 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import maximum_filter, minimum_filter
-from testkit import astra_parallel_fbp
+from testkit import astra_parallel_fbp, flat, rel_rmse
 
 from dfseg.errors import InputError
 from dfseg.tomo import (
@@ -40,18 +39,6 @@ def phantom(profile: str = "uniform") -> list[Ellipsoid]:
         Ellipsoid(0.01, (3.0, -2.0, 1.0), (4.0, 3.0, 3.0), 0.0, profile),
         Ellipsoid(-0.008, (-5.0, 3.0, -1.0), (3.0, 3.5, 2.5), 45.0, profile),
     ]
-
-
-def rel_rmse(a, b, mask=None) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if mask is not None:
-        a, b = a[mask], b[mask]
-    return float(np.sqrt(np.mean((a - b) ** 2) / np.mean(b**2)))
-
-
-def flat(img: np.ndarray, width: int = 5) -> np.ndarray:
-    """Inside the object and at least width // 2 voxels from any edge of the phantom."""
-    return ((maximum_filter(img, width) - minimum_filter(img, width)) < 1e-9) & (img > 0)
 
 
 # --------------------------------------------------------------------------- the record
