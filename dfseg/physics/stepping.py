@@ -360,35 +360,44 @@ def _mask(mask, lead: tuple, pix: tuple, device, where: str = "mask"):
     return m
 
 
-def _solve(a, b, where: str, problem: str):
-    """``a^-1 b`` for ``(L, n, n)`` ``a`` and ``(L, M, n)`` ``b``; error when ``a`` is (near) singular."""
+def _solve(a, b, where: str, problem: str, min_ratio: float = 1e-10):
+    """``a^-1 b`` for ``(L, n, n)`` ``a`` and ``(L, M, n)`` ``b``; error when the smallest eigenvalue of
+    ``a`` is below ``min_ratio`` times its largest."""
     torch = _torch()
     ev = torch.linalg.eigvalsh(a)
-    if not bool((ev[:, 0] > 1e-10 * ev[:, -1].clamp_min(1e-300)).all()):
-        raise InputError(where, problem)
+    worst = float((ev[:, 0] / ev[:, -1].clamp_min(1e-300)).min())
+    if not worst > min_ratio:
+        raise InputError(where, f"{problem}; eigenvalue ratio {worst:.1e}, need > {min_ratio:.0e}")
     return torch.einsum("lij,lmj->lmi", torch.linalg.inv(a), b)
 
 
 _NO_DIVERSITY = ("cannot estimate the step phases: the fringe phase does not vary across the pixels used "
                  "(need moire fringes or a visibility > 0 there)")
+#: the smallest eigenvalue ratio of the per-frame normal matrix a fit against known curves accepts:
+#: below it (the air columns of a detector with about one fringe across it give 5e-5 to 2e-4) the
+#: estimated phases and doses follow the noise and the retrieved D in the air drifts far from 1
+_MIN_DIVERSITY = 1e-3
 
 
 def _frame_step(f, c, w, x, g, fit_phases: bool, fit_dose: bool, where: str, *, ratio: bool = False):
     """Step (b): per-frame phases and doses ``(L, M)`` given pixel coefficients ``c`` ``(L, P, 3)``.
 
-    ``ratio``: a dose alone as the ratio of sums (Poisson maximum likelihood for known curves)
-    instead of least squares (the objective of step (a), which the alternation needs).
+    ``ratio``: known curves (a reference's, e.g. the air columns against the flat): a dose alone
+    as the ratio of sums (Poisson maximum likelihood) instead of least squares (the objective of
+    step (a), which the alternation needs), and the fit refused unless the pixels' fringe phases
+    spread enough (:data:`_MIN_DIVERSITY`) that noise cannot swamp it.
     """
     torch = _torch()
+    min_ratio = _MIN_DIVERSITY if ratio else 1e-10
     cw = c * w[..., None]
     if fit_phases and fit_dose:
         a = torch.einsum("lpi,lpj->lij", cw, c)
-        u = _solve(a, torch.einsum("lpi,lpm->lmi", cw, f), where, _NO_DIVERSITY)
+        u = _solve(a, torch.einsum("lpi,lpm->lmi", cw, f), where, _NO_DIVERSITY, min_ratio)
         return torch.atan2(u[..., 2], u[..., 1]), u[..., 0]
     if fit_phases:
         j = f / g[:, None, :] - c[..., :1]
         a = torch.einsum("lpi,lpj->lij", cw[..., 1:], c[..., 1:])
-        u = _solve(a, torch.einsum("lpi,lpm->lmi", cw[..., 1:], j), where, _NO_DIVERSITY)
+        u = _solve(a, torch.einsum("lpi,lpm->lmi", cw[..., 1:], j), where, _NO_DIVERSITY, min_ratio)
         return torch.atan2(u[..., 1], u[..., 0]), g
     if fit_dose:
         model = torch.einsum("lpj,lmj->lpm", c, _design(x))

@@ -207,9 +207,10 @@ def test_a_frame_missing_after_the_first_orientation_leaves_nothing(tmp_path, ca
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
 
 
-def test_notes_on_a_doubtful_retrieval_and_a_thin_sidecar(tmp_path, capsys):
-    """The air columns all see one fringe phase (the moire only spans the body): each frame's phase and dose
-    cannot be told from them, the air reads D ~ 0.67 and dfseg retrieve says so; a layout without kvp,
+def test_refuses_phases_the_air_cannot_tell_and_notes_a_thin_sidecar(tmp_path, capsys):
+    """The air columns all see one fringe phase (the moire only spans the body): each frame's phase
+    and dose cannot be told from them (the air would read D ~ 0.67), so --estimate-phases is refused
+    with one line and nothing written; without it the scan is retrieved, and a layout without kvp,
     filtration or visibility gets a note for each field the sidecar schema misses."""
     truth = truth_stacks()
     ref = 2 * np.pi * np.clip((np.arange(N_U)[:, None] - AIR) / (N_U - 2 * AIR), 0, 1) * np.ones((1, N_Z))
@@ -217,8 +218,12 @@ def test_notes_on_a_doubtful_retrieval_and_a_thin_sidecar(tmp_path, capsys):
                              pixel_mm=PIXEL, steps=M, jitter_rad=0.1, dose_std=0.02, flat_every=FLAT_EVERY,
                              ref_phase=ref, meta={"air_columns": AIR}, seed=5)
     assert main(["retrieve", str(written["layout"]), "-o", str(tmp_path / "out"), "--estimate-phases",
-                 "--no-volumes", "--no-progress"]) == 0
+                 "--no-volumes", "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot estimate the step phases" in err[0], err
+    assert not (tmp_path / "out").exists()
+    assert main(["retrieve", str(written["layout"]), "-o", str(tmp_path / "out"), "--no-volumes",
+                 "--no-progress"]) == 0
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: ")]
-    assert any(line.startswith("note: orientation 0 deg: the air columns read D = 0.") for line in notes), notes
     for field in ("kvp", "filtration_mm", "visibility"):
         assert any(f"'{field}' is a required property" in line for line in notes), field
