@@ -42,8 +42,10 @@ from monai.transforms import (
     CopyItemsd,
     DeleteItemsd,
     EnsureTyped,
+    Identityd,
     MapTransform,
     NormalizeIntensityd,
+    OneOf,
     Rand2DElasticd,
     Rand3DElasticd,
     RandAffined,
@@ -62,7 +64,7 @@ from scipy import ndimage
 from dfseg.channels import MODALITY_CHANNELS
 from dfseg.data.scan import LoadScand
 from dfseg.errors import InputError
-from dfseg.transforms.intensity import LungReferenceNormalized, check_normalisation
+from dfseg.transforms.intensity import LungReferenceNormalized, TissueReferencesd, check_normalisation
 from dfseg.transforms.modality import SelectModalityd
 from dfseg.transforms.pipeline import volume_chain
 from dfseg.transforms.tumour import RandSyntheticTumourd
@@ -79,6 +81,8 @@ __all__ = [
 ]
 
 IMAGE_KEYS = ("attn", "df")
+#: the scan's tissue references, measured once per volume where a cache keeps them
+REFS_KEY = "tissue_refs"
 
 
 def in_channels(modality: str) -> int:
@@ -174,12 +178,13 @@ def _synthetic(prob: float, diameter_mm: Sequence[float]) -> list:
 
 
 def _select(modality: str, normalisation: str) -> list:
+    """Network channels, scaled; drops the tissue references :class:`TissueReferencesd` measured."""
     in_channels(modality)
     if check_normalisation(normalisation) == "zscore":
-        scale = NormalizeIntensityd(keys="image", channel_wise=True)
+        scale = [NormalizeIntensityd(keys="image", channel_wise=True), DeleteItemsd(keys=REFS_KEY)]
     else:  # attenuation (~0.03/mm) and dark-field (~0.1/mm) in units of the scan's own tissue references
-        scale = LungReferenceNormalized(keys="image", channels=MODALITY_CHANNELS[modality])
-    return [SelectModalityd(keys=IMAGE_KEYS, modality=modality, output_key="image"), scale]
+        scale = [LungReferenceNormalized(keys="image", channels=MODALITY_CHANNELS[modality], refs_key=REFS_KEY)]
+    return [SelectModalityd(keys=IMAGE_KEYS, modality=modality, output_key="image"), *scale]
 
 
 def train_transforms(modality: str, patch_size: Sequence[int] | int, *, preprocessed: bool = False,
@@ -216,6 +221,7 @@ def train_transforms(modality: str, patch_size: Sequence[int] | int, *, preproce
     keys = ("attn", "df", "label", "lung_mask")
     return Compose([
         *_corrected_scan(keys, preprocessed, calibration),
+        TissueReferencesd(output_key=REFS_KEY),
         *(_synthetic(synthetic_tumour_prob, synthetic_diameter_mm) if dims == 3 else []),
         *_select(modality, normalisation),
         *_squeeze_z(("image", "label", "lung_mask"), dims),
@@ -248,12 +254,15 @@ def augmentation(spatial_dims: int = 3) -> list:
     keys, modes = ("image", "label"), ("bilinear", "nearest")
     angle = np.deg2rad(15.0)
     if _check_dims(spatial_dims) == 3:
-        rotate, elastic = (angle, angle, angle), Rand3DElasticd(
-            keys=keys, prob=0.1, sigma_range=(5.0, 7.0), magnitude_range=(30.0, 80.0), mode=modes,
+        rotate, deform = (angle, angle, angle), Rand3DElasticd(
+            keys=keys, prob=1.0, sigma_range=(5.0, 7.0), magnitude_range=(30.0, 80.0), mode=modes,
             padding_mode="border")
     else:
-        rotate, elastic = angle, Rand2DElasticd(
-            keys=keys, prob=0.1, spacing=(8, 8), magnitude_range=(0.5, 1.5), mode=modes, padding_mode="border")
+        rotate, deform = angle, Rand2DElasticd(
+            keys=keys, prob=1.0, spacing=(8, 8), magnitude_range=(0.5, 1.5), mode=modes, padding_mode="border")
+    # MONAI's elastic transforms build their displacement field even when they skip: OneOf runs it
+    # only when chosen
+    elastic = OneOf([deform, Identityd(keys=keys)], weights=(0.1, 0.9))
     smooth = (0.5, 1.0)
     return [
         RandAffined(keys=keys, prob=0.2, rotate_range=rotate, scale_range=(0.2,) * spatial_dims, mode=modes,

@@ -32,10 +32,10 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type
 
 from dfseg.errors import InputError
-from dfseg.transforms.tumour import estimate_tissue_mu
+from dfseg.transforms.tumour import estimate_tissue_df, estimate_tissue_mu
 
 __all__ = ["NORMALISATIONS", "LungReferenceNormalize", "LungReferenceNormalized", "LungReferenceNormalizeD",
-           "LungReferenceNormalizeDict", "check_normalisation"]
+           "LungReferenceNormalizeDict", "TissueReferencesd", "check_normalisation"]
 
 #: ``lung_reference``: this module's physical scaling; ``zscore``: per-volume, per-channel z-score
 #: over the whole field of view (models trained before the physical scaling).
@@ -92,11 +92,13 @@ class LungReferenceNormalize(Transform):
             refs["c0"] = c0
         return refs
 
-    def __call__(self, img: Any, lung_mask: Any) -> Any:
+    def __call__(self, img: Any, lung_mask: Any, refs: Mapping[str, float] | None = None) -> Any:
+        """Scale ``img``; ``refs`` (:meth:`references`, e.g. measured once by :class:`TissueReferencesd`)
+        skips measuring them."""
         t = torch.as_tensor(img)
         if t.shape[0] != len(self.channels):
             raise InputError("image", f"{t.shape[0]} channels, expected {len(self.channels)} ({', '.join(self.channels)})")
-        refs = self.references(t, lung_mask)
+        refs = self.references(t, lung_mask) if refs is None else refs
         scale = [refs["attn"] if c == "attn" else refs["c0"] if c in _DF_SCALED else 1.0 for c in self.channels]
         div = torch.tensor(scale, dtype=torch.float64, device=t.device).reshape(-1, *([1] * (t.ndim - 1)))
         out = (t.double() / div).to(t.dtype if t.is_floating_point() else torch.float32)
@@ -116,16 +118,45 @@ class LungReferenceNormalized(MapTransform):
     backend = LungReferenceNormalize.backend
 
     def __init__(self, keys: KeysCollection, channels: Sequence[str], mask_key: str = "lung_mask",
-                 allow_missing_keys: bool = False) -> None:
+                 refs_key: str = "tissue_refs", allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.normalize, self.mask_key = LungReferenceNormalize(channels), mask_key
+        self.normalize, self.mask_key, self.refs_key = LungReferenceNormalize(channels), mask_key, refs_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         if self.mask_key not in d:
             raise InputError(self.mask_key, "no lung mask: the network input is scaled by references inside it")
+        refs = d.pop(self.refs_key, None)  # measured before the random transforms (TissueReferencesd)
         for key in self.key_iterator(d):
-            d[key] = self.normalize(d[key], d[self.mask_key])
+            d[key] = self.normalize(d[key], d[self.mask_key], refs)
+        return d
+
+
+class TissueReferencesd(MapTransform):
+    """Measure a scan's tissue references once, before the random transforms (so a cache holds them).
+
+    ``d[output_key] = {"attn": mu_tissue, "c0": median lung c0, "df_tissue": [one per df channel]}``
+    from ``attn`` (1, X, Y, Z), decomposed ``df`` (5, X, Y, Z; c0 first) and the lung mask:
+    :class:`LungReferenceNormalized` and :class:`dfseg.transforms.RandSyntheticTumourd` read it
+    instead of measuring each sample again (about 0.2 s per 178 x 178 x 32 volume).
+
+    Args:
+        attn_key, df_key, mask_key: the scan's keys.
+        output_key: where the references go.
+    """
+
+    def __init__(self, attn_key: str = "attn", df_key: str = "df", mask_key: str = "lung_mask",
+                 output_key: str = "tissue_refs") -> None:
+        super().__init__(keys=(attn_key, df_key))
+        self.attn_key, self.df_key, self.mask_key, self.output_key = attn_key, df_key, mask_key, output_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        attn, df, lung = d[self.attn_key], d[self.df_key], d[self.mask_key]
+        refs = LungReferenceNormalize(("attn", "c0")).references(
+            torch.cat([torch.as_tensor(attn)[:1], torch.as_tensor(df)[:1]]), lung)
+        refs["df_tissue"] = [float(v) for v in estimate_tissue_df(df, attn, lung)]
+        d[self.output_key] = refs
         return d
 
 

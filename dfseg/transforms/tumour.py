@@ -178,6 +178,8 @@ class SyntheticTumour(Transform):
             replaces every voxel's value, a noise-free plateau).
         density_sd: relative standard deviation of the interior density texture; ``None`` takes the
             shape model's (0.08 for the simulator's models, 0 for ``sphere``).
+        tissue_df: each dark-field channel's solid-tissue level; ``None`` estimates it from the scan
+            (:func:`estimate_tissue_df`).
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -185,7 +187,8 @@ class SyntheticTumour(Transform):
     def __init__(self, centre_vox: Sequence[float], diameter_mm: float, voxel_mm: float | Sequence[float] = 1.0,
                  *, shape_model: str = "smooth", shape_seed: int = 0, tissue_mu: float | None = None,
                  residual_df: float = 0.0, df_layout: str = "auto", psf_sigma_vox: float = PSF_SIGMA_VOX,
-                 noise_scale_vox: float = NOISE_SCALE_VOX, density_sd: float | None = None) -> None:
+                 noise_scale_vox: float = NOISE_SCALE_VOX, density_sd: float | None = None,
+                 tissue_df: Sequence[float] | None = None) -> None:
         if df_layout not in ("auto", "decomposed", "orientations"):
             raise ValueError(f"df_layout must be auto, decomposed or orientations, got {df_layout!r}")
         if not 0.0 <= residual_df <= 1.0:
@@ -204,6 +207,7 @@ class SyntheticTumour(Transform):
             self.shape = replace(self.shape, density_sd=float(density_sd))
         self.tissue_mu, self.residual_df, self.df_layout = tissue_mu, float(residual_df), df_layout
         self.psf_sigma_vox, self.noise_scale_vox = float(psf_sigma_vox), float(noise_scale_vox)
+        self.tissue_df = None if tissue_df is None else [float(v) for v in tissue_df]
 
     def params(self) -> dict[str, Any]:
         """The parameters, as plain JSON-able values (for logging and replay)."""
@@ -211,7 +215,8 @@ class SyntheticTumour(Transform):
                 "voxel_mm": self.voxel_mm if np.ndim(self.voxel_mm) == 0 else list(self.voxel_mm),
                 "shape_model": self.shape_model, "shape_seed": self.shape_seed, "tissue_mu": self.tissue_mu,
                 "residual_df": self.residual_df, "psf_sigma_vox": self.psf_sigma_vox,
-                "noise_scale_vox": self.noise_scale_vox, "density_sd": float(self.shape.density_sd)}
+                "noise_scale_vox": self.noise_scale_vox, "density_sd": float(self.shape.density_sd),
+                "tissue_df": self.tissue_df}
 
     def __call__(self, attn: Any = None, df: Any = None, label: Any = None, lung_mask: Any = None) -> tuple[Any, Any, Any]:
         """Insert the lesion.
@@ -290,8 +295,14 @@ class SyntheticTumour(Transform):
             raise InputError("df", f"expected (C, X, Y, Z) dark-field, found shape {tuple(d.shape)}")
         region = d[box4].double()
         # the local mean above the solid-tissue level is what the lesion removes
-        tissue = (estimate_tissue_df(d, attn, lung_mask) if attn is not None and lung_mask is not None
-                  else torch.zeros(d.shape[0], dtype=torch.float64, device=d.device))
+        if self.tissue_df is not None:
+            if len(self.tissue_df) != d.shape[0]:
+                raise InputError("tissue_df", f"{len(self.tissue_df)} values for {d.shape[0]} dark-field channels")
+            tissue = torch.tensor(self.tissue_df, dtype=torch.float64, device=d.device)
+        elif attn is not None and lung_mask is not None:
+            tissue = estimate_tissue_df(d, attn, lung_mask)
+        else:
+            tissue = torch.zeros(d.shape[0], dtype=torch.float64, device=d.device)
         mean = _smooth(region, self.noise_scale_vox) - tissue.reshape(-1, 1, 1, 1)
         lost = occ * (1.0 - self.residual_df)
         decomposed = self.df_layout == "decomposed" or (self.df_layout == "auto" and d.shape[0] == len(DF_CHANNELS))
@@ -337,6 +348,8 @@ class RandSyntheticTumourd(RandomizableTransform, MapTransform):
         noise_scale_vox: scale of the local mean the lesion replaces, voxels; the scan's noise and
             texture below it stay in the lesion.
         meta_key: where the scan's metadata lives in the data dictionary.
+        refs_key: the scan's tissue references measured once (:class:`dfseg.transforms.TissueReferencesd`):
+            solid-tissue mu and dark-field levels are taken from there when present.
         allow_missing_keys: skip absent keys.
 
     After each call ``self.last_params`` holds the parameters used (``None`` when nothing was
@@ -349,7 +362,7 @@ class RandSyntheticTumourd(RandomizableTransform, MapTransform):
                  prob: float = 0.5, diameter_range_mm: tuple[float, float] = (0.5, 3.0), *,
                  shape_models: Sequence[str] = ("smooth",), voxel_mm: float | Sequence[float] | None = None,
                  tissue_mu: float | None = None, residual_df: float = 0.0, psf_sigma_vox: float = PSF_SIGMA_VOX,
-                 noise_scale_vox: float = NOISE_SCALE_VOX, meta_key: str = "meta",
+                 noise_scale_vox: float = NOISE_SCALE_VOX, meta_key: str = "meta", refs_key: str = "tissue_refs",
                  allow_missing_keys: bool = False) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
@@ -363,7 +376,7 @@ class RandSyntheticTumourd(RandomizableTransform, MapTransform):
         self.mask_key, self.diameter_range_mm, self.shape_models = mask_key, diameter_range_mm, tuple(shape_models)
         self.voxel_mm, self.tissue_mu, self.residual_df = voxel_mm, tissue_mu, residual_df
         self.psf_sigma_vox, self.noise_scale_vox = float(psf_sigma_vox), float(noise_scale_vox)
-        self.meta_key = meta_key
+        self.meta_key, self.refs_key = meta_key, refs_key
         self.last_params: dict[str, Any] | None = None
 
     def randomize(self, data: Any = None) -> None:
@@ -395,8 +408,10 @@ class RandSyntheticTumourd(RandomizableTransform, MapTransform):
         attn_key, df_key, label_key = self.keys
         present = {k: d[k] for k in self.key_iterator(d)}
         vox = scan_value(d, "voxel_mm", self.voxel_mm, key=next(iter(present), self.mask_key), meta_key=self.meta_key)
+        refs = d.get(self.refs_key) or {}
+        tissue_mu = self.tissue_mu if self.tissue_mu is not None else refs.get("attn")
         self.last_params.update(voxel_mm=vox if np.ndim(vox) == 0 else list(vox),
-                                tissue_mu=self.tissue_mu, residual_df=self.residual_df,
+                                tissue_mu=tissue_mu, tissue_df=refs.get("df_tissue"), residual_df=self.residual_df,
                                 psf_sigma_vox=self.psf_sigma_vox, noise_scale_vox=self.noise_scale_vox)
         tumour = SyntheticTumour(**self.last_params)
         attn, df, label = tumour(present.get(attn_key), present.get(df_key), present.get(label_key), d[self.mask_key])

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from monai.transforms import Compose, RandomizableTransform
+from monai.transforms import Compose, Randomizable
 
 from dfseg.training.transforms import augmentation
 
-EXPECTED = ["RandAffined", "Rand3DElasticd", "RandGaussianNoised", "RandGaussianSmoothd", "RandScaleIntensityd",
+EXPECTED = ["RandAffined", "OneOf", "RandGaussianNoised", "RandGaussianSmoothd", "RandScaleIntensityd",
             "RandSimulateLowResolutiond"]
 
 
@@ -33,14 +33,18 @@ def _patch(n: int = 32) -> dict:
 def test_the_augmentations_nnunet_uses():
     names = [type(t).__name__ for t in augmentation(3)]
     assert names == EXPECTED
-    assert [type(t).__name__ for t in augmentation(2)][1] == "Rand2DElasticd"
-    assert all(isinstance(t, RandomizableTransform) for t in augmentation(3))
+    elastic = augmentation(3)[1]  # elastic deformation with probability 0.1, else nothing
+    assert [type(t).__name__ for t in elastic.transforms] == ["Rand3DElasticd", "Identityd"]
+    assert list(elastic.weights) == pytest.approx([0.1, 0.9])
+    assert type(augmentation(2)[1].transforms[0]).__name__ == "Rand2DElasticd"
+    assert all(isinstance(t, Randomizable) for t in augmentation(3))  # seeded by the dataset
 
 
 @pytest.mark.parametrize("index", [0, 1])  # rotation + scaling, elastic deformation
 def test_spatial_transforms_keep_image_and_label_aligned(index):
     d = _patch()
-    t = _always([augmentation(3)[index]])
+    spatial = augmentation(3)[index]
+    t = _always([spatial if index == 0 else spatial.transforms[0]])
     out = t(d)
     image, label = np.asarray(out["image"]), np.asarray(out["label"])
     assert image.shape == (5, 32, 32, 32) and label.shape == (1, 32, 32, 32)

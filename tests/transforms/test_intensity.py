@@ -112,3 +112,20 @@ def test_torch_device_kept():
     img, lung = thorax(32)
     out = LungReferenceNormalize(CHANNELS)(torch.from_numpy(img), torch.from_numpy(lung))
     assert isinstance(out, torch.Tensor) and out.device.type == "cpu" and out.dtype == torch.float32
+
+
+def test_references_measured_once_give_the_same_input():
+    """TissueReferencesd measures before the random transforms (a cache keeps it); the scaling that
+    reads them equals the one that measures, and drops them."""
+    from dfseg.transforms.intensity import TissueReferencesd
+
+    img, lung = thorax()
+    df = np.concatenate([img[1:2], img[2:3], np.zeros_like(img[1:2]), img[3:5]])  # c0, amp, aniso, cos, sin
+    d = TissueReferencesd()({"attn": img[:1], "df": df, "lung_mask": lung})
+    refs = d["tissue_refs"]
+    assert refs["attn"] == pytest.approx(float(np.median(img[0][(img[0] > np.median(img[0][lung[0] > 0])) & (lung[0] == 0)])), rel=1e-4)
+    assert refs["c0"] == pytest.approx(float(np.median(img[1][lung[0] > 0])), rel=1e-4)
+    assert len(refs["df_tissue"]) == 5 and abs(refs["df_tissue"][0]) < 1e-6  # no dark-field in solid tissue
+    out = LungReferenceNormalized(keys="image", channels=CHANNELS)({"image": img, "lung_mask": lung, "tissue_refs": refs})
+    assert "tissue_refs" not in out
+    np.testing.assert_allclose(out["image"], LungReferenceNormalize(CHANNELS)(img, lung), rtol=1e-6)
