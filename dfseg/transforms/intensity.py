@@ -79,7 +79,11 @@ class LungReferenceNormalize(Transform):
             raise InputError("lung_mask", "empty lung mask: no reference for the network input")
         refs: dict[str, float] = {}
         if "attn" in self.channels:
-            mu = estimate_tissue_mu(t[self.channels.index("attn")], lung)
+            try:
+                mu = estimate_tissue_mu(t[self.channels.index("attn")], lung)
+            except InputError:
+                raise InputError("attn", "no solid tissue outside the lung mask (no voxel denser than the lung's "
+                                         "median): the network input has no attenuation reference") from None
             if not mu > 0:
                 raise InputError("attn", f"solid-tissue attenuation {mu:.3g} /mm is not positive")
             refs["attn"] = mu

@@ -213,7 +213,8 @@ def test_projection_domain_model_reconstructs_scans_with_projections(tmp_path, c
     save_nifti(folder / "proj_D.nii.gz", np.full_like(t4, np.exp(-0.02)), px)
     save_nifti(folder / "attn.nii.gz", np.repeat(0.03 * disc[..., None], 2, -1).astype(np.float32), px)
     save_nifti(folder / "df.nii.gz", np.full((n, n, 2, 4), 0.01, np.float32), px)
-    save_nifti(folder / "lung_mask.nii.gz", np.repeat(disc[..., None], 2, -1).astype(np.uint8), px)
+    lung = x[:, None] ** 2 + x[None, :] ** 2 < 2**2  # inside the body: solid tissue around it
+    save_nifti(folder / "lung_mask.nii.gz", np.repeat(lung[..., None], 2, -1).astype(np.uint8), px)
     write_json(folder / "sidecar.json", {
         "subject_id": "m", "scan_id": "p1", "kvp": 50.0, "filtration_mm": {"Al": 0.5},
         "visibility": {"v_max": 0.3, "design_energy_kev": 30.0, "width_kev": 10.0},

@@ -129,3 +129,10 @@ def test_references_measured_once_give_the_same_input():
     out = LungReferenceNormalized(keys="image", channels=CHANNELS)({"image": img, "lung_mask": lung, "tissue_refs": refs})
     assert "tissue_refs" not in out
     np.testing.assert_allclose(out["image"], LungReferenceNormalize(CHANNELS)(img, lung), rtol=1e-6)
+
+
+def test_a_lung_mask_over_the_whole_body_is_refused():
+    img, lung = thorax()
+    everything = (img[:1] > 0).astype(np.uint8)
+    with pytest.raises(InputError, match="^attn: no solid tissue outside the lung mask"):
+        LungReferenceNormalize(CHANNELS)(img, everything)
