@@ -26,37 +26,33 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import subprocess
 import sys
 import time
 
 import numpy as np
 import torch
+from _memory import peak_rss_mb, reset_peak_rss  # bench/ is sys.path[0]
 
 from dfseg.tomo import Ellipsoid, Geometry, ellipsoid_projections, ellipsoid_volume, fdk
 
 VOXEL = 0.1
 
 
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process (VmHWM on Linux, else ``ru_maxrss``)."""
+def _timed_astra(astra, algorithm: str, projector: int, sino: int, vol_geom: dict) -> float:
+    """Seconds one run of an ASTRA 2D algorithm (``BP``, ``FBP``) takes; frees its data and projector."""
+    rid = astra.data2d.create("-vol", vol_geom, 0)
+    cfg = astra.astra_dict(algorithm)
+    cfg.update(ProjectorId=projector, ProjectionDataId=sino, ReconstructionDataId=rid)
+    aid = astra.algorithm.create(cfg)
     try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
-        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return kb / 1024 if sys.platform != "darwin" else kb / 2**20
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the resident high-water mark to the current size (Linux: ``clear_refs`` 5)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+        t0 = time.perf_counter()
+        astra.algorithm.run(aid)
+        return time.perf_counter() - t0
+    finally:
+        astra.algorithm.delete(aid)
+        astra.data2d.delete([sino, rid])
+        astra.projector.delete(projector)
 
 
 def _setup(size: int, n_angles: int) -> tuple[Geometry, list[Ellipsoid], np.ndarray, np.ndarray]:
@@ -93,8 +89,8 @@ def run_dfseg(size: int, n_angles: int, device: str) -> dict[str, object]:
     p = torch.from_numpy(proj).to(device)
     out: dict[str, object] = {"device": device, "threads": torch.get_num_threads(),
                               "input_mb": round(proj.nbytes / 2**20, 1), "output_mb": round(4 * size**3 / 2**20, 1)}
-    reset = _reset_peak_rss()  # the phantom's set-up is not FDK's peak
-    rss0 = _peak_rss_mb()
+    reset = reset_peak_rss()  # the phantom's set-up is not FDK's peak
+    rss0 = peak_rss_mb()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -110,8 +106,8 @@ def run_dfseg(size: int, n_angles: int, device: str) -> dict[str, object]:
     if device.startswith("cuda"):
         out["peak_cuda_mb"] = round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
     else:
-        out["peak_rss_mb"] = round(_peak_rss_mb(), 1)  # since the reset when it worked
-        out["fdk_rss_rise_mb"] = round(_peak_rss_mb() - rss0, 1) if reset else None
+        out["peak_rss_mb"] = round(peak_rss_mb(), 1)  # since the reset when it worked
+        out["fdk_rss_rise_mb"] = round(peak_rss_mb() - rss0, 1) if reset else None
     out["voxel_angle_updates_per_s"] = round(size**3 * n_angles / out["warm_s"])
     out["rel_rmse_vs_phantom"] = _accuracy(rec.cpu().numpy(), vol)
     return out
@@ -144,30 +140,11 @@ def run_astra_cpu(size: int, n_angles: int) -> dict[str, object] | None:
     fp = time.perf_counter() - t0
     mid = np.ascontiguousarray(proj[:, ::-1, proj.shape[2] // 2])
     astra.data2d.store(sid, mid)
-    rid = astra.data2d.create("-vol", vg, 0)
-    cfg = astra.astra_dict("BP")
-    cfg.update(ProjectorId=pid, ProjectionDataId=sid, ReconstructionDataId=rid)
-    aid = astra.algorithm.create(cfg)
-    t0 = time.perf_counter()
-    astra.algorithm.run(aid)
-    bp = time.perf_counter() - t0
-    astra.algorithm.delete(aid)
-    astra.data2d.delete([sid, rid])
-    astra.projector.delete(pid)
+    bp = _timed_astra(astra, "BP", pid, sid, vg)
     # a parallel-beam FBP of one slice (ASTRA's only CPU FBP), same angles and detector
     ppg = astra.create_proj_geom("parallel", 1.0, n_u, t + math.pi / 2)
     ppid = astra.create_projector("strip", ppg, vg)
-    psid = astra.data2d.create("-sino", ppg, np.ascontiguousarray(mid))
-    prid = astra.data2d.create("-vol", vg, 0)
-    cfg = astra.astra_dict("FBP")
-    cfg.update(ProjectorId=ppid, ProjectionDataId=psid, ReconstructionDataId=prid)
-    aid = astra.algorithm.create(cfg)
-    t0 = time.perf_counter()
-    astra.algorithm.run(aid)
-    pfbp = time.perf_counter() - t0
-    astra.algorithm.delete(aid)
-    astra.data2d.delete([psid, prid])
-    astra.projector.delete(ppid)
+    pfbp = _timed_astra(astra, "FBP", ppid, astra.data2d.create("-sino", ppg, np.ascontiguousarray(mid)), vg)
     return {
         "fanflat_fp_per_slice_s": round(fp, 4),
         "fanflat_bp_per_slice_s": round(bp, 4),

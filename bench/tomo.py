@@ -16,30 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 
 import numpy as np
 import torch
+from _memory import peak_rss_mb  # bench/ is sys.path[0]
 
 from dfseg.tomo import fbp, project, projection_angles
 from dfseg.tomo import projector as _projector
 
 #: (X = Y, slices, channels projected per slice, angles, channels reconstructed per slice)
 MOUSE_CASES = {"0.15mm": (170, 110, 16, 180, 5), "0.10mm": (256, 165, 16, 360, 5)}
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process: VmHWM on Linux (``ru_maxrss`` of a child process also
-    keeps the resident size of the parent it was forked from), else ``ru_maxrss``."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
-        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return kb / 1024 if sys.platform != "darwin" else kb / 2**20
 
 
 def _sync(device: str) -> None:
@@ -77,7 +66,7 @@ def _volume(args: argparse.Namespace) -> dict[str, object]:
         result[f"{label}_project_cpu_s"] = round(c1 - c0, 3)
         result[f"{label}_total_cpu_s"] = round(c2 - c0, 3)
     result["output_shape"] = list(rec.shape)
-    result["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     if dev.startswith("cuda"):
         result["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return result
@@ -110,7 +99,7 @@ def _mouse_case(case: str, device: str, seed: int) -> dict[str, object]:
     result["data_mb"] = round(data * 4 / mb)
     result["operator_cache_mb"] = round(_projector.operator_cache_bytes() / mb, 1)
     result["largest_block_mb"] = round(_projector.operator_stats()["largest_block_bytes"] / mb, 1)
-    result["peak_rss_mb"] = round(_peak_rss_mb())
+    result["peak_rss_mb"] = round(peak_rss_mb())
     if device.startswith("cuda"):
         result["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / mb)
     return result
