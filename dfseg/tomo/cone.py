@@ -32,7 +32,7 @@ from dfseg.errors import InputError
 from dfseg.tomo import projector as _projector
 from dfseg.tomo.fbp import ramp_filter
 from dfseg.tomo.geometry import Geometry, angle_weights, detector_rays
-from dfseg.tomo.parallel import _filtered
+from dfseg.tomo.parallel import _filtered, _reconstruction_setup
 from dfseg.tomo.projector import _as_tensor, _out
 
 __all__ = ["fdk", "parker_weights", "project_geometry", "redundancy_weights"]
@@ -213,14 +213,8 @@ def fdk(proj, geometry: Geometry | dict, voxel_mm: float, *, volume_shape: tuple
     Returns:
         ``(..., X, Y, Z)`` in 1/mm; numpy in -> numpy out, tensors stay on their device.
     """
-    g = Geometry.from_meta(geometry)
-    if g.kind != "cone":
-        raise InputError("geometry.kind", f"fdk needs a cone beam, got {g.kind!r} (use fbp_parallel)")
-    p, was_numpy = _as_tensor(proj)
-    n_a, n_u, n_v = g.check_projections(p.shape)
-    voxel = float(voxel_mm)
-    nx, ny, nz = volume_shape if volume_shape is not None else g.volume_shape(voxel, n_u, n_v)
-    du, dv = g.pixel_mm(voxel)
+    g, p, was_numpy, (n_a, n_u, n_v), voxel, (nx, ny, nz), (du, dv) = _reconstruction_setup(
+        proj, geometry, voxel_mm, volume_shape, "cone", "fdk", "fbp_parallel")
     so, sd = g.source_object_mm, g.source_detector_mm
     du_axis = du * so / sd
     angles = g.angles(n_a)

@@ -48,6 +48,20 @@ def _resample_last(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _reconstruction_setup(proj, geometry, voxel_mm: float, volume_shape, kind: str, caller: str, other: str):
+    """What every reconstruction of a :class:`Geometry` starts from: the geometry (checked to be
+    ``kind``), the projections as a tensor, their ``(A, U, V)``, the voxel, the output shape and the
+    detector pitch ``(du, dv)`` in mm."""
+    g = Geometry.from_meta(geometry)
+    if g.kind != kind:
+        raise InputError("geometry.kind", f"{caller} needs a {kind} beam, got {g.kind!r} (use {other})")
+    p, was_numpy = _as_tensor(proj)
+    n_a, n_u, n_v = g.check_projections(p.shape)
+    voxel = float(voxel_mm)
+    shape = tuple(volume_shape) if volume_shape is not None else g.volume_shape(voxel, n_u, n_v)
+    return g, p, was_numpy, (n_a, n_u, n_v), voxel, shape, g.pixel_mm(voxel)
+
+
 def fbp_parallel(proj, geometry: Geometry | dict | None, voxel_mm: float, *,
                  volume_shape: tuple[int, int, int] | None = None, filter_name: str = "ramp",
                  budget_bytes: int | None = None):
@@ -67,14 +81,8 @@ def fbp_parallel(proj, geometry: Geometry | dict | None, voxel_mm: float, *,
     Returns:
         ``(..., X, Y, Z)`` in 1/mm; numpy in -> numpy out, tensors stay on their device.
     """
-    g = Geometry.from_meta(geometry)
-    if g.kind != "parallel":
-        raise InputError("geometry.kind", f"fbp_parallel needs a parallel beam, got {g.kind!r} (use fdk)")
-    p, was_numpy = _as_tensor(proj)
-    n_a, n_u, n_v = g.check_projections(p.shape)
-    voxel = float(voxel_mm)
-    nx, ny, nz = volume_shape if volume_shape is not None else g.volume_shape(voxel, n_u, n_v)
-    du, dv = g.pixel_mm(voxel)
+    g, p, was_numpy, (n_a, n_u, n_v), voxel, (nx, ny, nz), (du, dv) = _reconstruction_setup(
+        proj, geometry, voxel_mm, volume_shape, "parallel", "fbp_parallel", "fdk")
     budget = _projector._budget(budget_bytes)
     angles = g.angles(n_a)
     weights = angle_weights(angles, math.pi)
