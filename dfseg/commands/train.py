@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bundle name (dfseg_attention_unet, dfseg_swinunetr) or folder (default dfseg_attention_unet)")
     parser.add_argument("--fold", type=int, default=0, help="validation fold; -1 = the manifest's validation list (default 0)")
     parser.add_argument("--max-epochs", type=int, help="training epochs (bundle default otherwise)")
+    parser.add_argument("--time-budget", type=float, metavar="MIN",
+                        help="wall-clock minutes for the run: as many epochs as fit (at most --max-epochs), the "
+                             "learning-rate schedule ending at the last one")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda:1 (default: CUDA if present)")
     parser.add_argument("--calibration", type=Path, help="calibration.json, for raw (not preprocessed) cohorts")
@@ -84,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(args.bundle, "not a bundle (no configs/train.yaml)")
     if args.max_epochs is not None and args.max_epochs < 1:
         raise InputError("--max-epochs", f"must be at least 1, got {args.max_epochs}")
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise InputError("--time-budget", f"must be > 0 minutes, got {args.time_budget}")
     if args.calibration is not None and not args.calibration.is_file():
         raise InputError(args.calibration, "calibration file not found")
     overrides = parse_overrides(args.override)
@@ -103,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
                                  "seed": args.seed, "max_epochs": args.max_epochs, "device": args.device,
                                  "calibration": args.calibration.resolve() if args.calibration else None,
                                  "progress": not args.no_progress}
+    if args.time_budget is not None:
+        params["time_budget"] = args.time_budget
     params.update(settings)
     try:
         run_bundle(bundle, "train", **params, **tracking)

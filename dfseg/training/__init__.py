@@ -29,6 +29,7 @@ from dfseg.training.handlers import (
     NullSummaryWriter,
     ProbabilityWriter,
     RunInfoWriter,
+    TimeBudget,
     TrainingProgress,
     lr_writer,
     run_info,
@@ -48,7 +49,7 @@ from dfseg.training.transforms import (
 __all__ = [
     "MODALITY_CHANNELS", "BestModelSaver", "CheckpointLoader", "EpochSampler", "MetricsWriter", "NullSummaryWriter",
     "PresenceScored", "ProbabilityWriter", "ResumableCheckpoint", "RunInfoWriter", "SeededCacheDataset",
-    "TensorBoardOverlays", "TrainingProgress", "at_least_as_good", "build_network", "cohort_value", "datalist", "ddp",
+    "TensorBoardOverlays", "TimeBudget", "TrainingProgress", "at_least_as_good", "build_network", "cohort_value", "datalist", "ddp",
     "derive_seed", "destroy_distributed", "eval_postprocessing", "eval_transforms", "handlers_for_rank",
     "in_channels", "init_distributed", "is_preprocessed", "is_rank0", "load_checkpoint", "lr_writer", "output_dir",
     "rank_device", "require_valid_manifest", "resolve", "roi_size", "run_info", "summary_writer", "train_transforms",

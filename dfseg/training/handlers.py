@@ -29,7 +29,8 @@ from dfseg.networks import count_parameters
 from dfseg.training.distributed import is_rank0
 from dfseg.transforms.intensity import check_normalisation
 
-__all__ = ["MetricsWriter", "NullSummaryWriter", "ProbabilityWriter", "RunInfoWriter", "TrainingProgress", "epoch_line",
+__all__ = ["MetricsWriter", "NullSummaryWriter", "ProbabilityWriter", "RunInfoWriter", "TimeBudget", "TrainingProgress",
+           "epoch_line",
            "hardware_info", "lr_writer", "prediction_record", "run_info", "summary_writer"]
 
 
@@ -225,6 +226,69 @@ class RunInfoWriter:
         self.info["completed_iterations"] = int(engine.state.iteration)
         self.info["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         write_json(self.path, self.info)
+
+
+class TimeBudget:
+    """Fit a training run into a wall-clock budget: as many epochs as the budget holds, on a full schedule.
+
+    After the first ``settle_epochs`` epochs (set it to the validation interval, so that the estimate
+    includes a validation), the run's epoch count becomes ``floor(budget / mean epoch time)`` (at least
+    the epochs done, at most the configured ``max_epochs``), and a cosine ``lr_scheduler`` is re-aimed
+    at the new end: ``T_max`` is set and the current learning rate put on the closed-form cosine for
+    it, so the schedule still anneals to its minimum at the last epoch. After every later epoch the
+    run stops if the next epoch would not finish inside the budget. Attach after the
+    ``ValidationHandler`` and the ``LrScheduleHandler``, before :class:`TrainingProgress`.
+
+    Args:
+        seconds: the budget for this run (from the trainer's ``STARTED``); None or <= 0: no budget.
+        lr_scheduler: a ``CosineAnnealingLR`` to re-aim, or None.
+        settle_epochs: epochs to time before the estimate.
+    """
+
+    def __init__(self, seconds: float | None, lr_scheduler: Any = None, settle_epochs: int = 1) -> None:
+        self.seconds = float(seconds) if seconds else None
+        self.lr_scheduler = lr_scheduler
+        self.settle_epochs = max(int(settle_epochs), 1)
+        self._start = 0.0
+        self._first_epoch = 0
+        self.planned_epochs: int | None = None
+
+    def attach(self, engine: Engine) -> None:
+        if self.seconds is None or self.seconds <= 0:
+            return
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+
+    def _started(self, engine: Engine) -> None:
+        self._start, self._first_epoch = time.perf_counter(), int(engine.state.epoch)
+
+    def _epoch_completed(self, engine: Engine) -> None:
+        epoch = int(engine.state.epoch)
+        done = epoch - self._first_epoch
+        elapsed = time.perf_counter() - self._start
+        per_epoch = elapsed / max(done, 1)
+        if self.planned_epochs is None and done >= self.settle_epochs:
+            cap = int(engine.state.max_epochs or epoch)
+            self.planned_epochs = int(min(max(epoch + int((self.seconds - elapsed) / per_epoch), epoch), cap))
+            engine.state.max_epochs = max(self.planned_epochs, epoch)
+            self._reaim(epoch, self.planned_epochs)
+            engine.logger.warning("time budget %.0f s: %d epochs of %.1f s planned", self.seconds,
+                                  self.planned_epochs, per_epoch)
+        elif elapsed + per_epoch > self.seconds and epoch < int(engine.state.max_epochs or 0):
+            engine.logger.warning("time budget %.0f s: stopping after epoch %d (%.0f s used)", self.seconds, epoch,
+                                  elapsed)
+            engine.state.max_epochs = epoch
+
+    def _reaim(self, epoch: int, total: int) -> None:
+        sched = self.lr_scheduler
+        if not isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+            return
+        import math
+
+        sched.T_max = max(int(total), 1)
+        frac = min(sched.last_epoch / sched.T_max, 1.0)
+        for group, base in zip(sched.optimizer.param_groups, sched.base_lrs):
+            group["lr"] = sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * frac)) / 2
 
 
 class ProbabilityWriter:
