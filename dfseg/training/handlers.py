@@ -4,6 +4,7 @@ progress bar and its one line per epoch."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import sys
@@ -239,16 +240,25 @@ class TimeBudget:
     run stops if the next epoch would not finish inside the budget. Attach after the
     ``ValidationHandler`` and the ``LrScheduleHandler``, before :class:`TrainingProgress`.
 
+    The last epoch is always validated: when it is not on the validation interval, ``validator``
+    runs on it here (so the best-model checkpoint also sees the end of the schedule, and a budget
+    shorter than one validation interval still leaves a model).
+
     Args:
         seconds: the budget for this run (from the trainer's ``STARTED``); None or <= 0: no budget.
         lr_scheduler: a ``CosineAnnealingLR`` to re-aim, or None.
         settle_epochs: epochs to time before the estimate.
+        validator: the validation engine (``run(epoch)``), or None.
+        val_interval: epochs between the ``ValidationHandler``'s runs.
     """
 
-    def __init__(self, seconds: float | None, lr_scheduler: Any = None, settle_epochs: int = 1) -> None:
+    def __init__(self, seconds: float | None, lr_scheduler: Any = None, settle_epochs: int = 1,
+                 validator: Any = None, val_interval: int = 1) -> None:
         self.seconds = float(seconds) if seconds else None
         self.lr_scheduler = lr_scheduler
         self.settle_epochs = max(int(settle_epochs), 1)
+        self.validator = validator
+        self.val_interval = max(int(val_interval), 1)
         self._start = 0.0
         self._first_epoch = 0
         self.planned_epochs: int | None = None
@@ -278,13 +288,14 @@ class TimeBudget:
             engine.logger.warning("time budget %.0f s: stopping after epoch %d (%.0f s used)", self.seconds, epoch,
                                   elapsed)
             engine.state.max_epochs = epoch
+        last = epoch >= int(engine.state.max_epochs or 0)
+        if last and self.validator is not None and epoch % self.val_interval:
+            self.validator.run(epoch)
 
     def _reaim(self, epoch: int, total: int) -> None:
         sched = self.lr_scheduler
         if not isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
             return
-        import math
-
         sched.T_max = max(int(total), 1)
         frac = min(sched.last_epoch / sched.T_max, 1.0)
         for group, base in zip(sched.optimizer.param_groups, sched.base_lrs):

@@ -20,8 +20,17 @@ class FakeClock:
         return self.now
 
 
+class Validator:
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def run(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+
 def _run(monkeypatch: pytest.MonkeyPatch, *, budget_s: float | None, epoch_s: float, max_epochs: int,
-         settle: int = 1, slow_from: int | None = None) -> tuple[Engine, list[float], TimeBudget]:
+         settle: int = 1, slow_from: int | None = None,
+         validator: Validator | None = None) -> tuple[Engine, list[float], TimeBudget]:
     clock = FakeClock()
     monkeypatch.setattr(handlers.time, "perf_counter", clock)
     param = torch.nn.Parameter(torch.zeros(1))
@@ -38,7 +47,9 @@ def _run(monkeypatch: pytest.MonkeyPatch, *, budget_s: float | None, epoch_s: fl
 
     engine = Engine(step)
     engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: sched.step())  # as LrScheduleHandler
-    budget = TimeBudget(budget_s, lr_scheduler=sched, settle_epochs=settle)
+    if validator is not None:  # as ValidationHandler(interval=settle)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=settle), lambda e: validator.run(e.state.epoch))
+    budget = TimeBudget(budget_s, lr_scheduler=sched, settle_epochs=settle, validator=validator, val_interval=settle)
     budget.attach(engine)
     engine.run([0, 1], max_epochs=max_epochs)
     return engine, lrs, budget
@@ -69,3 +80,13 @@ def test_no_budget_changes_nothing(monkeypatch):
     engine, lrs, budget = _run(monkeypatch, budget_s=None, epoch_s=4.0, max_epochs=12)
     assert budget.planned_epochs is None and engine.state.epoch == 12
     assert lrs == pytest.approx([0.01 + 0.99 * (1 + math.cos(math.pi * e / 12)) / 2 for e in range(12)], abs=1e-9)
+
+
+def test_the_last_epoch_is_validated(monkeypatch):
+    validator = Validator()
+    engine, _, _ = _run(monkeypatch, budget_s=100.0, epoch_s=4.0, max_epochs=1000, settle=4, validator=validator)
+    assert engine.state.epoch == 25 and validator.epochs == [4, 8, 12, 16, 20, 24, 25]
+    # a budget shorter than one validation interval still validates (and so saves) a model
+    validator = Validator()
+    engine, _, budget = _run(monkeypatch, budget_s=10.0, epoch_s=4.0, max_epochs=1000, settle=5, validator=validator)
+    assert budget.planned_epochs is None and engine.state.epoch == 2 and validator.epochs == [2]
