@@ -140,7 +140,8 @@ def metrics_row(eval_dir: Path) -> dict[str, object]:
 
     return {"volume_auroc": est("volume_auroc"), "volume_auroc_ci": ci("volume_auroc"),
             "lesion_sensitivity": est("lesion_sensitivity"), "lesion_sensitivity_ci": ci("lesion_sensitivity"),
-            "fp_per_scan": est("lesion_fp_per_scan"), "dice": est("dice"), "dice_ci": ci("dice"),
+            "fp_per_scan": est("lesion_fp_per_scan"), "froc_cpm": est("froc_cpm"), "dice": est("dice"),
+            "dice_ci": ci("dice"),
             "size_bins": doc["size_bins"], "n_scans": doc["n_scans"], "n_lesions": doc["n_lesions"]}
 
 
@@ -198,16 +199,27 @@ def markdown(rows: list[dict[str, object]], prep: dict[str, float]) -> str:
         return f"{d['n_detected']}/{d['n_lesions']}"
 
     lines = ["| method | budget (min) | epochs | train (s) | peak memory (GB) | infer (s) | volume AUROC | "
-             "lesion sensitivity | 0.5-1 mm | 1-2 mm | 2-3 mm | FP/scan | Dice |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "lesion sensitivity | 0.5-1 mm | 1-2 mm | 2-3 mm | FP/scan | FROC CPM | Dice |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['budget_min']:g} | {r['epochs']} | {r['train_s']:.0f} | "
                      f"{r['train_peak_mb'] / 1024:.1f} | {r['infer_s']:.0f} | {f(r['volume_auroc'])} | "
                      f"{f(r['lesion_sensitivity'])} | {b(r, '0.5-1')} | {b(r, '1-2')} | {b(r, '2-3')} | "
-                     f"{f(r['fp_per_scan'])} | {f(r['dice'])} |")
+                     f"{f(r['fp_per_scan'])} | {f(r.get('froc_cpm'))} | {f(r['dice'])} |")
     lines.append(f"\nnnU-Net planning and preprocessing: {prep['seconds']:.0f} s, peak {prep['peak_mb'] / 1024:.1f} GB "
                  "(not counted in its training budget).")
     return "\n".join(lines) + "\n"
+
+
+def rescore(work: Path) -> None:
+    """Re-read every run's ``evaluation/metrics.json`` into the table (timings are kept)."""
+    doc = json.loads((work / "peer_nnunet.json").read_text())
+    for row in doc["rows"]:
+        side = "dfseg" if row["method"].startswith("dfseg") else "nnunet"
+        row.update(metrics_row(work / f"{side}_{row['budget_min']:g}min" / "evaluation"))
+    (work / "peer_nnunet.json").write_text(json.dumps(doc, indent=2))
+    (work / "peer_nnunet.md").write_text(markdown(doc["rows"], doc["nnunet_preprocessing"]))
+    print(json.dumps(doc))
 
 
 def main() -> None:
@@ -223,7 +235,12 @@ def main() -> None:
                          "for a CPU budget); default: nnU-Net's own plans")
     ap.add_argument("--no-mirroring", action="store_true", help="nnU-Net without test-time mirroring")
     ap.add_argument("--only", choices=["dfseg", "nnunet"], help="run one side only")
+    ap.add_argument("--rescore", action="store_true",
+                    help="rewrite WORK/peer_nnunet.{json,md} from the runs' evaluation folders (no training)")
     args = ap.parse_args()
+    if args.rescore:
+        rescore(args.work.resolve())
+        return
 
     manifest, work = args.manifest.resolve(), args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -238,3 +238,30 @@ def test_torchrun_gloo_two_processes(tmp_path):
     assert not (tmp_path / "runs").exists()  # no stray default SummaryWriter folder on rank 1
     info = json.loads((out / "run_info.json").read_text())
     assert info["completed_epochs"] == 1 and info["network"]["parameter_count"] > 0
+
+
+@pytest.mark.slow
+def test_torchrun_two_nodes(tmp_path):
+    """Two torchrun "nodes" (static rendezvous on 127.0.0.1), one process each: global ranks 0 and 1,
+    both with LOCAL_RANK 0, train one epoch of the multi-GPU overlay together over gloo."""
+    import socket
+
+    manifest = make_cohort(tmp_path / "cohort", n_subjects=6)
+    out = tmp_path / "ddp"
+    cmd = helpers.bundle_cmd(BUNDLE, WORKFLOWS["multi_gpu_train"], "--manifest", str(manifest),
+                             "--output_dir", str(out), "--max_epochs", "1", *helpers.COMMON, *helpers.TRAIN,
+                             *helpers.TINY[BUNDLE])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
+                               "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}", *cmd[1:]],
+                              cwd=tmp_path, env=helpers.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for rank in (0, 1)]
+    logs = [node.communicate(timeout=400)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == state["trainer"]["epoch_length"] >= 1
+    assert any(k.startswith("module.") for k in state["network"])  # DDP-wrapped on save
+    assert (out / "model.pt").is_file()
+    assert len(list((out / "tensorboard").glob("events.*"))) == 1  # global rank 0 only, not each node's first
