@@ -245,16 +245,16 @@ class TimeBudget:
     shorter than one validation interval still leaves a model).
 
     Args:
-        seconds: the budget for this run (from the trainer's ``STARTED``); None or <= 0: no budget.
+        minutes: the budget for this run (from the trainer's ``STARTED``); None or <= 0: no budget.
         lr_scheduler: a ``CosineAnnealingLR`` to re-aim, or None.
         settle_epochs: epochs to time before the estimate.
         validator: the validation engine (``run(epoch)``), or None.
         val_interval: epochs between the ``ValidationHandler``'s runs.
     """
 
-    def __init__(self, seconds: float | None, lr_scheduler: Any = None, settle_epochs: int = 1,
+    def __init__(self, minutes: float | None, lr_scheduler: Any = None, settle_epochs: int = 1,
                  validator: Any = None, val_interval: int = 1) -> None:
-        self.seconds = float(seconds) if seconds else None
+        self.seconds = 60.0 * float(minutes) if minutes else None
         self.lr_scheduler = lr_scheduler
         self.settle_epochs = max(int(settle_epochs), 1)
         self.validator = validator
@@ -279,8 +279,8 @@ class TimeBudget:
         per_epoch = elapsed / max(done, 1)
         if self.planned_epochs is None and done >= self.settle_epochs:
             cap = int(engine.state.max_epochs or epoch)
-            self.planned_epochs = int(min(max(epoch + int((self.seconds - elapsed) / per_epoch), epoch), cap))
-            engine.state.max_epochs = max(self.planned_epochs, epoch)
+            self.planned_epochs = min(max(epoch + int((self.seconds - elapsed) / per_epoch), epoch), cap)
+            engine.state.max_epochs = self.planned_epochs
             self._reaim(epoch, self.planned_epochs)
             engine.logger.warning("time budget %.0f s: %d epochs of %.1f s planned", self.seconds,
                                   self.planned_epochs, per_epoch)

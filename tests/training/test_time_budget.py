@@ -49,7 +49,8 @@ def _run(monkeypatch: pytest.MonkeyPatch, *, budget_s: float | None, epoch_s: fl
     engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: sched.step())  # as LrScheduleHandler
     if validator is not None:  # as ValidationHandler(interval=settle)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=settle), lambda e: validator.run(e.state.epoch))
-    budget = TimeBudget(budget_s, lr_scheduler=sched, settle_epochs=settle, validator=validator, val_interval=settle)
+    minutes = None if budget_s is None else budget_s / 60
+    budget = TimeBudget(minutes, lr_scheduler=sched, settle_epochs=settle, validator=validator, val_interval=settle)
     budget.attach(engine)
     engine.run([0, 1], max_epochs=max_epochs)
     return engine, lrs, budget
@@ -90,3 +91,24 @@ def test_the_last_epoch_is_validated(monkeypatch):
     validator = Validator()
     engine, _, budget = _run(monkeypatch, budget_s=10.0, epoch_s=4.0, max_epochs=1000, settle=5, validator=validator)
     assert budget.planned_epochs is None and engine.state.epoch == 2 and validator.epochs == [2]
+
+
+@pytest.mark.parametrize("bundle", ["dfseg_attention_unet", "dfseg_swinunetr"])
+def test_bundles_wire_the_budget(bundle):
+    """train.yaml's time_budget (minutes, default none) goes to a TimeBudget right after the validation
+    handler, with the run's cosine schedule, its validator and its validation interval."""
+    import yaml
+
+    from dfseg.resources import bundle_dir
+
+    config = yaml.safe_load((bundle_dir(bundle) / "configs" / "train.yaml").read_text())
+    assert config["time_budget"] is None
+    handlers = config["train"]["handlers"]
+    kinds = [h["_target_"] for h in handlers]
+    i = kinds.index("dfseg.training.TimeBudget")
+    assert kinds[i - 1] == "ValidationHandler"
+    assert {k: v for k, v in handlers[i].items() if k != "_target_"} == {
+        "minutes": "@time_budget", "lr_scheduler": "@lr_scheduler", "settle_epochs": "@val_interval",
+        "validator": "@validate#evaluator", "val_interval": "@val_interval"}
+    assert config["lr_scheduler"]["_target_"] == "torch.optim.lr_scheduler.CosineAnnealingLR"
+    assert TimeBudget(2.5).seconds == 150.0 and TimeBudget(None).seconds is None
