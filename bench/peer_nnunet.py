@@ -36,6 +36,7 @@ import numpy as np
 import psutil
 
 from dfseg.channels import DF_CHANNELS, MODALITY_CHANNELS
+from dfseg.commands.demo import DEFAULT as DEMO
 from dfseg.data.datasets import datalist_for_fold
 from dfseg.data.manifest import load_manifest
 from dfseg.resources import bundle_dir, run_bundle
@@ -44,9 +45,10 @@ DATASET_ID = 501
 DATASET = f"Dataset{DATASET_ID}_DfsegCombined"
 CHANNELS = MODALITY_CHANNELS["combined"]
 NNUNET_VERSION = "2.8.1"
-#: dfseg's side: the demo's recipe (dfseg.commands.demo.DemoConfig), epochs set by the budget
-DFSEG_RECIPE = {"patch_size": 32, "batch_size": 4, "num_samples": 4, "channels": "[8,16,32,64]",
-                "learning_rate": 0.003, "val_interval": 5, "patience": 10_000, "num_workers": 0}
+#: dfseg's side: the demo's recipe (``dfseg demo``'s DemoConfig), epochs set by the budget, no early stop
+DFSEG_RECIPE = {"patch_size": DEMO.patch_size, "batch_size": DEMO.batch_size, "num_samples": DEMO.num_samples,
+                "channels": json.dumps(list(DEMO.channels), separators=(",", ":")), "learning_rate": DEMO.learning_rate,
+                "val_interval": DEMO.val_interval, "patience": 10_000, "num_workers": 0}
 HERE = Path(__file__).resolve().parent
 DFSEG = str(Path(sys.executable).parent / "dfseg")
 
@@ -139,7 +141,8 @@ def metrics_row(eval_dir: Path) -> dict[str, object]:
         return [m[key]["ci_low"], m[key]["ci_high"]]
 
     froc = doc["froc"]
-    at_1fp = froc["sensitivities"][froc["fp_rates"].index(1.0)] if froc["reached"][froc["fp_rates"].index(1.0)] else None
+    i = froc["fp_rates"].index(1.0)
+    at_1fp = froc["sensitivities"][i] if froc["reached"][i] else None
     return {"volume_auroc": est("volume_auroc"), "sensitivity_at_1fp": at_1fp, "volume_auroc_ci": ci("volume_auroc"),
             "lesion_sensitivity": est("lesion_sensitivity"), "lesion_sensitivity_ci": ci("lesion_sensitivity"),
             "fp_per_scan": est("lesion_fp_per_scan"), "froc_cpm": est("froc_cpm"), "dice": est("dice"),

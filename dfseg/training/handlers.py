@@ -232,9 +232,9 @@ class RunInfoWriter:
 class TimeBudget:
     """Fit a training run into a wall-clock budget: as many epochs as the budget holds, on a full schedule.
 
-    After the first ``settle_epochs`` epochs (set it to the validation interval, so that the estimate
-    includes a validation), the run's epoch count becomes ``floor(budget / mean epoch time)`` (at least
-    the epochs done, at most the configured ``max_epochs``), and a cosine ``lr_scheduler`` is re-aimed
+    After the first validation interval (so that the estimate includes a validation), the run's epoch
+    count becomes ``floor(budget / mean epoch time)`` (at least the epochs done, at most the configured
+    ``max_epochs``), and a cosine ``lr_scheduler`` is re-aimed
     at the new end: ``T_max`` is set and the current learning rate put on the closed-form cosine for
     it, so the schedule still anneals to its minimum at the last epoch. After every later epoch the
     run stops if the next epoch would not finish inside the budget. Attach after the
@@ -247,16 +247,14 @@ class TimeBudget:
     Args:
         minutes: the budget for this run (from the trainer's ``STARTED``); None or <= 0: no budget.
         lr_scheduler: a ``CosineAnnealingLR`` to re-aim, or None.
-        settle_epochs: epochs to time before the estimate.
         validator: the validation engine (``run(epoch)``), or None.
-        val_interval: epochs between the ``ValidationHandler``'s runs.
+        val_interval: epochs between the ``ValidationHandler``'s runs; the estimate is made after the first.
     """
 
-    def __init__(self, minutes: float | None, lr_scheduler: Any = None, settle_epochs: int = 1,
-                 validator: Any = None, val_interval: int = 1) -> None:
+    def __init__(self, minutes: float | None, lr_scheduler: Any = None, validator: Any = None,
+                 val_interval: int = 1) -> None:
         self.seconds = 60.0 * float(minutes) if minutes else None
         self.lr_scheduler = lr_scheduler
-        self.settle_epochs = max(int(settle_epochs), 1)
         self.validator = validator
         self.val_interval = max(int(val_interval), 1)
         self._start = 0.0
@@ -277,11 +275,11 @@ class TimeBudget:
         done = epoch - self._first_epoch
         elapsed = time.perf_counter() - self._start
         per_epoch = elapsed / max(done, 1)
-        if self.planned_epochs is None and done >= self.settle_epochs:
+        if self.planned_epochs is None and done >= self.val_interval:
             cap = int(engine.state.max_epochs or epoch)
             self.planned_epochs = min(max(epoch + int((self.seconds - elapsed) / per_epoch), epoch), cap)
             engine.state.max_epochs = self.planned_epochs
-            self._reaim(epoch, self.planned_epochs)
+            self._reaim(self.planned_epochs)
             engine.logger.warning("time budget %.0f s: %d epochs of %.1f s planned", self.seconds,
                                   self.planned_epochs, per_epoch)
         elif elapsed + per_epoch > self.seconds and epoch < int(engine.state.max_epochs or 0):
@@ -292,7 +290,7 @@ class TimeBudget:
         if last and self.validator is not None and epoch % self.val_interval:
             self.validator.run(epoch)
 
-    def _reaim(self, epoch: int, total: int) -> None:
+    def _reaim(self, total: int) -> None:
         sched = self.lr_scheduler
         if not isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
             return

@@ -50,7 +50,7 @@ def _run(monkeypatch: pytest.MonkeyPatch, *, budget_s: float | None, epoch_s: fl
     if validator is not None:  # as ValidationHandler(interval=settle)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=settle), lambda e: validator.run(e.state.epoch))
     minutes = None if budget_s is None else budget_s / 60
-    budget = TimeBudget(minutes, lr_scheduler=sched, settle_epochs=settle, validator=validator, val_interval=settle)
+    budget = TimeBudget(minutes, lr_scheduler=sched, validator=validator, val_interval=settle)
     budget.attach(engine)
     engine.run([0, 1], max_epochs=max_epochs)
     return engine, lrs, budget
@@ -108,7 +108,7 @@ def test_bundles_wire_the_budget(bundle):
     i = kinds.index("dfseg.training.TimeBudget")
     assert kinds[i - 1] == "ValidationHandler"
     assert {k: v for k, v in handlers[i].items() if k != "_target_"} == {
-        "minutes": "@time_budget", "lr_scheduler": "@lr_scheduler", "settle_epochs": "@val_interval",
+        "minutes": "@time_budget", "lr_scheduler": "@lr_scheduler",
         "validator": "@validate#evaluator", "val_interval": "@val_interval"}
     assert config["lr_scheduler"]["_target_"] == "torch.optim.lr_scheduler.CosineAnnealingLR"
     assert TimeBudget(2.5).seconds == 150.0 and TimeBudget(None).seconds is None
