@@ -256,7 +256,7 @@ def _measure(T: np.ndarray, D: np.ndarray, gain: np.ndarray, config: Acquisition
     counts = config.counts_per_pixel(pixel_mm)
     return phase_stepping_measurement(
         T, D, v_ref=v_ref, photons_per_pixel=counts, rng=rng, phase_steps=config.phase_steps, gain=gain,
-        ref_photons_per_pixel=counts * config.reference_exposures,
+        ref_photons_per_pixel=counts * config.reference_exposures, threads=torch.get_num_threads(),
     )
 
 

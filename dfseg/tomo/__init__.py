@@ -5,7 +5,8 @@ centre-of-rotation estimation and analytic ellipsoid phantoms.
 
 The operators run in blocks of angles within a memory budget (``budget_bytes=`` on every call;
 the default is ``dfseg.tomo.projector.OPERATOR_BUDGET_BYTES``, which is read at each call and may
-be reassigned there). :func:`operator_cache_bytes` and :func:`operator_stats` report the memory
+be reassigned there; built blocks are cached within ``dfseg.tomo.projector.OPERATOR_CACHE_BYTES``,
+or within ``budget_bytes`` when a call states it). :func:`operator_cache_bytes` and :func:`operator_stats` report the memory
 held by cached blocks and the largest block built.
 """
 

@@ -209,3 +209,43 @@ def test_oriented_form_matches_polychromatic_signals():
                                          [(p_k[j], h[j]) for j in range(2)])
     np.testing.assert_allclose(np.broadcast_to(t_fast, t_ref.shape), t_ref, rtol=1e-4)
     np.testing.assert_allclose(d_fast, d_ref, rtol=1e-4)
+
+
+def test_poisson_counts_exact_below_and_gaussian_limit_above():
+    """Counts keep the Poisson mean and variance on both sides of POISSON_GAUSSIAN_FROM; below it they
+    are exact Poisson draws (whole numbers with Poisson's probabilities), above it whole numbers too."""
+    from scipy import stats
+
+    from dfseg.physics.forward import POISSON_GAUSSIAN_FROM, poisson_counts
+
+    rng = np.random.default_rng(3)
+    n = 400_000
+    for lam in (3.0, 0.5 * POISSON_GAUSSIAN_FROM, 2.0 * POISSON_GAUSSIAN_FROM, 5e3):
+        c = poisson_counts(np.full(n, lam), rng)
+        assert np.array_equal(c, np.rint(c)) and c.min() >= 0
+        # mean within 4 standard errors; variance within 4 of its standard errors (2 lam^2 / n)
+        assert abs(c.mean() - lam) < 4 * np.sqrt(lam / n), (lam, c.mean())
+        assert abs(c.var() - lam) < 4 * lam * np.sqrt(2 / n), (lam, c.var())
+    # exact below: the frequencies of 0..8 counts at lam = 3 match the Poisson pmf (chi-square)
+    c = poisson_counts(np.full(n, 3.0), rng)
+    observed = np.bincount(c.astype(int), minlength=9)[:9]
+    expected = stats.poisson.pmf(np.arange(9), 3.0) * n
+    chi2 = float(np.sum((observed - expected) ** 2 / expected))
+    assert chi2 < stats.chi2.ppf(0.999, 8), chi2
+    # a mixed array draws each element by its own rule: low elements stay Poisson-exact
+    lam = np.where(np.arange(n) % 2 == 0, 2.0, 1e4)
+    c = poisson_counts(lam, rng)
+    assert abs(c[::2].var() - 2.0) < 4 * 2.0 * np.sqrt(4 / n)
+    assert abs(c[1::2].std() / 100.0 - 1) < 0.01
+
+
+def test_phase_stepping_does_not_depend_on_threads():
+    """Chunks draw from generators seeded in chunk order: 1 or 3 threads give the same bytes."""
+    from dfseg.physics import forward
+
+    t = np.full(3 * forward._PS_CHUNK + 17, 0.5)
+    d = np.full_like(t, 0.8)
+    a = phase_stepping_measurement(t, d, v_ref=0.3, photons_per_pixel=2e4, rng=np.random.default_rng(5))
+    b = phase_stepping_measurement(t, d, v_ref=0.3, photons_per_pixel=2e4, rng=np.random.default_rng(5), threads=3)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert np.std(a[0]) > 0
