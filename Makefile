@@ -1,27 +1,33 @@
 # dfseg: the two commands a fresh machine needs are `make demo` and `make test`.
-# Both create .venv when it is missing and install dfseg with torch pinned by constraints.txt.
+# Both create .venv when it is missing and install dfseg with torch pinned by constraints.txt:
+# `make demo` what dfseg needs to run, `make test` / `make lint` / `make bench` the dev extras too.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dfseg-installed
+RUNTIME := $(VENV)/.dfseg-runtime
 PIP := $(PY) -m pip --disable-pip-version-check -q
 PYTEST_ARGS ?=
 
 .PHONY: demo demo-quick test test-fast bench lint install model clean-venv
 
-$(STAMP): pyproject.toml constraints.txt
+$(RUNTIME): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -c constraints.txt torch==2.13.0
+	$(PIP) install -c constraints.txt -e .
+	@touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
 	$(PIP) install -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(VENV)/bin/dfseg demo
 
-demo-quick: $(STAMP)
+demo-quick: $(RUNTIME)
 	$(VENV)/bin/dfseg demo --quick
 
 # The model dfseg ships (bundles/dfseg_attention_unet/models): the demo's training run, packaged.
