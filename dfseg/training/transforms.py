@@ -12,8 +12,9 @@ Chain (keys ``attn``, ``df``, ``label``, ``lung_mask``)::
          lung's median c0 (dfseg.transforms.intensity; ``normalisation="zscore"``: the per-volume
          z-score of models recorded without a normalisation)
       -> [spatial_dims=2 only] squeeze the singleton Z axis of radiographs: (C, X, Y, 1) -> (C, X, Y)
-      -> [training only, random] RandWeightedCropd(patch; centres weighted outside lung / lung /
-         tumour, each lesion alike: SamplingMapd), then nnU-Net's augmentation (:func:`augmentation`):
+      -> [training only, random] PatchCropd (MONAI's RandWeightedCropd; patches keep image and
+         label only) with centres weighted outside lung / lung / tumour, each lesion alike
+         (SamplingMapd), then nnU-Net's augmentation (:func:`augmentation`):
          rotation and scaling, elastic deformation, Gaussian noise, blur, per-channel intensity
          scaling, simulated low resolution, flips and 90-degree rotations
 
@@ -187,6 +188,27 @@ def _select(modality: str, normalisation: str) -> list:
     return [SelectModalityd(keys=IMAGE_KEYS, modality=modality, output_key="image"), *scale]
 
 
+class PatchCropd(RandWeightedCropd):
+    """:class:`monai.transforms.RandWeightedCropd` that keeps only the cropped keys in its patches.
+
+    MONAI's version deep-copies every other key of the volume into each of the ``num_samples``
+    patches, the weight map included, and the data loader then collates those whole volumes.
+    Here the patches hold the cropped keys and the small, non-array items (ids, fold, flags); the
+    same centres are drawn from the same random state.
+    """
+
+    def __call__(self, data: Any, lazy: bool | None = None) -> list[dict]:
+        small = {k: v for k, v in data.items()
+                 if k not in self.keys and k != self.w_key and not isinstance(v, (torch.Tensor, np.ndarray))}
+        ret = [dict(small) for _ in range(self.cropper.num_samples)]
+        self.randomize(weight_map=data[self.w_key])
+        lazy_ = self.lazy if lazy is None else lazy
+        for key in self.key_iterator(data):
+            for i, im in enumerate(self.cropper(data[key], randomize=False, lazy=lazy_)):
+                ret[i][key] = im
+        return ret
+
+
 def train_transforms(modality: str, patch_size: Sequence[int] | int, *, preprocessed: bool = False,
                      calibration: str | os.PathLike | None = None, num_samples: int = 2,
                      class_ratios: Sequence[float] = (1.0, 2.0, 3.0), synthetic_tumour_prob: float = 0.3,
@@ -226,7 +248,7 @@ def train_transforms(modality: str, patch_size: Sequence[int] | int, *, preproce
         *_select(modality, normalisation),
         *_squeeze_z(("image", "label", "lung_mask"), dims),
         SamplingMapd(ratios=class_ratios),
-        RandWeightedCropd(keys=("image", "label"), w_key="sampling", spatial_size=patch, num_samples=int(num_samples)),
+        PatchCropd(keys=("image", "label"), w_key="sampling", spatial_size=patch, num_samples=int(num_samples)),
         # volumes smaller than the patch (allow_smaller keeps them whole) are padded with the
         # normalised mean 0: SwinUNETR needs its full patch (>= 64 voxels, see its bundle).
         SpatialPadd(keys=("image", "label"), spatial_size=patch),

@@ -104,8 +104,9 @@ class LungReferenceNormalize(Transform):
             raise InputError("image", f"{t.shape[0]} channels, expected {len(self.channels)} ({', '.join(self.channels)})")
         refs = self.references(t, lung_mask) if refs is None else refs
         scale = [refs["attn"] if c == "attn" else refs["c0"] if c in _DF_SCALED else 1.0 for c in self.channels]
-        div = torch.tensor(scale, dtype=torch.float64, device=t.device).reshape(-1, *([1] * (t.ndim - 1)))
-        out = (t.double() / div).to(t.dtype if t.is_floating_point() else torch.float32)
+        dtype = t.dtype if t.is_floating_point() else torch.float32
+        div = torch.tensor(scale, dtype=dtype, device=t.device).reshape(-1, *([1] * (t.ndim - 1)))
+        out = t.to(dtype) / div
         return convert_to_dst_type(out, img, dtype=out.dtype)[0]
 
 

@@ -50,3 +50,24 @@ def test_absent_classes_and_bad_ratios():
     assert float(w[scan["lung_mask"] > 0].sum() / w.sum()) == pytest.approx(2 / 3, rel=1e-5)
     with pytest.raises(InputError, match="class_ratios"):
         SamplingMapd(ratios=(1.0, 2.0))
+
+
+def test_patch_crop_draws_monai_centres_and_leaves_the_volumes_behind():
+    """PatchCropd crops what RandWeightedCropd crops, from the same random state, and its patches
+    hold only the cropped keys and the small items (no whole-volume copies for the data loader)."""
+    from dfseg.training.transforms import PatchCropd
+
+    d = SamplingMapd()(_scan())
+    d = {**d, "image": torch.arange(48 * 48 * 24, dtype=torch.float32).reshape(1, 48, 48, 24),
+         "attn": torch.ones(1, 48, 48, 24), "scan_id": "sub-0001_ct", "fold": 2}
+    kwargs = dict(keys=("image", "label"), w_key="sampling", spatial_size=(8, 8, 8), num_samples=5)
+    ours, monai = PatchCropd(**kwargs), RandWeightedCropd(**kwargs)
+    ours.set_random_state(3)
+    monai.set_random_state(3)
+    a, b = ours(d), monai(d)
+    assert len(a) == 5
+    for pa, pb in zip(a, b):
+        assert set(pa) == {"image", "label", "scan_id", "fold"}
+        assert torch.equal(pa["image"], pb["image"]) and torch.equal(pa["label"], pb["label"])
+        assert pa["scan_id"] == "sub-0001_ct" and pa["fold"] == 2
+        assert tuple(pa["image"].shape) == (1, 8, 8, 8)
