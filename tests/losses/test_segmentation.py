@@ -126,3 +126,39 @@ def test_ignite_supervised_trainer(deep):
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output[0]["loss"])))
     trainer.run()
     assert len(losses) == 2 and all(torch.isfinite(torch.as_tensor(v)) for v in losses)
+
+
+def _two_lesions():
+    lab = torch.zeros(2, 1, 24, 24, 24)
+    lab[0, 0, 2:18, 2:18, 2:18] = 1  # 4096 voxels
+    lab[0, 0, 20:23, 20:23, 20:23] = 1  # 27 voxels, apart from the first (26-connectivity)
+    lab[1, 0, 5:8, 5:8, 5:8] = 1  # 27 voxels in the second input
+    return lab
+
+
+def test_blob_dice_weighs_every_lesion_alike():
+    """Missing one small lesion of three costs the blob term 1/3, the batch Dice 0.6 %."""
+    from dfseg.losses import BlobDiceLoss
+
+    lab = _two_lesions()
+    logit = torch.where(lab > 0, 30.0, -30.0)
+    logit[0, 0, 20:23, 20:23, 20:23] = -30.0  # the small lesion of input 0 missed
+    assert float(BlobDiceLoss()(logit, lab)) == pytest.approx(1 / 3, abs=1e-4)
+    batch = SegmentationLoss(focal_weight=0, boundary_weight=0)(logit, lab)
+    assert float(batch) == pytest.approx(1 - 2 * 4123 / (4123 + 4150), abs=1e-4)
+    # a false positive elsewhere counts against every lesion's Dice (its background is the patch)
+    perfect = torch.where(lab > 0, 30.0, -30.0)
+    assert float(BlobDiceLoss()(perfect, lab)) == pytest.approx(0.0, abs=1e-4)
+    fp = perfect.clone()
+    fp[1, 0, 15:18, 15:18, 15:18] = 30.0  # 27 false voxels in input 1: its lesion's Dice 2*27/81
+    assert float(BlobDiceLoss()(fp, lab)) == pytest.approx((1 - 54 / 81) / 3, abs=1e-4)
+    # the term is added with its weight; no lesion, no term; gradients reach the logits
+    both = SegmentationLoss(focal_weight=0, boundary_weight=0, blob_weight=2.0)(logit, lab)
+    assert float(both) == pytest.approx(float(batch) + 2 / 3, abs=1e-4)
+    empty = torch.zeros_like(lab)
+    assert float(BlobDiceLoss()(logit, empty)) == 0.0
+    x = torch.zeros_like(lab, requires_grad=True)
+    BlobDiceLoss()(x, lab).backward()
+    assert x.grad.abs().sum() > 0
+    with pytest.raises(ValueError):
+        SegmentationLoss(blob_weight=-1)
