@@ -6,7 +6,8 @@ Chain (keys ``attn``, ``df``, ``label``, ``lung_mask``)::
       -> [raw reconstructions only] volume_chain(calibration): beam-hardening correction,
          spectrum-aware normalisation, directional decomposition (df: N orientations -> 5 channels)
       -> drop d["meta"] (nested dicts that MONAI's collate cannot batch)
-      -> [training only, 3D only, random] RandSyntheticTumourd on the whole volume (inside the lung mask)
+      -> [training only, 3D only] LesionRoomd (cached), then, random, RandSyntheticTumourd on the whole
+         volume (centred one radius + one voxel inside the lung mask, as the simulator places tumours)
       -> SelectModalityd(modality) -> "image" (attn 1, df 4, combined 5 channels)
       -> LungReferenceNormalized(image): attn over the body's solid-tissue mu, dark-field over the
          lung's median c0 (dfseg.transforms.intensity; ``normalisation="zscore"``: the per-volume
@@ -68,7 +69,7 @@ from dfseg.errors import InputError
 from dfseg.transforms.intensity import LungReferenceNormalized, TissueReferencesd, check_normalisation
 from dfseg.transforms.modality import SelectModalityd
 from dfseg.transforms.pipeline import volume_chain
-from dfseg.transforms.tumour import RandSyntheticTumourd
+from dfseg.transforms.tumour import LesionRoomd, RandSyntheticTumourd
 
 __all__ = [
     "MODALITY_CHANNELS",
@@ -174,7 +175,8 @@ def _squeeze_z(keys: Sequence[str], spatial_dims: int) -> list:
 def _synthetic(prob: float, diameter_mm: Sequence[float]) -> list:
     if float(prob) <= 0:
         return []
-    return [RandSyntheticTumourd(keys=("attn", "df", "label"), mask_key="lung_mask", prob=float(prob),
+    return [LesionRoomd(mask_key="lung_mask", label_key="label"),  # deterministic: cached with the volume
+            RandSyntheticTumourd(keys=("attn", "df", "label"), mask_key="lung_mask", prob=float(prob),
                                  diameter_range_mm=tuple(float(d) for d in diameter_mm))]
 
 

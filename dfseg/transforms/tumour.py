@@ -48,6 +48,7 @@ from dfseg.errors import InputError
 from dfseg.simulate.tumours import (
     SHAPE_MODELS,
     TumourShape,
+    boundary_depth,
     interior_density,
     label_voxels,
     occupancy,
@@ -55,6 +56,7 @@ from dfseg.simulate.tumours import (
 )
 
 __all__ = [
+    "LesionRoomd",
     "RandSyntheticTumourD",
     "RandSyntheticTumourDict",
     "RandSyntheticTumourd",
@@ -338,6 +340,10 @@ class RandSyntheticTumourd(RandomizableTransform, MapTransform):
     Args:
         keys: ``(attn_key, df_key, label_key)``; any may be missing with ``allow_missing_keys``.
         mask_key: lung mask key (the lesion centre is drawn from it; the lesion stays inside it).
+            As in the simulator (:func:`dfseg.simulate.tumours.sample_tumours`), the centre is a
+            lung voxel at least one radius plus one voxel from the lung's boundary, the grid's faces
+            and the labelled tumours (the deepest voxels where none is that deep), so a lesion is
+            never cut by the pleura or the field of view into a thickened wall.
         prob: probability of inserting a lesion.
         diameter_range_mm: (min, max) equivalent diameter in mm, drawn uniformly.
         shape_models: the shape models to draw from (uniformly), names of :data:`LESION_MODELS`.
@@ -350,6 +356,8 @@ class RandSyntheticTumourd(RandomizableTransform, MapTransform):
         meta_key: where the scan's metadata lives in the data dictionary.
         refs_key: the scan's tissue references measured once (:class:`dfseg.transforms.TissueReferencesd`):
             solid-tissue mu and dark-field levels are taken from there when present.
+        depth_key: the room map :class:`LesionRoomd` measured once (a cache holds it); computed
+            here when absent.
         allow_missing_keys: skip absent keys.
 
     After each call ``self.last_params`` holds the parameters used (``None`` when nothing was
@@ -363,7 +371,7 @@ class RandSyntheticTumourd(RandomizableTransform, MapTransform):
                  shape_models: Sequence[str] = ("smooth",), voxel_mm: float | Sequence[float] | None = None,
                  tissue_mu: float | None = None, residual_df: float = 0.0, psf_sigma_vox: float = PSF_SIGMA_VOX,
                  noise_scale_vox: float = NOISE_SCALE_VOX, meta_key: str = "meta", refs_key: str = "tissue_refs",
-                 allow_missing_keys: bool = False) -> None:
+                 depth_key: str = "lesion_room", allow_missing_keys: bool = False) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
         if len(self.keys) != 3:
@@ -376,24 +384,33 @@ class RandSyntheticTumourd(RandomizableTransform, MapTransform):
         self.mask_key, self.diameter_range_mm, self.shape_models = mask_key, diameter_range_mm, tuple(shape_models)
         self.voxel_mm, self.tissue_mu, self.residual_df = voxel_mm, tissue_mu, residual_df
         self.psf_sigma_vox, self.noise_scale_vox = float(psf_sigma_vox), float(noise_scale_vox)
-        self.meta_key, self.refs_key = meta_key, refs_key
+        self.meta_key, self.refs_key, self.depth_key = meta_key, refs_key, depth_key
         self.last_params: dict[str, Any] | None = None
 
-    def randomize(self, data: Any = None) -> None:
-        """Decide whether to insert; if so, draw centre, diameter, shape model and shape seed."""
+    def randomize(self, data: Any = None, voxel_mm: float | Sequence[float] = 1.0) -> None:
+        """Decide whether to insert; if so, draw diameter, centre (far enough inside the lung for
+        that diameter), shape model and shape seed."""
         super().randomize(None)
         self.last_params = None
         if not self._do_transform:
             return
         lung = _as_torch(data[self.mask_key])
         lung = lung.reshape(lung.shape[-3:]) if lung.ndim == 4 else lung
-        idx = torch.nonzero(lung > 0)
-        if idx.shape[0] == 0:
+        if not bool((lung > 0).any()):
             raise InputError(self.mask_key, "empty lung mask: nowhere to insert a lesion")
+        diameter = float(self.R.uniform(*self.diameter_range_mm))
+        depth = data.get(self.depth_key)
+        if depth is None:
+            depth = lesion_room(lung, data.get(self.keys[2]))
+        depth = _as_torch(depth).reshape(lung.shape)
+        need = diameter / 2 / float(np.min(voxel_mm)) + 1.0  # the simulator's depth >= d/2 + one voxel
+        idx = torch.nonzero(depth >= need)
+        if idx.shape[0] == 0:
+            idx = torch.nonzero(depth >= 0.999 * depth.max()) if float(depth.max()) > 0 else torch.nonzero(lung > 0)
         centre = idx[int(self.R.randint(idx.shape[0]))].cpu().numpy().astype(float)
         self.last_params = {
             "centre_vox": centre.tolist(),
-            "diameter_mm": float(self.R.uniform(*self.diameter_range_mm)),
+            "diameter_mm": diameter,
             "shape_model": self.shape_models[int(self.R.randint(len(self.shape_models)))],
             "shape_seed": int(self.R.randint(2**31 - 1)),
         }
@@ -402,12 +419,12 @@ class RandSyntheticTumourd(RandomizableTransform, MapTransform):
         d = dict(data)
         if self.mask_key not in d:
             raise InputError(self.mask_key, "lung mask key not in the data")
-        self.randomize(d)
-        if self.last_params is None:
-            return d
         attn_key, df_key, label_key = self.keys
         present = {k: d[k] for k in self.key_iterator(d)}
         vox = scan_value(d, "voxel_mm", self.voxel_mm, key=next(iter(present), self.mask_key), meta_key=self.meta_key)
+        self.randomize(d, vox)
+        if self.last_params is None:
+            return d
         refs = d.get(self.refs_key) or {}
         tissue_mu = self.tissue_mu if self.tissue_mu is not None else refs.get("attn")
         self.last_params.update(voxel_mm=vox if np.ndim(vox) == 0 else list(vox),
@@ -422,3 +439,34 @@ class RandSyntheticTumourd(RandomizableTransform, MapTransform):
 
 
 RandSyntheticTumourD = RandSyntheticTumourDict = RandSyntheticTumourd
+
+
+def lesion_room(lung_mask: Any, label: Any = None) -> torch.Tensor:
+    """(X, Y, Z) float32: each lung voxel's distance, in voxels, to the nearest voxel outside the
+    lung, labelled tumour or beyond the grid (:func:`dfseg.simulate.tumours.boundary_depth`)."""
+    lung = _as_torch(lung_mask)
+    lung = lung.reshape(lung.shape[-3:]) if lung.ndim == 4 else lung
+    free = lung.detach().cpu().numpy() > 0
+    if label is not None:
+        lab = _as_torch(label)
+        free &= ~(lab.reshape(lab.shape[-3:]).detach().cpu().numpy() > 0)
+    return torch.from_numpy(boundary_depth(free).astype(np.float32))
+
+
+class LesionRoomd(MapTransform):
+    """Add ``d[output_key]`` = :func:`lesion_room` of the lung mask and label: deterministic, so a
+    ``CacheDataset`` keeps it and :class:`RandSyntheticTumourd` does not measure it every time.
+
+    Args:
+        mask_key, label_key: lung mask and tumour label keys (a missing label counts as empty).
+        output_key: key of the room map.
+    """
+
+    def __init__(self, mask_key: str = "lung_mask", label_key: str = "label", output_key: str = "lesion_room") -> None:
+        super().__init__(keys=mask_key)
+        self.mask_key, self.label_key, self.output_key = mask_key, label_key, output_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        d[self.output_key] = lesion_room(d[self.mask_key], d.get(self.label_key))
+        return d

@@ -231,3 +231,35 @@ def test_tissue_dark_field_is_the_floor():
     _, out, _ = SyntheticTumour((16, 16, 16), 3.0, VOX, tissue_mu=MU_T, density_sd=0.0)(
         p["attn"], df, None, p["lung_mask"])
     assert float(out[0, 16, 16, 16]) == pytest.approx(0.01, abs=1e-4)
+
+
+def test_rand_centres_leave_room_like_the_simulator():
+    """Centres lie at least one radius + one voxel inside the lung, away from the grid's faces and
+    labelled tumours (the simulator's rule), so no inserted lesion is cut by the pleura; a lung too
+    thin for the lesion gets it at its deepest voxels. The cached room map gives the same draws."""
+    from dfseg.simulate.tumours import boundary_depth
+    from dfseg.transforms.tumour import LesionRoomd, lesion_room
+
+    p = _phantom()
+    room = boundary_depth((p["lung_mask"][0] > 0) & (p["label"][0] == 0))
+    assert np.array_equal(lesion_room(p["lung_mask"], p["label"]).numpy(), room.astype(np.float32))
+    t = RandSyntheticTumourd(prob=1.0, diameter_range_mm=(1.0, 2.5), voxel_mm=VOX)
+    t.set_random_state(11)
+    for _ in range(40):
+        t(p)
+        c = tuple(int(v) for v in t.last_params["centre_vox"])
+        assert room[c] >= t.last_params["diameter_mm"] / 2 / VOX + 1
+    cached = LesionRoomd()(p)
+    a, b = RandSyntheticTumourd(prob=1.0, voxel_mm=VOX), RandSyntheticTumourd(prob=1.0, voxel_mm=VOX)
+    a.set_random_state(3)
+    b.set_random_state(3)
+    a(p)
+    b(cached)
+    assert a.last_params == b.last_params
+    # a lung 3 voxels thick cannot hold a 2 mm lesion at 0.25 mm: its deepest voxels are used
+    thin = dict(p, lung_mask=np.zeros_like(p["lung_mask"]))
+    thin["lung_mask"][:, 6:26, 6:26, 14:17] = 1
+    t = RandSyntheticTumourd(prob=1.0, diameter_range_mm=(2.0, 2.0), voxel_mm=VOX)
+    t.set_random_state(0)
+    t(thin)
+    assert int(t.last_params["centre_vox"][2]) == 15
