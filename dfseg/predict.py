@@ -65,7 +65,6 @@ from monai.transforms import ResampleToMatch, Spacing
 from scipy import ndimage
 from tqdm import tqdm
 
-from dfseg.calibration import check_spectrum
 from dfseg.channels import DF_CHANNELS
 from dfseg.data.importer import resolve_image
 from dfseg.data.manifest import SPLITS, load_manifest
@@ -83,7 +82,7 @@ from dfseg.io import (
     voxel_size,
     write_json,
 )
-from dfseg.preprocess import Chains, build_chains
+from dfseg.preprocess import CalibrationChains, build_chains
 from dfseg.training import build_network, eval_transforms, load_checkpoint
 from dfseg.training.handlers import prediction_record
 from dfseg.transforms.intensity import check_normalisation
@@ -121,10 +120,10 @@ class Model:
     device: torch.device
     model_sha256: str
     calibration: Path | None = None
-    _chains: Chains | None = field(default=None, repr=False)
+    _chains: CalibrationChains | None = field(default=None, repr=False)
 
-    def chains(self, where: str | os.PathLike) -> Chains:
-        """The recorded calibration's correction chains (built once); ``where`` names the raw scan asking."""
+    def chains(self, where: str | os.PathLike) -> CalibrationChains:
+        """The recorded calibration's correction chains (loaded once); ``where`` names the raw scan asking."""
         if self._chains is None:
             if self.calibration is None:
                 raise InputError(where, "raw reconstruction (its sidecar lacks preprocessed: true) but the model's run "
@@ -362,7 +361,7 @@ def _correct(entry: Mapping[str, Any], model: Model) -> tuple[dict, str]:
             raise InputError(entry["sidecar"], "preprocessed with another calibration than the model's training scans "
                                                f"({(model.correction.get('calibration') or {}).get('path')})")
         return data, "none: the scan was written by dfseg preprocess"
-    chains = model.chains(entry["sidecar"])
+    book = model.chains(entry["sidecar"])
     use_projections = model.correction.get("domain") == "projection" and all(entry.get(k) for k in ("proj_T", "proj_D"))
     work = {"meta": data["meta"]}
     work["meta"].setdefault("voxel_mm", float(voxel_size(np.asarray(data["attn"].affine))[0]))
@@ -375,7 +374,7 @@ def _correct(entry: Mapping[str, Any], model: Model) -> tuple[dict, str]:
         work.update({k: data[k] for k in keys_in})
     for key in keys_in:
         work[key] = np.asarray(work[key])  # the chains' numpy path, as dfseg preprocess runs them
-    check_spectrum(chains.calibration, work["meta"], where=chains.calibration_path)
+    chains = book.for_scan(work["meta"])  # the scan's spectrum's calibration (refused when there is none)
     try:
         out = (chains.projection if use_projections else chains.volume)(work)
     except InputError as err:

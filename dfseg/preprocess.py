@@ -21,6 +21,7 @@ import copy
 import os
 import shutil
 import sys
+import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -33,7 +34,7 @@ from monai.transforms import Compose
 from tqdm import tqdm
 
 from dfseg import __version__
-from dfseg.calibration import check_spectrum, load_calibration
+from dfseg.calibration import is_calibration_set, load_calibration_document, select_calibration
 from dfseg.channels import DF_CHANNELS
 from dfseg.data.manifest import FILE_KEYS, SPLITS, write_manifest
 from dfseg.data.scan import LoadScand, scan_value
@@ -42,7 +43,7 @@ from dfseg.errors import InputError
 from dfseg.io import atomic_directory, atomic_write, refuse_non_empty, save_nifti, sha256_file, write_json
 from dfseg.transforms.pipeline import projection_chain, volume_chain
 
-__all__ = ["COPIED_KEYS", "Chains", "build_chains", "preprocess_cohort", "preprocess_scan"]
+__all__ = ["COPIED_KEYS", "CalibrationChains", "Chains", "build_chains", "preprocess_cohort", "preprocess_scan"]
 
 #: Images copied unchanged into the preprocessed cohort.
 COPIED_KEYS: tuple[str, ...] = ("label", "lung_mask", "histology")
@@ -62,14 +63,46 @@ class Chains:
     bone_correction: bool = False
 
 
+class CalibrationChains:
+    """The correction chains of a calibration file, per spectrum: :meth:`for_scan` picks a scan's.
+
+    A single calibration gives one :class:`Chains` and refuses scans at another spectrum; a
+    calibration set (:mod:`dfseg.calibration.io`) gives each scan its own spectrum's entry, built
+    the first time a scan needs it (thread-safe: :func:`preprocess_cohort` runs scans in threads).
+    """
+
+    def __init__(self, calibration_path: str | os.PathLike, *, aluminium_weight: float = 0.0,
+                 bone_correction: bool = False) -> None:
+        self.path = Path(calibration_path).resolve()
+        self.document = load_calibration_document(calibration_path)
+        self.aluminium_weight = float(aluminium_weight)
+        self.bone_correction = bool(bone_correction)
+        self._built: dict[int, Chains] = {}
+        self._lock = threading.Lock()
+
+    def for_scan(self, meta: Mapping[str, Any]) -> Chains:
+        """The chains for a scan's sidecar ``meta`` (its ``kvp``, ``filtration_mm``, ``visibility``).
+
+        Raises:
+            InputError: no calibration for the scan's spectrum (names the calibration file).
+        """
+        cal = select_calibration(self.document, meta, self.path)
+        entries = self.document["calibrations"] if is_calibration_set(self.document) else {"": self.document}
+        key = next(i for i, entry in enumerate(entries.values()) if entry["reference"] == cal["reference"])
+        with self._lock:
+            if key not in self._built:
+                self._built[key] = Chains(
+                    cal, self.path,
+                    projection_chain(cal, aluminium_weight=self.aluminium_weight, bone_correction=self.bone_correction),
+                    volume_chain(cal, aluminium_weight=self.aluminium_weight),
+                    aluminium_weight=self.aluminium_weight, bone_correction=self.bone_correction)
+            return self._built[key]
+
+
 def build_chains(calibration_path: str | os.PathLike, *, aluminium_weight: float = 0.0,
-                 bone_correction: bool = False) -> Chains:
-    """Load the calibration and build the projection and volume chains (arguments as :func:`preprocess_cohort`)."""
-    cal = load_calibration(calibration_path)
-    return Chains(cal, Path(calibration_path).resolve(),
-                  projection_chain(cal, aluminium_weight=aluminium_weight, bone_correction=bone_correction),
-                  volume_chain(cal, aluminium_weight=aluminium_weight),
-                  aluminium_weight=float(aluminium_weight), bone_correction=bool(bone_correction))
+                 bone_correction: bool = False) -> CalibrationChains:
+    """Load the calibration (or calibration set); its chains are built per spectrum as scans need them."""
+    return CalibrationChains(calibration_path, aluminium_weight=aluminium_weight, bone_correction=bone_correction)
 
 
 def _copy_name(key: str, source: str | os.PathLike) -> str:
@@ -78,12 +111,12 @@ def _copy_name(key: str, source: str | os.PathLike) -> str:
     return key + (name[-7:] if name.lower().endswith(".nii.gz") else Path(source).suffix)
 
 
-def preprocess_scan(entry: Mapping[str, Any], chains: Chains, domain: str, folder: Path) -> dict:
+def preprocess_scan(entry: Mapping[str, Any], book: CalibrationChains, domain: str, folder: Path) -> dict:
     """Correct and decompose one scan, write its files into ``folder``; return its new manifest entry.
 
     Args:
         entry: a manifest entry with absolute paths (:func:`dfseg.data.manifest.load_manifest`).
-        chains: :func:`build_chains`.
+        book: :func:`build_chains` (the scan's spectrum picks its chains).
         domain: ``"projection"`` (the projection chain when the entry has projections) or ``"volume"``.
         folder: the scan's output folder.
 
@@ -103,7 +136,7 @@ def preprocess_scan(entry: Mapping[str, Any], chains: Chains, domain: str, folde
     for key in keys:
         # numpy in, numpy out: the chains' numpy path (e.g. the decomposition's amplitude) fixes the output bytes
         data[key] = data[key].numpy()
-    check_spectrum(chains.calibration, meta, where=chains.calibration_path)
+    chains = book.for_scan(meta)
     try:
         out = (chains.projection if use_projections else chains.volume)(data)
     except InputError as err:

@@ -7,29 +7,40 @@ from dfseg.calibration.io import (
     FORMAT,
     FORMAT_VERSION,
     REQUIRED_KEYS,
+    SET_FORMAT,
     check_spectrum,
+    is_calibration_set,
     load_calibration,
+    load_calibration_document,
     polyval_no_constant,
     save_calibration,
+    select_calibration,
     validate_calibration,
+    validate_calibration_set,
 )
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "REQUIRED_KEYS",
+    "SET_FORMAT",
     "check_spectrum",
     "fit_calibration",
+    "fit_calibrations",
     "fit_curve",
+    "is_calibration_set",
     "load_calibration",
+    "load_calibration_document",
     "polyval_no_constant",
     "save_calibration",
+    "select_calibration",
     "validate_calibration",
+    "validate_calibration_set",
 ]
 
 
 def __getattr__(name: str):
-    if name in ("fit_calibration", "fit_curve"):
+    if name in ("fit_calibration", "fit_calibrations", "fit_curve"):
         # reason: fit reads scans through dfseg.data.scan (MONAI); loading a calibration or the simulator needs neither
         from dfseg.calibration import fit
 

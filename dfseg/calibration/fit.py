@@ -20,7 +20,10 @@
    (:func:`dfseg.simulate.phantoms.reference_kvps`), so the pair brackets the calibrated spectrum.
 
 The calibration is for the wedges' spectrum (``reference.kvp``, ``reference.filtration_mm``) only:
-:func:`dfseg.calibration.check_spectrum` refuses it for a scan at any other.
+:func:`dfseg.calibration.check_spectrum` refuses it for a scan at any other. A phantom directory
+whose sub-directories are phantom sets, one per spectrum (what ``dfseg simulate`` writes for a
+cohort scanned at several), gives a calibration set (:func:`fit_calibrations`): one calibration per
+spectrum, all normalising dark-field to one reference energy.
 """
 
 from __future__ import annotations
@@ -35,12 +38,18 @@ import numpy as np
 
 from dfseg import __version__
 from dfseg.calibration.energy import scan_effective_energy
-from dfseg.calibration.io import FORMAT, FORMAT_VERSION, validate_calibration
+from dfseg.calibration.io import (
+    FORMAT,
+    FORMAT_VERSION,
+    SET_FORMAT,
+    validate_calibration,
+    validate_calibration_set,
+)
 from dfseg.data.scan import LoadScand, scan_meta, scan_value
 from dfseg.errors import InputError
 from dfseg.io import sha256_file
 
-__all__ = ["fit_calibration", "fit_curve", "phantom_measurements"]
+__all__ = ["fit_calibration", "fit_calibrations", "fit_curve", "phantom_measurements", "phantom_sets"]
 
 MAX_DEGREE = 5
 
@@ -283,8 +292,64 @@ def fit_calibration(phantom_dir: str | os.PathLike, *, e_ref_kev: float | None =
     return cal
 
 
+def _is_scan(path: Path) -> bool:
+    return (path / "sidecar.json").is_file()
+
+
+def phantom_sets(phantom_dir: str | os.PathLike) -> dict[str, Path] | None:
+    """The phantom sets under ``phantom_dir`` (name -> folder), or None when it is one set itself.
+
+    Raises:
+        InputError: the folder is missing, or holds neither phantom scans nor phantom sets.
+    """
+    root = Path(phantom_dir)
+    if not root.is_dir():
+        raise InputError(root, "phantom directory not found")
+    children = sorted(p for p in root.iterdir() if p.is_dir())
+    if any(_is_scan(p) for p in children):
+        return None
+    sets = {p.name: p for p in children if any(_is_scan(q) for q in p.iterdir() if q.is_dir())}
+    if not sets:
+        raise InputError(root, "no phantom scans (sub-directories with sidecar.json) or phantom sets found")
+    return sets
+
+
+def fit_calibrations(phantom_dir: str | os.PathLike, *, e_ref_kev: float | None = None,
+                     e_eff_water_mm: float = 0.0) -> dict[str, Any]:
+    """A calibration (one phantom set) or a calibration set (a folder of sets, one per spectrum).
+
+    Each set is fitted by :func:`fit_calibration`. In a calibration set every entry normalises
+    dark-field to the same reference energy: ``e_ref_kev``, or by default the median of the sets'
+    effective energies, so scans at different spectra come out on one scale.
+
+    Args, Raises: as :func:`fit_calibration`.
+    """
+    sets = phantom_sets(phantom_dir)
+    if sets is None:
+        return fit_calibration(phantom_dir, e_ref_kev=e_ref_kev, e_eff_water_mm=e_eff_water_mm)
+    entries = {name: fit_calibration(path, e_eff_water_mm=e_eff_water_mm) for name, path in sets.items()}
+    e_ref = float(np.median([c["reference"]["e_eff_kev"] for c in entries.values()])) if e_ref_kev is None \
+        else float(e_ref_kev)
+    for cal in entries.values():
+        cal["reference"]["e_ref_kev"] = e_ref
+    doc = {"format": SET_FORMAT, "format_version": FORMAT_VERSION, "dfseg_version": __version__,
+           "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+           "calibrations": entries}
+    validate_calibration_set(doc, phantom_dir)
+    return doc
+
+
 def summary(cal: Mapping) -> str:
-    """One line per fitted quantity, for the command's output."""
+    """One line per fitted quantity, for the command's output (a calibration set: a few per entry)."""
+    if cal.get("format") == SET_FORMAT:
+        entries = cal["calibrations"]
+        first = next(iter(entries.values()))
+        lines = [f"calibration set: {len(entries)} spectra, dark-field at {first['reference']['e_ref_kev']:.2f} keV"]
+        for name, entry in entries.items():
+            lines.append(f"{name}: " + summary(entry).split("\n")[0].replace(" (the calibration applies to scans "
+                                                                           "at this spectrum only)", "")
+                         + f", n = {entry['energy_exponent']['n']:.3f}")
+        return "\n".join(lines)
     ref = cal["reference"]
     filt = ref.get("filtration_mm")
     if isinstance(filt, Mapping):

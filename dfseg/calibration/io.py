@@ -12,6 +12,15 @@ Layout (all lengths in mm, energies in keV; ``A`` is the attenuation line integr
 
 Curves have no constant term: the air reading defines A = 0 and DF = 0 (the reference scan is
 the air scan), so a fitted constant would only absorb noise and bias every ray.
+
+A calibration holds for one spectrum. A cohort scanned at several (phantom variants, a
+domain-randomised cohort, a lab with several protocols) has a **calibration set**::
+
+    format: dfseg-calibration-set, format_version, dfseg_version, created_utc
+    calibrations: {<phantom set name>: <calibration>, ...}
+
+every calibration with the same ``reference.e_ref_kev``, so dark-field is expressed at one energy
+whatever the spectrum. :func:`select_calibration` picks a scan's entry by its spectrum.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from dfseg.io import read_json, write_json
 
 FORMAT = "dfseg-calibration"
 FORMAT_VERSION = 1
+SET_FORMAT = "dfseg-calibration-set"
 
 #: dotted keys every calibration must carry
 REQUIRED_KEYS: tuple[str, ...] = (
@@ -111,31 +121,118 @@ def check_spectrum(cal: Mapping, spectrum: Mapping, where: str | os.PathLike = "
         raise InputError(where, f"calibration made with filtration {ref['filtration_mm']}, scan has {filt}; calibrate with phantoms scanned at the scan's spectrum")
 
 
+def is_calibration_set(doc: Any) -> bool:
+    """True for a calibration set (module docstring), False for anything else."""
+    return isinstance(doc, Mapping) and doc.get("format") == SET_FORMAT
+
+
+def validate_calibration_set(doc: Mapping, where: str | os.PathLike = "calibration") -> None:
+    """Check a calibration set: at least one entry, each a valid calibration, one reference energy.
+
+    Raises:
+        InputError: naming the file, the entry and its problem.
+    """
+    entries = doc.get("calibrations")
+    if not isinstance(entries, Mapping) or not entries:
+        raise InputError(where, "calibration set holds no calibrations")
+    if int(doc.get("format_version", 0)) > FORMAT_VERSION:
+        raise InputError(where, f"format_version {doc['format_version']} is newer than this dfseg reads ({FORMAT_VERSION})")
+    for name, cal in entries.items():
+        try:
+            validate_calibration(cal, where)
+        except InputError as err:
+            raise InputError(where, f"entry {name!r}: {err.problem}") from None
+    energies = {round(float(cal["reference"]["e_ref_kev"]), 9) for cal in entries.values()}
+    if len(energies) > 1:
+        raise InputError(where, f"entries normalise to different reference energies {sorted(energies)} keV")
+
+
+def _same_visibility(a: Any, b: Any) -> bool:
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        if set(a) != set(b):
+            return False
+        return all(np.isclose(float(a[k]), float(b[k]), atol=1e-9) for k in a)
+    return a == b
+
+
+def select_calibration(doc: Mapping, spectrum: Mapping, where: str | os.PathLike = "calibration") -> dict:
+    """The calibration for a scan's spectrum: ``doc`` itself (checked), or a set's matching entry.
+
+    A set's entry matches when its tube voltage and filtration are the scan's
+    (:func:`check_spectrum`); among several, the one with the scan's visibility spectrum.
+
+    Args:
+        doc: a validated calibration or calibration set.
+        spectrum: a scan's sidecar (``kvp``, ``filtration_mm``, optionally ``visibility``).
+
+    Raises:
+        InputError: no entry (or a single calibration that does not) matches, or several do.
+    """
+    if not is_calibration_set(doc):
+        check_spectrum(doc, spectrum, where)
+        return dict(doc)
+    matches = []
+    for name, cal in doc["calibrations"].items():
+        try:
+            check_spectrum(cal, spectrum, where)
+        except InputError:
+            continue
+        matches.append((name, cal))
+    if len(matches) > 1 and spectrum.get("visibility") is not None:
+        matches = [(n, c) for n, c in matches if _same_visibility(c["reference"]["visibility"], spectrum["visibility"])]
+    filt = spectrum.get("filtration_mm")
+    if not matches:
+        raise InputError(where, f"no calibration in the set for {spectrum.get('kvp')} kVp, filtration {filt}; "
+                                f"it holds {len(doc['calibrations'])} (scan the phantoms at this spectrum too)")
+    if len(matches) > 1:
+        raise InputError(where, f"{len(matches)} calibrations match {spectrum.get('kvp')} kVp, filtration {filt} "
+                                f"({', '.join(n for n, _ in matches)}) and the scan states no visibility to choose")
+    return dict(matches[0][1])
+
+
+def load_calibration_document(path: str | os.PathLike | Mapping) -> dict:
+    """Read and validate a calibration or a calibration set (a mapping is validated and returned)."""
+    if isinstance(path, Mapping):
+        doc, where = dict(path), "calibration"
+    else:
+        where = Path(path)
+        doc = read_json(where)
+    if is_calibration_set(doc):
+        validate_calibration_set(doc, where)
+    else:
+        validate_calibration(doc, where)
+    return doc
+
+
 def load_calibration(path: str | os.PathLike | Mapping, *, expect_spectrum: Mapping | None = None) -> dict:
     """Read and validate ``calibration.json`` (a mapping is validated and returned as a dict).
 
     Args:
         path: the file, or an already-loaded calibration dictionary.
         expect_spectrum: optional ``{"kvp": ..., "filtration_mm": ...}`` (a scan's sidecar); a
-            calibration made for another spectrum is refused.
+            calibration made for another spectrum is refused, and a calibration set gives the
+            entry for it (:func:`select_calibration`).
 
     Raises:
-        InputError: missing file, invalid JSON, missing key or spectrum mismatch; names the file.
+        InputError: missing file, invalid JSON, missing key or spectrum mismatch, or a calibration
+            set without a spectrum to choose by; names the file.
     """
-    if isinstance(path, Mapping):
-        cal, where = dict(path), "calibration"
-    else:
-        where = Path(path)
-        cal = read_json(where)
-    validate_calibration(cal, where)
+    doc = load_calibration_document(path)
+    where = "calibration" if isinstance(path, Mapping) else Path(path)
     if expect_spectrum is not None:
-        check_spectrum(cal, expect_spectrum, where)
-    return cal
+        return select_calibration(doc, expect_spectrum, where)
+    if is_calibration_set(doc):
+        raise InputError(where, f"is a calibration set for {len(doc['calibrations'])} spectra; preprocess the "
+                                "cohort with it (dfseg preprocess picks each scan's entry)")
+    return doc
 
 
 def save_calibration(path: str | os.PathLike, cal: Mapping) -> None:
-    """Validate and write a calibration atomically."""
-    validate_calibration(cal, path)
+    """Validate and write a calibration or a calibration set atomically."""
+    if is_calibration_set(cal):
+        validate_calibration_set(cal, path)
+    else:
+        validate_calibration(cal, path)
     write_json(path, dict(cal))
 
 

@@ -71,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--randomise-ranges", default=None, metavar="FILE.yaml",
                         help="YAML mapping of randomisation ranges replacing the defaults (e.g. 'kvp: [50, 90]'); "
                              "implies --randomise")
+    parser.add_argument("--randomise-fraction", type=float, default=1.0, metavar="F",
+                        help="share of the subjects randomised, the others scanned at their variant's nominal "
+                             "scanner, evenly over variants and cohort (default 1: all; a mixed training cohort: 0.5)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds in the manifest (default 5)")
     parser.add_argument("--test-by", choices=("subject", "variant", "none"), default="subject",
                         help="held-out test set: a share of subjects, whole variants, or none (default subject)")
@@ -102,6 +105,10 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--randomise", "draws the tube per subject; give its kvp/al_mm/cu_mm ranges in "
                                             "--randomise-ranges instead of --kvp/--filtration")
         randomise = DomainRandomisation() if args.randomise_ranges is None else load_ranges(args.randomise_ranges)
+    if not 0.0 <= args.randomise_fraction <= 1.0:
+        raise InputError("--randomise-fraction", f"must be in [0, 1], got {args.randomise_fraction}")
+    if args.randomise_fraction != 1.0 and randomise is None:
+        raise InputError("--randomise-fraction", "needs --randomise or --randomise-ranges")
     filtration = None if args.filtration is None else parse_filtration(args.filtration, "--filtration")
     if args.kvp is not None:
         check_tube(args.kvp, filtration or {}, kvp_where="--kvp", filtration_where="--filtration")
@@ -128,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         folds=args.folds, test_by=args.test_by, test_fraction=args.test_fraction, test_variants=args.test_variants,
         kvp=args.kvp, filtration_mm=filtration, z_centre_mm=z_centre, protocol=protocol,
         executor=args.executor, scheduler=args.scheduler, randomise=randomise,
+        randomise_fraction=args.randomise_fraction,
     )
     print(f"wrote {args.subjects} subjects ({grid_text(size)} voxels of {voxel_mm} mm"
           f"{f', protocol {protocol}' if protocol else ''}{', domain-randomised' if randomise else ''}) "

@@ -4,7 +4,8 @@ Layout (docs/ARCHITECTURE.md "Files of a scan")::
 
     <out>/manifest.json
     <out>/scans/<scan_id>/{attn,df,label,lung_mask[,proj_T,proj_D]}.nii.gz, sidecar.json
-    <out>/phantoms/<phantom_id>/...
+    <out>/phantoms/<phantom_id>/...                  one spectrum
+    <out>/phantoms/<NN>_<kvp>kvp_<filters>/<phantom_id>/...   one set per spectrum
 
 Determinism: subject i draws every random number from
 ``numpy.random.default_rng(SeedSequence([seed, i]))``, so the files do not depend on the number
@@ -25,6 +26,7 @@ voxel keeps its world position; its projections (the whole detector) are not wri
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -285,12 +287,15 @@ def write_cohort(
     executor: str = "local",
     scheduler: str | None = None,
     randomise: DomainRandomisation | None = None,
+    randomise_fraction: float = 1.0,
 ) -> Path:
     """Simulate a cohort and write scans, calibration phantoms and ``manifest.json``.
 
-    The phantoms are scanned at the spectrum given by ``kvp``/``filtration_mm``, else the first
-    variant's, so ``dfseg calibrate <out>/phantoms`` fits a calibration for the subjects at that
-    spectrum (and :func:`dfseg.calibration.check_spectrum` refuses it for any other).
+    The phantoms are scanned at the subjects' spectrum (tube, filtration, visibility spectrum), so
+    ``dfseg calibrate <out>/phantoms`` fits the calibration the subjects need. A cohort scanned at
+    several spectra (several variants, domain randomisation) gets one phantom set per spectrum,
+    ``phantoms/<NN>_<kvp>kvp_<filters>/`` (:func:`scan_spectra`, :func:`spectrum_name`), and
+    ``dfseg calibrate`` then writes a calibration set.
 
     Args:
         out: output directory (refused when non-empty unless ``overwrite``).
@@ -322,8 +327,11 @@ def write_cohort(
         scheduler: the Dask scheduler's address or scheduler file (``executor="dask"``; None
             starts a local cluster of ``workers`` processes).
         randomise: domain randomisation ranges (module docstring): each subject's scanner and
-            animal drawn from them (``kvp``/``filtration_mm`` must then be None); None: off. The
-            phantoms keep the first variant's spectrum and the base dose, voxel and orientations.
+            animal drawn from them (``kvp``/``filtration_mm`` must then be None); None: off. Each
+            subject's phantom set has its drawn tube and visibility at the base dose and voxel.
+        randomise_fraction: share of the subjects ``randomise`` applies to (the others keep their
+            variant's nominal scanner and animal): :func:`randomised_subjects`, spread evenly over
+            the cohort and the variants. 1: every subject.
 
     Returns:
         the cohort directory.
@@ -358,8 +366,11 @@ def write_cohort(
              "acquisition": base, "has_tumour": i not in free, "scans_dir": str((out / "scans").absolute()),
              "projections": projections, "z_centre_mm": z_centre_mm, "protocol": protocol, **(spectrum or {})}
             for i in range(subjects)]
+    if not 0.0 <= randomise_fraction <= 1.0:
+        raise InputError("randomise_fraction", f"must be in [0, 1], got {randomise_fraction}")
     if randomise is not None:  # drawn here, in the parent: the draws cannot depend on the executor
-        for job in jobs:
+        chosen = randomised_subjects(subjects, len(variants), randomise_fraction)
+        for job in (j for j in jobs if j["index"] in chosen):
             job["domain"] = {**sample_domain(domain_rng(seed, job["index"]), randomise), "ranges": randomise.describe()}
     # a bar on a terminal only: in a log file (CI, nohup) it is noise among the error lines
     bar = tqdm(total=subjects, desc="simulate", unit="subject", disable=not progress or not sys.stderr.isatty(),
@@ -368,7 +379,13 @@ def write_cohort(
              progress=lambda: bar.update(1))
     bar.close()
     if phantoms:
-        _write_phantoms(out / "phantoms", base.at_pixel(voxel_mm), voxel_mm, seed, progress)
+        spectra = scan_spectra(jobs, base)
+        if len(spectra) == 1:
+            _write_phantoms(out / "phantoms", spectra[0].at_pixel(voxel_mm), voxel_mm, seed, progress)
+        else:  # one phantom set per spectrum: dfseg calibrate fits a calibration set
+            for k, config in enumerate(spectra):
+                _write_phantoms(out / "phantoms" / spectrum_name(k, config), config.at_pixel(voxel_mm), voxel_mm, seed,
+                                progress, stream=(k,))
     manifest = build_manifest(
         scan_entries(out), out, num_folds=min(folds, subjects) if subjects >= 2 else 2, seed=seed,
         test_by=test_by, test_fraction=test_fraction, test_variants=test_variants,
@@ -380,6 +397,17 @@ def write_cohort(
     return out
 
 
+def randomised_subjects(subjects: int, n_variants: int, fraction: float) -> set[int]:
+    """Indices of the subjects a ``fraction`` of a cohort's domain randomisation applies to.
+
+    Subjects are dealt to the variants in turn, ``n_variants`` per round; round ``j`` is randomised
+    when ``floor((j + 1) f) > floor(j f)``, so the share is ``f`` over the cohort, the same for
+    every variant, and whole rounds keep or lose it (``f = 0.5``: every second round).
+    """
+    rounds = [i // max(int(n_variants), 1) for i in range(subjects)]
+    return {i for i, j in enumerate(rounds) if np.floor((j + 1) * fraction + 1e-9) > np.floor(j * fraction + 1e-9)}
+
+
 def grid_text(size: int | tuple[int, int, int] | None) -> str:
     """A grid for messages: ``"64^3"``, ``"178 x 178 x 32"`` or, for None, the true-size mouse's."""
     if size is None:
@@ -389,7 +417,34 @@ def grid_text(size: int | tuple[int, int, int] | None) -> str:
     return " x ".join(str(int(n)) for n in size)
 
 
-def _write_phantoms(out: Path, config: AcquisitionConfig, voxel_mm: float, seed: int, progress: bool) -> None:
+def scan_spectra(jobs: Sequence[dict[str, Any]], base: AcquisitionConfig) -> list[AcquisitionConfig]:
+    """The distinct spectra (tube, filtration, visibility) the cohort's subjects are scanned at, in order.
+
+    Each is ``base`` with that tube and visibility spectrum: the phantoms' acquisition for the
+    subjects scanned at it (a variant's spectrum, a fixed ``kvp``/``filtration_mm``, or a subject's
+    domain-randomised scanner).
+    """
+    found: dict[str, AcquisitionConfig] = {}
+    for job in jobs:
+        if job.get("domain") is not None:
+            config = acquisition_for(base, job["domain"])
+        else:
+            var = get_variant(job["variant"])
+            config = replace(base, kvp=float(job.get("kvp", var.kvp)),
+                             filtration_mm=dict(job.get("filtration_mm", var.filtration_mm)))
+        key = json.dumps([config.kvp, config.filtration_mm, config.visibility], sort_keys=True)
+        found.setdefault(key, config)
+    return list(found.values())
+
+
+def spectrum_name(index: int, config: AcquisitionConfig) -> str:
+    """Folder of a cohort's ``index``-th phantom set: ``01_72.4kvp_al1.2_cu0.05``."""
+    filters = "_".join(f"{m.lower()}{mm:.3g}" for m, mm in sorted(config.filtration_mm.items()))
+    return f"{index:02d}_{config.kvp:.4g}kvp" + (f"_{filters}" if filters else "")
+
+
+def _write_phantoms(out: Path, config: AcquisitionConfig, voxel_mm: float, seed: int, progress: bool,
+                    stream: Sequence[int] = ()) -> None:
     acquisition = {**config.describe(), "voxel_mm": float(voxel_mm)}
     report = (lambda name: print(f"phantom {name}", file=sys.stderr)) if progress else None
-    write_phantom_scans(out, acquisition, seed, progress=report)
+    write_phantom_scans(out, acquisition, seed, progress=report, stream=stream)

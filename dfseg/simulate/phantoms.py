@@ -36,7 +36,7 @@ Deterministic per seed: every phantom draws from its own ``numpy.random.default_
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +170,7 @@ def scan_phantom(
 
 
 def write_phantom_scans(out_dir: str | Path, acquisition: Any, seed: int,
-                        progress: Callable[[str], None] | None = None) -> list[Path]:
+                        progress: Callable[[str], None] | None = None, stream: Sequence[int] = ()) -> list[Path]:
     """Write the four calibration phantom scans under ``out_dir`` (``phantoms/`` of a cohort).
 
     Args:
@@ -180,6 +180,8 @@ def write_phantom_scans(out_dir: str | Path, acquisition: Any, seed: int,
             air_columns, voxel_mm; missing ones take defaults.
         seed: base seed; the same seed gives byte-identical files.
         progress: optional callback called with each phantom id as it starts.
+        stream: extra entropy for the noise, so that a cohort's phantom sets at several spectra
+            draw independent noise (empty: the single set of a one-spectrum cohort).
 
     Returns:
         the phantom directories written, in :func:`phantom_ids` order (:data:`PHANTOM_IDS` at 70 kVp).
@@ -218,6 +220,7 @@ def write_phantom_scans(out_dir: str | Path, acquisition: Any, seed: int,
         "sample_columns": list(sample_cols), "photons_per_pixel": photons, "phase_steps": steps_m,
         "flux_sigma": flux_sigma, "drift_amplitude": drift, "noise": noise,
         "reference_exposures": ref_exposures, "voxel_mm": voxel_mm, "seed": int(seed),
+        **({"seed_stream": [int(k) for k in stream]} if len(stream) else {}),
         "exposures": N_EXPOSURES, "layout": "proj_* on disk (A, U, Z, N): A exposures, U columns, Z rows, N orientations",
     }
     written: list[Path] = []
@@ -225,7 +228,7 @@ def write_phantom_scans(out_dir: str | Path, acquisition: Any, seed: int,
     for index, pid in enumerate(phantom_ids(kvp)):
         if progress is not None:
             progress(pid)
-        rng = np.random.default_rng([int(seed), index])
+        rng = np.random.default_rng([int(seed), *(int(k) for k in stream), index])
         if pid.endswith("wedge"):
             material = "water" if pid.startswith("water") else "aluminium"
             t_max = 30.0 if material == "water" else 6.0

@@ -25,7 +25,7 @@ from dfseg import __version__ as dfseg_version
 from dfseg.channels import MODALITY_CHANNELS
 from dfseg.data.manifest import SPLITS, load_manifest
 from dfseg.data.scan import as_floats, scan_meta
-from dfseg.io import read_json, save_nifti, sha256_file, voxel_size, write_json
+from dfseg.io import read_json, save_nifti, sha256_file, write_json
 from dfseg.networks import count_parameters
 from dfseg.training.distributed import is_rank0
 from dfseg.transforms.intensity import check_normalisation
@@ -305,7 +305,9 @@ class ProbabilityWriter:
 
     Attach to an evaluator whose post-processing produced ``pred`` as probabilities (1, X, Y, Z),
     or (1, X, Y) from a 2D network on radiographs (written as (X, Y, 1));
-    the scan id comes from the batch's ``scan_id``. Voxel size from the image affine.
+    the scan id comes from the batch's ``scan_id``. A volume is written with its image's affine
+    (origin, direction and spacing: the scanner's geometry, e.g. a lung crop's shifted origin); a
+    radiograph with its pixel size.
     """
 
     def __init__(self, output_dir: str | os.PathLike, pred_key: str = "pred") -> None:
@@ -331,9 +333,10 @@ class ProbabilityWriter:
                 prob = prob[..., None]
                 xy = np.sqrt((affine[:2, :2] ** 2).sum(axis=0))
                 voxel = np.array([xy[0], xy[1], xy[0]])
+                grid: np.ndarray | tuple = tuple(voxel)
             else:
-                voxel = voxel_size(affine)
-            save_nifti(self.output_dir / f"{b['scan_id']}_prob.nii.gz", prob, tuple(voxel), np.float32)
+                grid = affine
+            save_nifti(self.output_dir / f"{b['scan_id']}_prob.nii.gz", prob, grid, np.float32)
 
 
 class MetricsWriter:
