@@ -1,7 +1,7 @@
 """``dfseg train``: train one model with a bundle, the short form of ``python -m monai.bundle run``.
 
 The bundle runs in a subprocess exactly as the long command would (:func:`dfseg.resources.run_bundle`),
-so both keep giving the same run folder: ``model.pt`` (best validation AUROC), ``last.pt`` (resumes),
+so both keep giving the same run folder: ``model.pt`` (best validation score), ``last.pt`` (resumes),
 ``run_info.json``, ``tensorboard/``, and with ``--tracking mlflow`` an MLflow run as well.
 """
 

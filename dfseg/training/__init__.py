@@ -15,6 +15,7 @@ from dfseg.training.data import (
     is_preprocessed,
     require_valid_manifest,
     resolve,
+    validation_score,
 )
 from dfseg.training.distributed import (
     ddp,
@@ -53,4 +54,5 @@ __all__ = [
     "derive_seed", "destroy_distributed", "eval_postprocessing", "eval_transforms", "handlers_for_rank",
     "in_channels", "init_distributed", "is_preprocessed", "is_rank0", "load_checkpoint", "lr_writer", "output_dir",
     "rank_device", "require_valid_manifest", "resolve", "roi_size", "run_info", "summary_writer", "train_transforms",
+    "validation_score",
 ]

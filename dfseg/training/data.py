@@ -193,6 +193,31 @@ def require_valid_manifest(manifest: str | os.PathLike | None, *, check_hashes: 
         raise SystemExit(1) from None
 
 
+def validation_score(auroc: Any, dice: Any) -> Any:
+    """The validation key metric: the mean of the lesion-presence AUROC and the mean Dice.
+
+    It picks ``model.pt`` and drives early stopping. The presence AUROC on a few validation mice
+    ranks volumes by their highest lung probability; it is coarse (one swapped pair moves it by
+    1/(n_pos n_neg)) and can peak in the first epochs, before the network segments well (a model
+    with many false-positive blobs can still rank the volumes). The mean Dice over the volumes
+    with tumours measures the segmentation. Their mean asks for both. A metric that is undefined
+    (no tumour-free or no tumour-bearing validation volume) is left out of the mean.
+
+    Args:
+        auroc, dice: Ignite metrics (MONAI ``ROCAUC`` and ``MeanDice`` handlers).
+
+    Returns:
+        an Ignite ``MetricsLambda``.
+    """
+    from ignite.metrics import MetricsLambda
+
+    def mean(a: Any, d: Any) -> float:
+        values = [float(v) for v in (a, d) if np.isfinite(float(v))]
+        return float(np.mean(values)) if values else 0.0
+
+    return MetricsLambda(mean, auroc, dice)
+
+
 def at_least_as_good(current: float, best: float) -> bool:
     """Key-metric comparison for the best-model checkpoint: a tie replaces the earlier model.
 

@@ -374,7 +374,7 @@ def _clock(seconds: float) -> str:
 def epoch_line(epoch: int, max_epochs: int, *, loss: float | None, lr: float | None, metrics: Mapping[str, float],
                best: tuple[str, float, int] | None, seconds: float, eta_seconds: float | None) -> str:
     """The one line a training run prints per epoch, e.g.
-    ``epoch 3/100  loss 0.4123  lr 1.00e-03  val_auroc 0.8125  val_mean_dice 0.4100  best val_auroc 0.8500
+    ``epoch 3/100  loss 0.4123  lr 1.00e-03  val_score 0.6100  val_auroc 0.8125  val_mean_dice 0.4100  best val_score 0.6300
     (epoch 2)  12.3 s  ETA 0:19:56``.
 
     Args:
