@@ -14,16 +14,18 @@ tube spectrum and tumour shape model; :mod:`dfseg.simulate.variants`):
 Each cohort is calibrated from its own phantoms (a calibration set: one calibration per spectrum)
 and preprocessed. Half of every (variant, cohort) group, stratified by tumour presence, is held out
 as test mice; the training recipe is the demo's (attention U-Net, combined input, fold 0 for
-validation) on the mix of fixed and randomised training mice. Four models are trained: ``all``
+validation) on the mix of fixed and randomised training mice. Five models are trained: ``all``
 (every variant: the in-distribution reference) and ``without-<V>`` for each variant V (no mouse of
-V, fixed or randomised). Each is scored by ``dfseg evaluate`` on the test mice of every held-out
-variant: ``all`` on each variant's, ``without-V`` on V's. The JSON printed (and written to
+V, fixed or randomised), plus ``fixed-only`` (every variant, fixed-scanner mice only: what the
+randomised mice add). Each is scored by ``dfseg evaluate`` on the test mice of every held-out
+variant: ``all`` on each variant's, ``without-V`` on V's, ``fixed-only`` on each variant's
+fixed-scanner mice. The JSON printed (and written to
 ``OUT/generalisation.json``) gives, per variant and test group (fixed, randomised, both): volume
 AUROC in and out of distribution and the drop, lesion sensitivity for lesions >= 1 mm and per size
 bin, false-positive components per scan and Dice, with 95 % subject-bootstrap CIs where
 ``dfseg evaluate`` gives them. Stages already finished in OUT are reused (``--resume``).
 
-About 45 minutes on 2 CPU cores with the defaults; ``make bench`` leaves it out.
+About 70 minutes on 2 CPU cores with the defaults; ``make bench`` leaves it out.
 """
 
 from __future__ import annotations
@@ -175,12 +177,13 @@ def main() -> None:
                   patience=10_000, patch_size=DEFAULT.patch_size, batch_size=DEFAULT.batch_size,
                   num_samples=DEFAULT.num_samples, channels=list(DEFAULT.channels),
                   learning_rate=DEFAULT.learning_rate, device="cpu", seed=args.seed, num_workers=0, progress=False)
-    models = {"all": None, **{f"without-{v}": v for v in VARIANTS}}
+    # name -> (variant left out, scanner groups trained on)
+    models = {"all": (None, GROUPS), **{f"without-{v}": (v, GROUPS) for v in VARIANTS}, "fixed-only": (None, ("fixed",))}
     results: dict[str, Any] = {}
-    for name, left_out in models.items():
+    for name, (left_out, groups) in models.items():
         folder = out / "models" / name
-        model_train = [e for e in train if e["variant"] != left_out]
-        model_test = [e for e in test if left_out is None or e["variant"] == left_out]
+        model_train = [e for e in train if e["variant"] != left_out and e["group"] in groups]
+        model_test = [e for e in test if (left_out is None or e["variant"] == left_out) and e["group"] in groups]
         manifest = write_split_manifest(folder / "manifest.json", model_train, model_test, args.seed)
         if not (folder / "train" / "model.pt").is_file() and not (folder / "done").is_file():
             _log(f"train {name}: {len(model_train)} mice (fold 0 validates), {args.max_epochs} epochs")
@@ -194,8 +197,9 @@ def main() -> None:
                        channels=list(DEFAULT.channels), device="cpu", output_dir=folder / "train",
                        predictions_dir=folder / "predictions", num_workers=0)
             (folder / "predictions_done").write_text("predicted\n")
+        column = {"all": "all", "fixed-only": "fixed_only"}.get(name, "held_out")
         for variant in VARIANTS if left_out is None else (left_out,):
-            for subset in ("both", *GROUPS):
+            for subset in ("both", *GROUPS) if len(groups) > 1 else groups:
                 chosen = [e for e in model_test if e["variant"] == variant and subset in ("both", e["group"])]
                 key = f"{variant}/{subset}"
                 if not chosen:
@@ -206,8 +210,7 @@ def main() -> None:
                                                         model_train, chosen, args.seed)
                     _dfseg("evaluate", "--predictions", folder / "predictions", "--manifest", sub_manifest,
                            "-o", evaluation, "--split", "test", "--seed", args.seed, "--no-progress", "--overwrite")
-                results.setdefault(key, {})[name if left_out is None else "held_out"] = summarise(
-                    read_json(evaluation / "metrics.json"))
+                results.setdefault(key, {})[column] = summarise(read_json(evaluation / "metrics.json"))
     for row in results.values():
         a, h = (row.get("all") or {}).get("volume_auroc"), (row.get("held_out") or {}).get("volume_auroc")
         row["auroc_drop"] = round(a["estimate"] - h["estimate"], 4) if a and h else None
