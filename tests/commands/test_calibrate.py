@@ -33,16 +33,19 @@ def test_calibrate_cli(tmp_path, capsys):
 FILTER = {"Al": 0.5, "Cu": 0.1}
 
 
+def _simulate_and_calibrate(root, subjects: int, *options: str):
+    """A small cube cohort with ``options`` and ``dfseg calibrate`` of its phantoms: (cohort, calibration)."""
+    cohort = root / "cohort"
+    assert main(["simulate", "--out", str(cohort), "--subjects", str(subjects), "--size", "24", "--voxel-mm", "0.8",
+                 "--angles", "12", "--folds", "2", "--test-by", "none", "--no-progress", *options]) == 0
+    assert main(["calibrate", str(cohort / "phantoms"), "-o", str(root / "calibration.json")]) == 0
+    return cohort, root / "calibration.json"
+
+
 @pytest.fixture(scope="module")
 def cohort_80kvp(tmp_path_factory):
     """``dfseg simulate --kvp 80 --filtration Al=0.5,Cu=0.1`` and ``dfseg calibrate`` of its phantoms."""
-    root = tmp_path_factory.mktemp("kvp80")
-    cohort = root / "cohort"
-    assert main(["simulate", "--out", str(cohort), "--subjects", "2", "--size", "24", "--voxel-mm", "0.8",
-                 "--angles", "12", "--folds", "2", "--test-by", "none", "--no-progress",
-                 "--kvp", "80", "--filtration", "Al=0.5,Cu=0.1"]) == 0
-    assert main(["calibrate", str(cohort / "phantoms"), "-o", str(root / "calibration.json")]) == 0
-    return cohort, root / "calibration.json"
+    return _simulate_and_calibrate(tmp_path_factory.mktemp("kvp80"), 2, "--kvp", "80", "--filtration", "Al=0.5,Cu=0.1")
 
 
 def test_simulate_at_80kvp_records_the_spectrum_everywhere(cohort_80kvp):
@@ -98,13 +101,7 @@ def test_preprocess_refuses_a_calibration_for_another_spectrum(cohort_80kvp, tmp
 @pytest.fixture(scope="module")
 def three_variants(tmp_path_factory):
     """A cohort dealt over the three variants (three spectra) and ``dfseg calibrate`` of its phantoms."""
-    root = tmp_path_factory.mktemp("variants")
-    cohort = root / "cohort"
-    assert main(["simulate", "--out", str(cohort), "--subjects", "3", "--size", "24", "--voxel-mm", "0.8",
-                 "--angles", "12", "--folds", "2", "--test-by", "none", "--no-progress",
-                 "--variant", "standard", "fine", "coarse"]) == 0
-    assert main(["calibrate", str(cohort / "phantoms"), "-o", str(root / "calibration.json")]) == 0
-    return cohort, root / "calibration.json"
+    return _simulate_and_calibrate(tmp_path_factory.mktemp("variants"), 3, "--variant", "standard", "fine", "coarse")
 
 
 def test_a_cohort_at_three_spectra_gets_a_phantom_set_and_a_calibration_per_spectrum(three_variants):
