@@ -34,7 +34,7 @@ from monai.transforms import Compose
 from tqdm import tqdm
 
 from dfseg import __version__
-from dfseg.calibration import is_calibration_set, load_calibration_document, select_calibration
+from dfseg.calibration import load_calibration_document, select_calibration_entry
 from dfseg.channels import DF_CHANNELS
 from dfseg.data.manifest import FILE_KEYS, SPLITS, write_manifest
 from dfseg.data.scan import LoadScand, scan_value
@@ -77,7 +77,7 @@ class CalibrationChains:
         self.document = load_calibration_document(calibration_path)
         self.aluminium_weight = float(aluminium_weight)
         self.bone_correction = bool(bone_correction)
-        self._built: dict[int, Chains] = {}
+        self._built: dict[str, Chains] = {}
         self._lock = threading.Lock()
 
     def for_scan(self, meta: Mapping[str, Any]) -> Chains:
@@ -86,9 +86,7 @@ class CalibrationChains:
         Raises:
             InputError: no calibration for the scan's spectrum (names the calibration file).
         """
-        cal = select_calibration(self.document, meta, self.path)
-        entries = self.document["calibrations"] if is_calibration_set(self.document) else {"": self.document}
-        key = next(i for i, entry in enumerate(entries.values()) if entry["reference"] == cal["reference"])
+        key, cal = select_calibration_entry(self.document, meta, self.path)
         with self._lock:
             if key not in self._built:
                 self._built[key] = Chains(

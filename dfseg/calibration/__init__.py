@@ -15,6 +15,7 @@ from dfseg.calibration.io import (
     polyval_no_constant,
     save_calibration,
     select_calibration,
+    select_calibration_entry,
     validate_calibration,
     validate_calibration_set,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "polyval_no_constant",
     "save_calibration",
     "select_calibration",
+    "select_calibration_entry",
     "validate_calibration",
     "validate_calibration_set",
 ]

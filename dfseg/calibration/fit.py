@@ -339,22 +339,24 @@ def fit_calibrations(phantom_dir: str | os.PathLike, *, e_ref_kev: float | None 
     return doc
 
 
+def _spectrum_text(ref: Mapping) -> str:
+    """``spectrum: 70 kVp, 1 mm Al`` for a calibration's ``reference``."""
+    filt = ref.get("filtration_mm")
+    if isinstance(filt, Mapping):
+        filt = " + ".join(f"{mm:g} mm {m}" for m, mm in filt.items()) or "no added filtration"
+    return f"spectrum: {ref['kvp']:g} kVp, {filt}"
+
+
 def summary(cal: Mapping) -> str:
-    """One line per fitted quantity, for the command's output (a calibration set: a few per entry)."""
+    """One line per fitted quantity, for the command's output (a calibration set: one line per entry)."""
     if cal.get("format") == SET_FORMAT:
         entries = cal["calibrations"]
         first = next(iter(entries.values()))
         lines = [f"calibration set: {len(entries)} spectra, dark-field at {first['reference']['e_ref_kev']:.2f} keV"]
-        for name, entry in entries.items():
-            lines.append(f"{name}: " + summary(entry).split("\n")[0].replace(" (the calibration applies to scans "
-                                                                           "at this spectrum only)", "")
-                         + f", n = {entry['energy_exponent']['n']:.3f}")
+        lines += [f"{name}: {_spectrum_text(entry['reference'])}, n = {entry['energy_exponent']['n']:.3f}"
+                  for name, entry in entries.items()]
         return "\n".join(lines)
-    ref = cal["reference"]
-    filt = ref.get("filtration_mm")
-    if isinstance(filt, Mapping):
-        filt = " + ".join(f"{mm:g} mm {m}" for m, mm in filt.items()) or "no added filtration"
-    lines = [f"spectrum: {ref['kvp']:g} kVp, {filt} (the calibration applies to scans at this spectrum only)"]
+    lines = [f"{_spectrum_text(cal['reference'])} (the calibration applies to scans at this spectrum only)"]
     for m, e in cal["beam_hardening"].items():
         r = e["residuals"]
         lines.append(f"beam hardening {m}: degree {e['degree']}, held-out max |res| {r['heldout_max_abs']:.2e} "

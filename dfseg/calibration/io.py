@@ -156,7 +156,13 @@ def _same_visibility(a: Any, b: Any) -> bool:
 
 
 def select_calibration(doc: Mapping, spectrum: Mapping, where: str | os.PathLike = "calibration") -> dict:
-    """The calibration for a scan's spectrum: ``doc`` itself (checked), or a set's matching entry.
+    """The calibration for a scan's spectrum (:func:`select_calibration_entry` without the name)."""
+    return select_calibration_entry(doc, spectrum, where)[1]
+
+
+def select_calibration_entry(doc: Mapping, spectrum: Mapping,
+                             where: str | os.PathLike = "calibration") -> tuple[str, dict]:
+    """``(name, calibration)`` for a scan's spectrum: ``("", doc)`` (checked), or a set's matching entry.
 
     A set's entry matches when its tube voltage and filtration are the scan's
     (:func:`check_spectrum`); among several, the one with the scan's visibility spectrum.
@@ -170,7 +176,7 @@ def select_calibration(doc: Mapping, spectrum: Mapping, where: str | os.PathLike
     """
     if not is_calibration_set(doc):
         check_spectrum(doc, spectrum, where)
-        return dict(doc)
+        return "", dict(doc)
     matches = []
     for name, cal in doc["calibrations"].items():
         try:
@@ -187,7 +193,7 @@ def select_calibration(doc: Mapping, spectrum: Mapping, where: str | os.PathLike
     if len(matches) > 1:
         raise InputError(where, f"{len(matches)} calibrations match {spectrum.get('kvp')} kVp, filtration {filt} "
                                 f"({', '.join(n for n, _ in matches)}) and the scan states no visibility to choose")
-    return dict(matches[0][1])
+    return matches[0][0], dict(matches[0][1])
 
 
 def load_calibration_document(path: str | os.PathLike | Mapping) -> dict:

@@ -121,7 +121,7 @@ def test_a_cohort_at_three_spectra_gets_a_phantom_set_and_a_calibration_per_spec
 
 def test_each_scan_is_corrected_with_its_own_spectrum_s_calibration(three_variants, tmp_path):
     """The set's entry equals the calibration fitted from that spectrum's phantoms alone (same reference energy)."""
-    from dfseg.calibration import load_calibration, select_calibration
+    from dfseg.calibration import load_calibration, select_calibration, select_calibration_entry
     from dfseg.calibration.fit import fit_calibration
 
     cohort, cal_path = three_variants
@@ -136,6 +136,7 @@ def test_each_scan_is_corrected_with_its_own_spectrum_s_calibration(three_varian
         assert chosen["beam_hardening"]["water"]["coefficients"] == alone["beam_hardening"]["water"]["coefficients"]
         assert chosen["energy_exponent"]["n"] == alone["energy_exponent"]["n"]
         assert select_calibration(doc, meta) == chosen
+        assert select_calibration_entry(doc, meta) == (name, chosen)
     out = tmp_path / "pre"
     assert main(["preprocess", str(cohort / "manifest.json"), "-o", str(out), "--calibration", str(cal_path),
                  "--no-progress"]) == 0
