@@ -1,0 +1,177 @@
+"""Benchmark: which domain-randomisation factor teaches a model the pleural-rim false positives (issue #17).
+
+Usage: ``python bench/randomisation_ablation.py OUT [--fixed N] [--randomised N] [--ablations A ...]``.
+
+``bench/generalisation.py`` found that adding domain-randomised mice to the fixed-scanner mice of
+the three variants brings 5-17 false-positive components per scan on the lungs' pleural rim,
+where the fixed-scanner mice alone leave 0-0.14. This benchmark switches the randomisation's
+factors off one at a time and trains the same recipe on each mix:
+
+- one fixed-scanner cohort (``--fixed`` mice per variant, every variant at its own scanner);
+- one randomised cohort per ablation (``--randomised`` mice per variant, the same seed: every
+  subject draws the same scanner and animal, the ablated factor excepted, because
+  :func:`dfseg.simulate.domain.sample_domain` draws every field in a fixed order), voxel fixed
+  at the protocol's 0.15 mm as in ``bench/generalisation.py``:
+
+  - ``randomised``: the documented ranges (the reference mix);
+  - ``no-psf``: no detector point-spread function (``psf_sigma_px: [0, 0]``);
+  - ``no-crop``: every field of view the whole thorax (``lung_crop_probability: 0``);
+  - ``no-tree``: no airway and vessel tree (``tree_probability: 0``);
+  - ``no-rings``: no ring artefacts (``ring_gain_sd: [0, 0]``, ``flat_exposures`` 10^6);
+  - ``nominal-dose``: the protocol's dose (``dose_scale: [1, 1]``).
+
+Half of every (cohort, variant, tumour yes/no) group is held out for testing. Models (the demo's
+recipe: attention U-Net, combined input, 60 epochs, fold 0 validating, ``model.pt`` by validation
+score): ``fixed-only`` (fixed training mice), and for each ablation A the fixed training mice plus
+A's randomised training mice. Every model is scored by ``dfseg evaluate`` on the same fixed-scanner
+test mice, and each mix also on its own randomised test mice. The JSON printed (and
+``OUT/ablation.json``) gives per model and test group: false-positive components per scan, lesion
+sensitivity (>= 1 mm and per size bin), volume AUROC and Dice, with 95 % subject-bootstrap CIs.
+Stages already finished in OUT are reused.
+
+About 8 minutes per model and 4 per cohort on 2 CPU cores with the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from generalisation import VARIANTS, _dfseg, _log, summarise, write_split_manifest  # noqa: E402
+
+from dfseg.commands.demo import DEFAULT  # noqa: E402
+from dfseg.data.manifest import load_manifest  # noqa: E402
+from dfseg.io import read_json, write_json  # noqa: E402
+from dfseg.resources import bundle_dir, run_bundle  # noqa: E402
+from dfseg.simulate.protocols import get_protocol  # noqa: E402
+
+#: ablation name -> ``--randomise-ranges`` lines on top of the fixed voxel
+ABLATIONS: dict[str, str] = {
+    "randomised": "",
+    "no-psf": "psf_sigma_px: [0, 0]\n",
+    "no-crop": "lung_crop_probability: 0\n",
+    "no-tree": "tree_probability: 0\n",
+    "no-rings": "ring_gain_sd: [0, 0]\nflat_exposures: [1000000, 1000000]\n",
+    "nominal-dose": "dose_scale: [1, 1]\n",
+}
+
+
+def make_cohort(out: Path, name: str, n: int, seed: int, workers: int, protocol: str, e_ref: float | None) -> Path:
+    """Simulate, calibrate and preprocess one cohort (``fixed`` or an ablation); its preprocessed manifest."""
+    pre = out / "cohorts" / name / "preprocessed" / "manifest.json"
+    if pre.is_file():
+        return pre
+    root = out / "cohorts" / name
+    extra: list[Any] = []
+    if name != "fixed":
+        ranges = root / "randomise_ranges.yaml"
+        ranges.parent.mkdir(parents=True, exist_ok=True)
+        voxel = get_protocol(protocol).voxel_mm
+        ranges.write_text(f"voxel_mm: [{voxel}, {voxel}]\n{ABLATIONS[name]}")
+        extra = ["--randomise-ranges", ranges]
+    _log(f"simulate {name}: {n * len(VARIANTS)} mice")
+    _dfseg("simulate", "-o", root / "cohort", "--protocol", protocol, "--subjects", n * len(VARIANTS),
+           "--variant", *VARIANTS, "--seed", seed + (name != "fixed"), "--workers", workers, "--test-by", "none",
+           "--no-progress", "--overwrite", *extra)
+    energy = [] if e_ref is None else ["--e-ref-kev", e_ref]
+    _dfseg("calibrate", root / "cohort" / "phantoms", "-o", root / "calibration.json", "--overwrite", *energy)
+    _log(f"preprocess {name}")
+    _dfseg("preprocess", root / "cohort" / "manifest.json", "-o", root / "preprocessed", "--calibration",
+           root / "calibration.json", "--workers", workers, "--no-progress", "--overwrite")
+    return pre
+
+
+def cohort_entries(manifest: Path, name: str, out: Path) -> list[dict]:
+    """The cohort's scans with ids prefixed by the cohort's name and a ``test`` flag (every second
+    subject of each (variant, tumour) stratum)."""
+    doc = load_manifest(manifest)
+    entries = []
+    for e in [e for split in ("training", "validation", "test") for e in doc.get(split) or []]:
+        keep = {k: e[k] for k in ("attn", "df", "label", "lung_mask", "sidecar", "has_tumour", "variant") if k in e}
+        ids = {"subject_id": f"{name}-{e['subject_id']}", "scan_id": f"{name}-{e['scan_id']}"}
+        sidecar = out / "pooled" / ids["scan_id"] / "sidecar.json"
+        sidecar.parent.mkdir(parents=True, exist_ok=True)
+        write_json(sidecar, {**read_json(e["sidecar"]), **ids})
+        keep.update(ids, sidecar=str(sidecar), group=name)
+        entries.append(keep)
+    strata: dict[tuple, list[dict]] = {}
+    for e in sorted(entries, key=lambda e: e["subject_id"]):
+        strata.setdefault((e["variant"], e["has_tumour"]), []).append(e)
+    for members in strata.values():
+        for i, e in enumerate(members):
+            e["test"] = i % 2 == 1
+    return entries
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="folder for cohorts, models, predictions and evaluations")
+    parser.add_argument("--fixed", type=int, default=8, help="fixed-scanner mice per variant (default 8)")
+    parser.add_argument("--randomised", type=int, default=8, help="randomised mice per variant and ablation (default 8)")
+    parser.add_argument("--ablations", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS),
+                        help="mixes to train (default: all)")
+    parser.add_argument("--max-epochs", type=int, default=DEFAULT.max_epochs)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--protocol", default="demo", help="simulation protocol (default demo; quick for a smoke test)")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    fixed = cohort_entries(make_cohort(out, "fixed", args.fixed, args.seed, args.workers, args.protocol, None),
+                           "fixed", out)
+    e_ref = next(iter(read_json(out / "cohorts" / "fixed" / "calibration.json")["calibrations"].values()))[
+        "reference"]["e_ref_kev"]
+    bundle = bundle_dir("dfseg_attention_unet")
+    recipe = dict(fold=0, modality="combined", max_epochs=args.max_epochs,
+                  val_interval=min(DEFAULT.val_interval, args.max_epochs), patience=10_000,
+                  patch_size=DEFAULT.patch_size, batch_size=DEFAULT.batch_size, num_samples=DEFAULT.num_samples,
+                  channels=list(DEFAULT.channels), learning_rate=DEFAULT.learning_rate, device="cpu",
+                  seed=args.seed, num_workers=0, progress=False)
+    results: dict[str, Any] = {}
+    for name in ["fixed-only", *args.ablations]:
+        extra: list[dict] = []
+        if name != "fixed-only":
+            t = time.perf_counter()
+            extra = cohort_entries(make_cohort(out, name, args.randomised, args.seed, args.workers, args.protocol,
+                                               e_ref), name, out)
+            times[f"cohort_{name}"] = time.perf_counter() - t
+        train = [e for e in fixed + extra if not e["test"]]
+        test = [e for e in fixed + extra if e["test"]]
+        folder = out / "models" / name
+        manifest = write_split_manifest(folder / "manifest.json", train, test, args.seed)
+        if not (folder / "done").is_file():
+            _log(f"train {name}: {len(train)} mice (fold 0 validates), {args.max_epochs} epochs")
+            t = time.perf_counter()
+            run_bundle(bundle, "train", manifest=manifest, output_dir=folder / "train", **recipe)
+            times[f"train_{name}"] = time.perf_counter() - t
+            (folder / "done").write_text("trained\n")
+        if not (folder / "predictions_done").is_file():
+            _log(f"predict {name}: {len(test)} test mice")
+            run_bundle(bundle, "inference", manifest=manifest, modality="combined", split="test",
+                       channels=list(DEFAULT.channels), device="cpu", output_dir=folder / "train",
+                       predictions_dir=folder / "predictions", num_workers=0)
+            (folder / "predictions_done").write_text("predicted\n")
+        for group in {"fixed", name} - {"fixed-only"}:
+            chosen = [e for e in test if e["group"] == group]
+            evaluation = folder / "evaluation" / group
+            if not (evaluation / "metrics.json").is_file():
+                sub = write_split_manifest(folder / "eval" / group / "manifest.json", train, chosen, args.seed)
+                _dfseg("evaluate", "--predictions", folder / "predictions", "--manifest", sub, "-o", evaluation,
+                       "--split", "test", "--seed", args.seed, "--no-progress", "--overwrite")
+            results.setdefault(name, {})["fixed" if group == "fixed" else "own_randomised"] = summarise(
+                read_json(evaluation / "metrics.json"))
+        report = {"settings": vars(args) | {"out": str(out)}, "seconds": {k: round(v, 1) for k, v in times.items()},
+                  "results": results}
+        write_json(out / "ablation.json", report)
+    print(json.dumps(report, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
