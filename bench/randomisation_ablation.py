@@ -8,6 +8,8 @@ where the fixed-scanner mice alone leave 0-0.14. This benchmark switches the ran
 factors off one at a time and trains the same recipe on each mix:
 
 - one fixed-scanner cohort (``--fixed`` mice per variant, every variant at its own scanner);
+- ``nominal``: a second fixed-scanner cohort (another seed, ``--randomised`` mice per variant): the
+  mix's size and training iterations without its variety, the control for every ablation;
 - one randomised cohort per ablation (``--randomised`` mice per variant, the same seed: every
   subject draws the same scanner and animal, the ablated factor excepted, because
   :func:`dfseg.simulate.domain.sample_domain` draws every field in a fixed order), voxel fixed
@@ -18,7 +20,11 @@ factors off one at a time and trains the same recipe on each mix:
   - ``no-crop``: every field of view the whole thorax (``lung_crop_probability: 0``);
   - ``no-tree``: no airway and vessel tree (``tree_probability: 0``);
   - ``no-rings``: no ring artefacts (``ring_gain_sd: [0, 0]``, ``flat_exposures`` 10^6);
-  - ``nominal-dose``: the protocol's dose (``dose_scale: [1, 1]``).
+  - ``nominal-dose``: the protocol's dose (``dose_scale: [1, 1]``);
+  - ``nominal-noise``: the nominal scanner's noise: protocol dose, the standard variant's
+    spectrum-weighted visibility (0.19), 4 grating orientations, no rings;
+  - ``nominal-anatomy``: the reference mouse's body, lungs and heart (no size or position jitter);
+  - ``standard-micro``: the standard variant's lung micro-structure in every mouse.
 
 Half of every (cohort, variant, tumour yes/no) group is held out for testing. Models (the demo's
 recipe: attention U-Net, combined input, 60 epochs, fold 0 validating, ``model.pt`` by validation
@@ -27,7 +33,7 @@ A's randomised training mice. Every model is scored by ``dfseg evaluate`` on the
 test mice, and each mix also on its own randomised test mice. The JSON printed (and
 ``OUT/ablation.json``) gives per model and test group: false-positive components per scan, lesion
 sensitivity (>= 1 mm and per size bin), volume AUROC and Dice, with 95 % subject-bootstrap CIs.
-Stages already finished in OUT are reused.
+Stages already finished in OUT are reused, and models scored by an earlier call on OUT stay in the report.
 
 About 8 minutes per model and 4 per cohort on 2 CPU cores with the defaults.
 """
@@ -52,13 +58,22 @@ from dfseg.resources import bundle_dir, run_bundle  # noqa: E402
 from dfseg.simulate.protocols import get_protocol  # noqa: E402
 
 #: ablation name -> ``--randomise-ranges`` lines on top of the fixed voxel
-ABLATIONS: dict[str, str] = {
+#: (``nominal`` is no randomisation at all: a second fixed-scanner cohort, the mix's size without its variety)
+ABLATIONS: dict[str, str | None] = {
+    "nominal": None,
     "randomised": "",
     "no-psf": "psf_sigma_px: [0, 0]\n",
     "no-crop": "lung_crop_probability: 0\n",
     "no-tree": "tree_probability: 0\n",
     "no-rings": "ring_gain_sd: [0, 0]\nflat_exposures: [1000000, 1000000]\n",
     "nominal-dose": "dose_scale: [1, 1]\n",
+    "nominal-noise": "dose_scale: [1, 1]\nreference_visibility: [0.19, 0.19]\norientations: [4, 4]\n"
+                     "ring_gain_sd: [0, 0]\nflat_exposures: [1000000, 1000000]\n",
+    "nominal-anatomy": "".join(f"{k}: [{v}, {v}]\n" for k, v in (
+        ("body_width_scale", 1), ("body_depth_scale", 1), ("lung_scale", 1), ("lung_shift_mm", 0),
+        ("heart_scale", 1), ("heart_shift_mm", 0))),
+    "standard-micro": "alveolar_radius_um: [30, 30]\nair_fraction: [0.75, 0.75]\nanisotropy: [0.25, 0.25]\n"
+                      "correlation_mm: [1.5, 1.5]\n",
 }
 
 
@@ -69,7 +84,7 @@ def make_cohort(out: Path, name: str, n: int, seed: int, workers: int, protocol:
         return pre
     root = out / "cohorts" / name
     extra: list[Any] = []
-    if name != "fixed":
+    if ABLATIONS.get(name) is not None:
         ranges = root / "randomise_ranges.yaml"
         ranges.parent.mkdir(parents=True, exist_ok=True)
         voxel = get_protocol(protocol).voxel_mm
@@ -114,10 +129,11 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="folder for cohorts, models, predictions and evaluations")
     parser.add_argument("--fixed", type=int, default=8, help="fixed-scanner mice per variant (default 8)")
     parser.add_argument("--randomised", type=int, default=8, help="randomised mice per variant and ablation (default 8)")
-    parser.add_argument("--ablations", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS),
+    parser.add_argument("--ablations", nargs="*", default=list(ABLATIONS), choices=list(ABLATIONS),
                         help="mixes to train (default: all)")
     parser.add_argument("--max-epochs", type=int, default=DEFAULT.max_epochs)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
+    parser.add_argument("--train-seed", type=int, help="training seed (default: --seed); a second seed on the same cohorts")
     parser.add_argument("--protocol", default="demo", help="simulation protocol (default demo; quick for a smoke test)")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
@@ -133,9 +149,10 @@ def main() -> None:
                   val_interval=min(DEFAULT.val_interval, args.max_epochs), patience=10_000,
                   patch_size=DEFAULT.patch_size, batch_size=DEFAULT.batch_size, num_samples=DEFAULT.num_samples,
                   channels=list(DEFAULT.channels), learning_rate=DEFAULT.learning_rate, device="cpu",
-                  seed=args.seed, num_workers=0, progress=False)
-    results: dict[str, Any] = {}
-    for name in ["fixed-only", *args.ablations]:
+                  seed=args.seed if args.train_seed is None else args.train_seed, num_workers=0, progress=False)
+    previous = out / "ablation.json"  # models scored by an earlier call on OUT stay in the report
+    results: dict[str, Any] = read_json(previous)["results"] if previous.is_file() else {}
+    for name in ["fixed-only", *[a for a in ABLATIONS if a in args.ablations]]:
         extra: list[dict] = []
         if name != "fixed-only":
             t = time.perf_counter()
