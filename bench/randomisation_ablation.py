@@ -152,13 +152,15 @@ def main() -> None:
                   seed=args.seed if args.train_seed is None else args.train_seed, num_workers=0, progress=False)
     previous = out / "ablation.json"  # models scored by an earlier call on OUT stay in the report
     results: dict[str, Any] = read_json(previous)["results"] if previous.is_file() else {}
+    times.update(read_json(previous)["seconds"] if previous.is_file() else {})
     for name in ["fixed-only", *[a for a in ABLATIONS if a in args.ablations]]:
         extra: list[dict] = []
         if name != "fixed-only":
-            t = time.perf_counter()
+            t, built = time.perf_counter(), not (out / "cohorts" / name / "preprocessed" / "manifest.json").is_file()
             extra = cohort_entries(make_cohort(out, name, args.randomised, args.seed, args.workers, args.protocol,
                                                e_ref), name, out)
-            times[f"cohort_{name}"] = time.perf_counter() - t
+            if built:
+                times[f"cohort_{name}"] = time.perf_counter() - t
         train = [e for e in fixed + extra if not e["test"]]
         test = [e for e in fixed + extra if e["test"]]
         folder = out / "models" / name

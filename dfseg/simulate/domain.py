@@ -191,7 +191,13 @@ def _log_uniform(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
 
 
 def _integer(rng: np.random.Generator, lo_hi: tuple[int, int]) -> int:
-    return int(rng.integers(lo_hi[0], lo_hi[1] + 1))
+    """A whole number uniform in ``[lo, hi]`` from exactly one ``rng.random()``.
+
+    ``rng.integers`` takes as many draws as its rejection sampling needs, none for ``lo == hi``,
+    which would shift every later field of :func:`sample_domain` when a range is fixed.
+    """
+    lo, hi = lo_hi
+    return int(min(hi, lo + np.floor((hi - lo + 1) * rng.random())))
 
 
 def sample_domain(rng: np.random.Generator, ranges: DomainRandomisation | None = None) -> dict[str, Any]:

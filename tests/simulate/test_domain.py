@@ -31,6 +31,7 @@ from dfseg.simulate.domain import (
     INTEGER_RANGES,
     PROBABILITIES,
     DomainRandomisation,
+    _integer,
     acquisition_for,
     domain_rng,
     grid_for,
@@ -93,6 +94,28 @@ def test_fixed_ranges_give_fixed_values():
         d = sample_domain(domain_rng(0, i), r)
         assert d["kvp"] == 70 and d["voxel_mm"] == 0.15 and len(d["orientations_deg"]) == 4
         assert "Cu" not in d["filtration_mm"] and d["fov"] == "lung" and d["tree"] is None
+
+
+@pytest.mark.parametrize("fixed", [{"orientations": (4, 4)}, {"flat_exposures": (50, 50)}, {"psf_sigma_px": (0, 0)},
+                                   {"tree_generations": (6, 6)}, {"cu_probability": 0.0}, {"kvp": (70, 70)}])
+def test_fixing_one_range_leaves_every_other_draw(fixed):
+    """Each field takes one draw whatever its range, so an ablation's subjects stay paired."""
+    full, one = DomainRandomisation(), DomainRandomisation(**fixed)
+    name = next(iter(fixed))
+    drawn_as = {"orientations": "orientations_deg", "cu_probability": "filtration_mm", "tree_generations": "tree",
+                "flat_exposures": "flat_exposures", "psf_sigma_px": "psf_sigma_px", "kvp": "kvp"}[name]
+    for i in range(30):
+        a, b = sample_domain(domain_rng(5, i), full), sample_domain(domain_rng(5, i), one)
+        assert {k for k in a if a[k] != b[k]} <= {drawn_as}, (name, i)
+    assert {len(sample_domain(domain_rng(5, i), one)["orientations_deg"]) for i in range(30)} <= (
+        {4} if name == "orientations" else set(range(3, 9)))
+
+
+def test_integer_ranges_are_uniform_over_their_whole_numbers():
+    rng = np.random.default_rng(0)
+    counts = np.bincount([_integer(rng, (3, 8)) for _ in range(6000)], minlength=9)[3:]
+    assert counts.min() > 850 and counts.max() < 1150  # 1000 each; binomial sd about 29
+    assert {_integer(rng, (10, 10)) for _ in range(20)} == {10}
 
 
 def test_ranges_file(tmp_path):
