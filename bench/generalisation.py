@@ -88,24 +88,27 @@ def make_cohorts(out: Path, fixed: int, randomised: int, seed: int, workers: int
     return manifests
 
 
-def pooled_entries(manifests: dict[str, Path], out: Path) -> list[dict]:
-    """Every scan of both cohorts, ids prefixed by the cohort, tagged with ``group`` and ``test``.
+def cohort_entries(manifest: Path, group: str, prefix: str, out: Path) -> list[dict]:
+    """One preprocessed cohort's scans, ids prefixed by ``prefix-``, tagged with ``group``.
 
-    Both cohorts number their mice from ``sub-0000``: each scan gets a copy of its sidecar under
+    Cohorts number their mice from ``sub-0000``: each scan gets a copy of its sidecar under
     ``OUT/pooled/`` with the prefixed ids (the images stay where they are).
     """
+    doc = load_manifest(manifest)
     entries = []
-    for group, path in manifests.items():
-        doc = load_manifest(path)
-        for e in [e for split in ("training", "validation", "test") for e in doc.get(split) or []]:
-            keep = {k: e[k] for k in ("attn", "df", "label", "lung_mask", "sidecar", "has_tumour", "variant") if k in e}
-            ids = {"subject_id": f"{group[:3]}-{e['subject_id']}", "scan_id": f"{group[:3]}-{e['scan_id']}"}
-            sidecar = out / "pooled" / ids["scan_id"] / "sidecar.json"
-            sidecar.parent.mkdir(parents=True, exist_ok=True)
-            write_json(sidecar, {**read_json(e["sidecar"]), **ids})
-            keep.update(ids, sidecar=str(sidecar), group=group)
-            entries.append(keep)
-    # half of every (group, variant, tumour) stratum is test, alternating in subject order
+    for e in [e for split in ("training", "validation", "test") for e in doc.get(split) or []]:
+        keep = {k: e[k] for k in ("attn", "df", "label", "lung_mask", "sidecar", "has_tumour", "variant") if k in e}
+        ids = {"subject_id": f"{prefix}-{e['subject_id']}", "scan_id": f"{prefix}-{e['scan_id']}"}
+        sidecar = out / "pooled" / ids["scan_id"] / "sidecar.json"
+        sidecar.parent.mkdir(parents=True, exist_ok=True)
+        write_json(sidecar, {**read_json(e["sidecar"]), **ids})
+        keep.update(ids, sidecar=str(sidecar), group=group)
+        entries.append(keep)
+    return entries
+
+
+def mark_test(entries: list[dict]) -> list[dict]:
+    """Flag half of every (group, variant, tumour yes/no) stratum ``test``, alternating in subject order."""
     strata: dict[tuple, list[dict]] = {}
     for e in sorted(entries, key=lambda e: e["subject_id"]):
         strata.setdefault((e["group"], e["variant"], e["has_tumour"]), []).append(e)
@@ -113,6 +116,11 @@ def pooled_entries(manifests: dict[str, Path], out: Path) -> list[dict]:
         for i, e in enumerate(members):
             e["test"] = i % 2 == 1
     return entries
+
+
+def pooled_entries(manifests: dict[str, Path], out: Path) -> list[dict]:
+    """Every scan of both cohorts (:func:`cohort_entries`, prefixed ``fix``/``ran``), half of each stratum test."""
+    return mark_test([e for group, path in manifests.items() for e in cohort_entries(path, group, group[:3], out)])
 
 
 def write_split_manifest(path: Path, train: list[dict], test: list[dict], seed: int) -> Path:
@@ -153,6 +161,32 @@ def summarise(doc: dict) -> dict:
     }
 
 
+def demo_recipe(max_epochs: int, seed: int) -> dict[str, Any]:
+    """The demo's training recipe (attention U-Net, combined input, fold 0 validating) for ``run_bundle``."""
+    return dict(fold=0, modality="combined", max_epochs=max_epochs, val_interval=min(DEFAULT.val_interval, max_epochs),
+                patience=10_000, patch_size=DEFAULT.patch_size, batch_size=DEFAULT.batch_size,
+                num_samples=DEFAULT.num_samples, channels=list(DEFAULT.channels), learning_rate=DEFAULT.learning_rate,
+                device="cpu", seed=seed, num_workers=0, progress=False)
+
+
+def train_and_predict(bundle: Path, name: str, folder: Path, manifest: Path, n_train: int, n_test: int,
+                      recipe: dict[str, Any], times: dict[str, float]) -> None:
+    """Train ``folder/train`` on ``manifest`` and predict its test split into ``folder/predictions``,
+    each step skipped when an earlier call finished it; the training time goes to ``times``."""
+    if not (folder / "train" / "model.pt").is_file() and not (folder / "done").is_file():
+        _log(f"train {name}: {n_train} mice (fold 0 validates), {recipe['max_epochs']} epochs")
+        t = time.perf_counter()
+        run_bundle(bundle, "train", manifest=manifest, output_dir=folder / "train", **recipe)
+        times[f"train_{name}"] = time.perf_counter() - t
+        (folder / "done").write_text("trained\n")
+    if not (folder / "predictions_done").is_file():
+        _log(f"predict {name}: {n_test} test mice")
+        run_bundle(bundle, "inference", manifest=manifest, modality="combined", split="test",
+                   channels=list(DEFAULT.channels), device="cpu", output_dir=folder / "train",
+                   predictions_dir=folder / "predictions", num_workers=0)
+        (folder / "predictions_done").write_text("predicted\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder for cohorts, models, predictions and evaluations")
@@ -173,10 +207,7 @@ def main() -> None:
     train = [e for e in entries if not e["test"]]
     test = [e for e in entries if e["test"]]
     bundle = bundle_dir("dfseg_attention_unet")
-    recipe = dict(fold=0, modality="combined", max_epochs=args.max_epochs, val_interval=min(DEFAULT.val_interval, args.max_epochs),
-                  patience=10_000, patch_size=DEFAULT.patch_size, batch_size=DEFAULT.batch_size,
-                  num_samples=DEFAULT.num_samples, channels=list(DEFAULT.channels),
-                  learning_rate=DEFAULT.learning_rate, device="cpu", seed=args.seed, num_workers=0, progress=False)
+    recipe = demo_recipe(args.max_epochs, args.seed)
     # name -> (variant left out, scanner groups trained on)
     models = {"all": (None, GROUPS), **{f"without-{v}": (v, GROUPS) for v in VARIANTS}, "fixed-only": (None, ("fixed",))}
     results: dict[str, Any] = {}
@@ -185,18 +216,7 @@ def main() -> None:
         model_train = [e for e in train if e["variant"] != left_out and e["group"] in groups]
         model_test = [e for e in test if (left_out is None or e["variant"] == left_out) and e["group"] in groups]
         manifest = write_split_manifest(folder / "manifest.json", model_train, model_test, args.seed)
-        if not (folder / "train" / "model.pt").is_file() and not (folder / "done").is_file():
-            _log(f"train {name}: {len(model_train)} mice (fold 0 validates), {args.max_epochs} epochs")
-            t = time.perf_counter()
-            run_bundle(bundle, "train", manifest=manifest, output_dir=folder / "train", **recipe)
-            times[f"train_{name}"] = time.perf_counter() - t
-            (folder / "done").write_text("trained\n")
-        if not (folder / "predictions_done").is_file():
-            _log(f"predict {name}: {len(model_test)} test mice")
-            run_bundle(bundle, "inference", manifest=manifest, modality="combined", split="test",
-                       channels=list(DEFAULT.channels), device="cpu", output_dir=folder / "train",
-                       predictions_dir=folder / "predictions", num_workers=0)
-            (folder / "predictions_done").write_text("predicted\n")
+        train_and_predict(bundle, name, folder, manifest, len(model_train), len(model_test), recipe, times)
         column = {"all": "all", "fixed-only": "fixed_only"}.get(name, "held_out")
         for variant in VARIANTS if left_out is None else (left_out,):
             for subset in ("both", *GROUPS) if len(groups) > 1 else groups:

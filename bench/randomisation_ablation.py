@@ -49,12 +49,21 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generalisation import VARIANTS, _dfseg, _log, summarise, write_split_manifest  # noqa: E402
+from generalisation import (  # noqa: E402
+    VARIANTS,
+    _dfseg,
+    _log,
+    cohort_entries,
+    demo_recipe,
+    mark_test,
+    summarise,
+    train_and_predict,
+    write_split_manifest,
+)
 
 from dfseg.commands.demo import DEFAULT  # noqa: E402
-from dfseg.data.manifest import load_manifest  # noqa: E402
 from dfseg.io import read_json, write_json  # noqa: E402
-from dfseg.resources import bundle_dir, run_bundle  # noqa: E402
+from dfseg.resources import bundle_dir  # noqa: E402
 from dfseg.simulate.protocols import get_protocol  # noqa: E402
 
 #: ablation name -> ``--randomise-ranges`` lines on top of the fixed voxel
@@ -102,26 +111,9 @@ def make_cohort(out: Path, name: str, n: int, seed: int, workers: int, protocol:
     return pre
 
 
-def cohort_entries(manifest: Path, name: str, out: Path) -> list[dict]:
-    """The cohort's scans with ids prefixed by the cohort's name and a ``test`` flag (every second
-    subject of each (variant, tumour) stratum)."""
-    doc = load_manifest(manifest)
-    entries = []
-    for e in [e for split in ("training", "validation", "test") for e in doc.get(split) or []]:
-        keep = {k: e[k] for k in ("attn", "df", "label", "lung_mask", "sidecar", "has_tumour", "variant") if k in e}
-        ids = {"subject_id": f"{name}-{e['subject_id']}", "scan_id": f"{name}-{e['scan_id']}"}
-        sidecar = out / "pooled" / ids["scan_id"] / "sidecar.json"
-        sidecar.parent.mkdir(parents=True, exist_ok=True)
-        write_json(sidecar, {**read_json(e["sidecar"]), **ids})
-        keep.update(ids, sidecar=str(sidecar), group=name)
-        entries.append(keep)
-    strata: dict[tuple, list[dict]] = {}
-    for e in sorted(entries, key=lambda e: e["subject_id"]):
-        strata.setdefault((e["variant"], e["has_tumour"]), []).append(e)
-    for members in strata.values():
-        for i, e in enumerate(members):
-            e["test"] = i % 2 == 1
-    return entries
+def entries(manifest: Path, name: str, out: Path) -> list[dict]:
+    """The cohort's scans, ids prefixed by its name, half of every (variant, tumour) stratum ``test``."""
+    return mark_test(cohort_entries(manifest, name, name, out))
 
 
 def main() -> None:
@@ -140,16 +132,12 @@ def main() -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
-    fixed = cohort_entries(make_cohort(out, "fixed", args.fixed, args.seed, args.workers, args.protocol, None),
+    fixed = entries(make_cohort(out, "fixed", args.fixed, args.seed, args.workers, args.protocol, None),
                            "fixed", out)
     e_ref = next(iter(read_json(out / "cohorts" / "fixed" / "calibration.json")["calibrations"].values()))[
         "reference"]["e_ref_kev"]
     bundle = bundle_dir("dfseg_attention_unet")
-    recipe = dict(fold=0, modality="combined", max_epochs=args.max_epochs,
-                  val_interval=min(DEFAULT.val_interval, args.max_epochs), patience=10_000,
-                  patch_size=DEFAULT.patch_size, batch_size=DEFAULT.batch_size, num_samples=DEFAULT.num_samples,
-                  channels=list(DEFAULT.channels), learning_rate=DEFAULT.learning_rate, device="cpu",
-                  seed=args.seed if args.train_seed is None else args.train_seed, num_workers=0, progress=False)
+    recipe = demo_recipe(args.max_epochs, args.seed if args.train_seed is None else args.train_seed)
     previous = out / "ablation.json"  # models scored by an earlier call on OUT stay in the report
     results: dict[str, Any] = read_json(previous)["results"] if previous.is_file() else {}
     times.update(read_json(previous)["seconds"] if previous.is_file() else {})
@@ -157,7 +145,7 @@ def main() -> None:
         extra: list[dict] = []
         if name != "fixed-only":
             t, built = time.perf_counter(), not (out / "cohorts" / name / "preprocessed" / "manifest.json").is_file()
-            extra = cohort_entries(make_cohort(out, name, args.randomised, args.seed, args.workers, args.protocol,
+            extra = entries(make_cohort(out, name, args.randomised, args.seed, args.workers, args.protocol,
                                                e_ref), name, out)
             if built:
                 times[f"cohort_{name}"] = time.perf_counter() - t
@@ -165,18 +153,7 @@ def main() -> None:
         test = [e for e in fixed + extra if e["test"]]
         folder = out / "models" / name
         manifest = write_split_manifest(folder / "manifest.json", train, test, args.seed)
-        if not (folder / "done").is_file():
-            _log(f"train {name}: {len(train)} mice (fold 0 validates), {args.max_epochs} epochs")
-            t = time.perf_counter()
-            run_bundle(bundle, "train", manifest=manifest, output_dir=folder / "train", **recipe)
-            times[f"train_{name}"] = time.perf_counter() - t
-            (folder / "done").write_text("trained\n")
-        if not (folder / "predictions_done").is_file():
-            _log(f"predict {name}: {len(test)} test mice")
-            run_bundle(bundle, "inference", manifest=manifest, modality="combined", split="test",
-                       channels=list(DEFAULT.channels), device="cpu", output_dir=folder / "train",
-                       predictions_dir=folder / "predictions", num_workers=0)
-            (folder / "predictions_done").write_text("predicted\n")
+        train_and_predict(bundle, name, folder, manifest, len(train), len(test), recipe, times)
         for group in {"fixed", name} - {"fixed-only"}:
             chosen = [e for e in test if e["group"] == group]
             evaluation = folder / "evaluation" / group
