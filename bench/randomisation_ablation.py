@@ -86,11 +86,14 @@ ABLATIONS: dict[str, str | None] = {
 }
 
 
-def make_cohort(out: Path, name: str, n: int, seed: int, workers: int, protocol: str, e_ref: float | None) -> Path:
-    """Simulate, calibrate and preprocess one cohort (``fixed`` or an ablation); its preprocessed manifest."""
+def make_cohort(out: Path, name: str, n: int, seed: int, workers: int, protocol: str, e_ref: float | None,
+                times: dict[str, float]) -> Path:
+    """Simulate, calibrate and preprocess one cohort (``fixed`` or an ablation), unless an earlier call
+    did; its preprocessed manifest. The time it took goes to ``times``."""
     pre = out / "cohorts" / name / "preprocessed" / "manifest.json"
     if pre.is_file():
         return pre
+    t = time.perf_counter()
     root = out / "cohorts" / name
     extra: list[Any] = []
     if ABLATIONS.get(name) is not None:
@@ -108,6 +111,7 @@ def make_cohort(out: Path, name: str, n: int, seed: int, workers: int, protocol:
     _log(f"preprocess {name}")
     _dfseg("preprocess", root / "cohort" / "manifest.json", "-o", root / "preprocessed", "--calibration",
            root / "calibration.json", "--workers", workers, "--no-progress", "--overwrite")
+    times[f"cohort_{name}"] = time.perf_counter() - t
     return pre
 
 
@@ -132,23 +136,21 @@ def main() -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
-    fixed = entries(make_cohort(out, "fixed", args.fixed, args.seed, args.workers, args.protocol, None),
-                           "fixed", out)
+    fixed = entries(make_cohort(out, "fixed", args.fixed, args.seed, args.workers, args.protocol, None, times),
+                    "fixed", out)
     e_ref = next(iter(read_json(out / "cohorts" / "fixed" / "calibration.json")["calibrations"].values()))[
         "reference"]["e_ref_kev"]
     bundle = bundle_dir("dfseg_attention_unet")
     recipe = demo_recipe(args.max_epochs, args.seed if args.train_seed is None else args.train_seed)
-    previous = out / "ablation.json"  # models scored by an earlier call on OUT stay in the report
-    results: dict[str, Any] = read_json(previous)["results"] if previous.is_file() else {}
-    times.update(read_json(previous)["seconds"] if previous.is_file() else {})
+    # models scored by an earlier call on OUT stay in the report
+    previous = read_json(out / "ablation.json") if (out / "ablation.json").is_file() else {}
+    results: dict[str, Any] = previous.get("results", {})
+    times.update(previous.get("seconds", {}))
     for name in ["fixed-only", *[a for a in ABLATIONS if a in args.ablations]]:
         extra: list[dict] = []
         if name != "fixed-only":
-            t, built = time.perf_counter(), not (out / "cohorts" / name / "preprocessed" / "manifest.json").is_file()
             extra = entries(make_cohort(out, name, args.randomised, args.seed, args.workers, args.protocol,
-                                               e_ref), name, out)
-            if built:
-                times[f"cohort_{name}"] = time.perf_counter() - t
+                                        e_ref, times), name, out)
         train = [e for e in fixed + extra if not e["test"]]
         test = [e for e in fixed + extra if e["test"]]
         folder = out / "models" / name
