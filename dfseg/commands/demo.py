@@ -1,12 +1,13 @@
 """``dfseg demo``: the whole pipeline on a built-in simulated cohort.
 
-simulate -> calibrate -> preprocess -> train (attention U-Net bundle, combined input) ->
-infer -> evaluate -> report, each stage timed, into ``runs/demo-<timestamp>/`` (or ``--out``).
+simulate -> calibrate -> preprocess -> train (the attention U-Net bundle, or ``--bundle dfseg_swinunetr``;
+combined input) -> infer -> evaluate -> report, each stage timed, into ``runs/demo-<timestamp>/`` (or ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -43,6 +44,11 @@ class DemoConfig:
 DEFAULT = DemoConfig()
 SUMMARY_METRICS = ("volume_auroc", "volume_sens_at_95spec", "volume_sensitivity", "volume_specificity", "dice")
 QUICK = DemoConfig(subjects=12, protocol="quick", folds=3, max_epochs=4, val_interval=2)
+#: The bundles the demo trains (``--bundle``) and the network settings each is given. The cohort, folds,
+#: schedule and batch are the demo's own. SwinUNETR's patch is a multiple of 32 on every side and needs
+#: one side of 64 (instance norm on a one-voxel bottleneck is undefined); feature size 12 is its smallest.
+BUNDLES = ("dfseg_attention_unet", "dfseg_swinunetr")
+SWIN_NETWORK = {"patch_size": [64, 64, 32], "feature_size": 12, "learning_rate": 5e-4}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subjects", type=int, help=f"number of simulated mice (default {DEFAULT.subjects}, quick {QUICK.subjects})")
     parser.add_argument("--max-epochs", type=int, help=f"training epochs (default {DEFAULT.max_epochs}, quick {QUICK.max_epochs})")
     parser.add_argument("--seed", type=int, default=0, help="seed for simulation, folds and training (default 0)")
+    parser.add_argument("--bundle", default=BUNDLES[0], choices=BUNDLES,
+                        help=f"network to train (default {BUNDLES[0]}; {BUNDLES[1]} wants a GPU)")
+    parser.add_argument("--time-budget", type=float, metavar="MIN",
+                        help="wall-clock minutes of training: as many epochs as fit, at most --max-epochs")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train (default: CUDA if present)")
     parser.add_argument("--workers", type=int, default=2, help="simulation worker processes (default 2)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it already holds results")
@@ -77,14 +87,23 @@ def run(args: argparse.Namespace) -> int:
     out = prepare_output_dir(out, overwrite=args.overwrite)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     # on a CPU, data-loader worker processes only steal cores from the network's own threads
-    loader_workers = 2 if device == "cuda" else 0
-    write_json(out / "demo_config.json", {**asdict(cfg), "device": device, "quick": bool(args.quick)})
+    loader_workers = min(8, max(2, (os.cpu_count() or 2) - 2)) if device == "cuda" else 0
+    if args.bundle == "dfseg_swinunetr":
+        network = dict(SWIN_NETWORK)
+    else:
+        network = {"patch_size": cfg.patch_size, "channels": list(cfg.channels), "learning_rate": cfg.learning_rate}
+    write_json(out / "demo_config.json", {**asdict(cfg), "bundle": args.bundle, "network": network,
+                                          "time_budget_min": args.time_budget, "device": device,
+                                          "quick": bool(args.quick)})
     proto = get_protocol(cfg.protocol)
     print(f"dfseg demo -> {out}  ({'quick, ' if args.quick else ''}{cfg.subjects} mice, protocol {proto.name}: "
           f"{' x '.join(map(str, proto.grid()))} voxels of {proto.voxel_mm} mm, {cfg.max_epochs} epochs, device {device})")
     total, times = 7, {}
     cohort, pre, train_dir = out / "cohort", out / "preprocessed", out / "train"
-    bundle = bundle_dir("dfseg_attention_unet")
+    bundle = bundle_dir(args.bundle)
+    # the sliding window of SwinUNETR is its training patch (a multiple of 32); the U-Net keeps its bundle's ROI
+    inference_network = ({"patch_size": network["patch_size"], "feature_size": network["feature_size"]}
+                         if "feature_size" in network else {"channels": network["channels"]})
 
     t = _stage(1, total, "simulate: mouse thorax phantoms, tumours, Talbot-Lau CT acquisition, phantoms")
     quiet = ["--no-progress"] if args.no_progress else []
@@ -100,17 +119,17 @@ def run(args: argparse.Namespace) -> int:
     _dfseg("preprocess", cohort / "manifest.json", "-o", pre, "--calibration", out / "calibration.json", *quiet)
     times["preprocess"] = time.perf_counter() - t
 
-    t = _stage(4, total, "train: attention residual U-Net bundle, combined input (TensorBoard logs in train/)")
+    t = _stage(4, total, f"train: {args.bundle} bundle, combined input (TensorBoard logs in train/)")
     run_bundle(bundle, "train", manifest=pre / "manifest.json", fold=0, modality="combined",
-            max_epochs=cfg.max_epochs, val_interval=cfg.val_interval, patience=cfg.max_epochs,
-            patch_size=cfg.patch_size, batch_size=cfg.batch_size, num_samples=cfg.num_samples,
-            channels=list(cfg.channels), learning_rate=cfg.learning_rate, device=device,
-            output_dir=train_dir, seed=cfg.seed, num_workers=loader_workers, progress=not args.no_progress)
+            max_epochs=cfg.max_epochs, time_budget=args.time_budget, val_interval=cfg.val_interval,
+            patience=cfg.max_epochs, batch_size=cfg.batch_size, num_samples=cfg.num_samples, **network,
+            device=device, output_dir=train_dir, seed=cfg.seed, num_workers=loader_workers,
+            progress=not args.no_progress)
     times["train"] = time.perf_counter() - t
 
     t = _stage(5, total, "infer: sliding-window inference on the held-out test subjects")
     run_bundle(bundle, "inference", manifest=pre / "manifest.json", modality="combined", split="test",
-            channels=list(cfg.channels), device=device, output_dir=train_dir,
+            **inference_network, device=device, output_dir=train_dir,
             predictions_dir=out / "predictions", num_workers=loader_workers)
     times["infer"] = time.perf_counter() - t
 

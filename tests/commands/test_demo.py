@@ -28,3 +28,35 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     # a second run into the same folder is refused, and the results stay
     assert main(["demo", "--quick", "--out", str(out)]) == 1
     assert (out / "evaluation" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("bundle", ["dfseg_attention_unet", "dfseg_swinunetr"])
+def test_demo_gives_each_bundle_its_network_settings(tmp_path, monkeypatch, bundle):
+    """The demo's stages are the dfseg commands and bundle runs; here each only records its arguments."""
+    import dfseg.commands.demo as demo
+
+    commands, bundle_runs = [], []
+
+    def fake_dfseg(*argv):
+        commands.append(argv[0])
+        if argv[0] == "evaluate":
+            out = tmp_path / "demo" / "evaluation"
+            out.mkdir(parents=True)
+            (out / "metrics.json").write_text(json.dumps({"metrics": {"dice": {"estimate": 0.5}}}))
+
+    monkeypatch.setattr(demo, "_dfseg", fake_dfseg)
+    monkeypatch.setattr(demo, "run_bundle", lambda root, workflow, **kw: bundle_runs.append((root.name, workflow, kw)))
+    argv = ["demo", "--out", str(tmp_path / "demo"), "--bundle", bundle, "--time-budget", "2.5", "--device", "cpu"]
+    assert main(argv) == 0
+    assert commands == ["simulate", "calibrate", "preprocess", "evaluate", "model-card"]
+    (root, _, train), (_, _, infer) = bundle_runs
+    assert root == bundle and [w for _, w, _ in bundle_runs] == ["train", "inference"]
+    assert train["time_budget"] == 2.5
+    if bundle == "dfseg_swinunetr":
+        assert train["patch_size"] == [64, 64, 32] and train["feature_size"] == 12 and "channels" not in train
+        assert infer["patch_size"] == [64, 64, 32] and infer["feature_size"] == 12
+    else:
+        assert train["patch_size"] == 32 and train["channels"] == [8, 16, 32, 64] and train["learning_rate"] == 3e-3
+        assert infer == {**infer, "channels": [8, 16, 32, 64]} and "patch_size" not in infer
+    recorded = json.loads((tmp_path / "demo" / "demo_config.json").read_text())
+    assert recorded["bundle"] == bundle and recorded["time_budget_min"] == 2.5
