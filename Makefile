@@ -10,7 +10,7 @@ RUNTIME := $(VENV)/.dfseg-runtime
 PIP := $(PY) -m pip --disable-pip-version-check -q
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-quick test test-fast bench lint install model clean-venv
+.PHONY: demo demo-quick test test-fast bench lint install model model-swinunetr clean-venv
 
 $(RUNTIME): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,13 @@ model: $(STAMP)
 	$(VENV)/bin/dfseg demo --seed 0 --out runs/model --overwrite
 	$(PY) -c "from dfseg.resources import package_model; package_model('runs/model/train', 'runs/model/calibration.json', 'bundles/dfseg_attention_unet/models')"
 	cp runs/model/model_card/model_card.md bundles/dfseg_attention_unet/models/model_card.md
+
+# The SwinUNETR of bundles/dfseg_swinunetr/models: the demo with that bundle, on a GPU (a 3.5-minute budget).
+model-swinunetr: $(STAMP)
+	$(VENV)/bin/dfseg demo --bundle dfseg_swinunetr --seed 0 --time-budget 3.5 --max-epochs 1000 --workers 14 \
+		--out runs/model-swinunetr --overwrite
+	$(PY) -c "from dfseg.resources import package_model; package_model('runs/model-swinunetr/train', 'runs/model-swinunetr/calibration.json', 'bundles/dfseg_swinunetr/models')"
+	cp runs/model-swinunetr/model_card/model_card.md bundles/dfseg_swinunetr/models/model_card.md
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -136,7 +136,11 @@ def test_eval_metrics_are_the_shipped_models(bundle):
     rows = dict(re.findall(r"^\| (.+?) \| ([0-9.]+) \| \[", (models / "model_card.md").read_text(), re.M))
     assert set(metrics) == set(MODEL_CARD_ROWS)
     assert {k: float(rows[MODEL_CARD_ROWS[k]]) for k in metrics} == metrics
-    assert metrics["test_presence_auroc"] == 0.867 and metrics["test_mean_dice_scans_with_tumour"] == 0.659
+    auroc, dice = {"dfseg_attention_unet": (0.867, 0.659), "dfseg_swinunetr": (0.8, 0.59)}[bundle]
+    assert metrics["test_presence_auroc"] == auroc and metrics["test_mean_dice_scans_with_tumour"] == dice
+    large = yaml.safe_load((models / "large_files.yml").read_text())["large_files"]
+    assert large == [{"path": "models/model.pt", "url": "", "hash_val": sha256_file(models / "model.pt"),
+                      "hash_type": "sha256"}]
 
 
 #: the MONAI Model Zoo's model-card sections, in order
@@ -253,21 +257,19 @@ def test_ckpt_export_shipped_model(tmp_path):
 
 
 @pytest.mark.slow  # a 64^3 trace, checked and run again: 50-100 s on 2 shared CPU cores
-def test_ckpt_export_swinunetr(tmp_path):
-    """SwinUNETR (no shipped weights: a seeded checkpoint in the trainer's format, of a small network
-    so that the 64^3 passes take seconds) is exported by tracing at the metadata's input shape
-    (ckpt_export's default when ``use_trace`` is set): scripting fails on MONAI SwinUNETR's
-    gradient-checkpointing branch (``torch.utils.checkpoint`` takes ``*args`` and keyword-only
-    arguments, which TorchScript cannot compile). A traced module is fixed to the traced size, so it
-    takes ROIs of 64^3, the size in the metadata at n=1."""
+def test_ckpt_export_shipped_swinunetr(tmp_path):
+    """The shipped SwinUNETR (models/model.pt, the bundle's default network) is exported by tracing at
+    the metadata's input shape (ckpt_export's default when ``use_trace`` is set): scripting fails on
+    MONAI SwinUNETR's gradient-checkpointing branch (``torch.utils.checkpoint`` takes ``*args`` and
+    keyword-only arguments, which TorchScript cannot compile). A traced module is fixed to the traced
+    size, so it takes ROIs of 64^3, the size in the metadata at n=1."""
     bundle = "dfseg_swinunetr"
-    small = {"feature_size": 12, "depths": [1, 1, 1, 1]}
-    torch.manual_seed(0)
-    net = _parser(bundle, "train.yaml", **small).get_parsed_content("network_def")
-    ckpt = tmp_path / "model.pt"
-    torch.save({"model": net.state_dict()}, ckpt)
-    diff = _export_and_compare(bundle, ckpt, tmp_path / "model.ts", size=64, key_in_ckpt="model", use_trace=True,
-                               **small)
+    models = helpers.BUNDLES / bundle / "models"
+    network = json.loads((models / "run_info.json").read_text())["network"]
+    parser = _parser(bundle, "train.yaml")
+    assert (network["feature_size"], network["depths"]) == (parser.get_parsed_content("feature_size"),
+                                                            parser.get_parsed_content("depths"))
+    diff = _export_and_compare(bundle, models / "model.pt", tmp_path / "model.ts", size=64, use_trace=True)
     assert diff <= 1e-4, diff
 
 

@@ -87,3 +87,24 @@ def test_shipped_model_is_packaged():
     record = json.loads((model / "run_info.json").read_text())
     assert record["predict"]["correction"]["calibration"]["path"] == "calibration.json"
     assert (model / "model.pt").stat().st_size < 5 * 2**20
+
+
+@pytest.mark.slow  # SwinUNETR on a CPU: about 35 s on 2 cores
+def test_shipped_swinunetr_lists_every_tumour_of_1mm(mouse, tmp_path, capsys):
+    """The bundle's SwinUNETR (bundles/dfseg_swinunetr/models, ``make model-swinunetr``) through
+    ``dfseg predict --model`` on the same mouse, handed over as MHA with a scanner's geometry."""
+    images, side, tumours = mouse
+    scan = _write(tmp_path / "lab" / "mouse21", images, side, "mha")
+    out = tmp_path / "results"
+    model = shipped_model().parents[1] / "dfseg_swinunetr" / "models"
+    assert main(["predict", str(scan), "-o", str(out), "--model", str(model)]) == 0, capsys.readouterr().err
+    folder = out / side["scan_id"]
+    lesions, affine = load_nifti(folder / "lesions.nii.gz")
+    np.testing.assert_allclose(affine, ras_affine((VOXEL,) * 3, ORIGIN, DIRECTION), atol=1e-6)
+    label, n = ndimage.label(images["label"] > 0)
+    sizes = ndimage.sum(images["label"] > 0, label, range(1, n + 1))
+    big = [i + 1 for i, s in enumerate(sizes) if s * VOXEL**3 >= np.pi / 6 * 1.0**3]
+    assert len(big) >= 2
+    for component in big:
+        assert (lesions[label == component] > 0).any(), f"tumour component {component} not found"
+    assert len(list(csv.DictReader(open(folder / "lesions.csv")))) <= len(big) + 1
