@@ -44,11 +44,9 @@ class DemoConfig:
 DEFAULT = DemoConfig()
 SUMMARY_METRICS = ("volume_auroc", "volume_sens_at_95spec", "volume_sensitivity", "volume_specificity", "dice")
 QUICK = DemoConfig(subjects=12, protocol="quick", folds=3, max_epochs=4, val_interval=2)
-#: The bundles the demo trains (``--bundle``) and the network settings each is given. The cohort, folds,
-#: schedule and batch are the demo's own. SwinUNETR's patch is a multiple of 32 on every side and needs
-#: one side of 64 (instance norm on a one-voxel bottleneck is undefined); feature size 12 is its smallest.
+#: The bundles the demo trains (``--bundle``). The cohort, folds, schedule and batch are the demo's own;
+#: the U-Net gets the demo's network and patch, SwinUNETR its bundle's defaults (the shipped model's).
 BUNDLES = ("dfseg_attention_unet", "dfseg_swinunetr")
-SWIN_NETWORK = {"patch_size": [64, 64, 32], "feature_size": 12, "learning_rate": 5e-4}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,10 +86,9 @@ def run(args: argparse.Namespace) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     # on a CPU, data-loader worker processes only steal cores from the network's own threads
     loader_workers = min(8, max(2, (os.cpu_count() or 2) - 2)) if device == "cuda" else 0
-    if args.bundle == "dfseg_swinunetr":
-        network = dict(SWIN_NETWORK)
-    else:
-        network = {"patch_size": cfg.patch_size, "channels": list(cfg.channels), "learning_rate": cfg.learning_rate}
+    unet = args.bundle == "dfseg_attention_unet"
+    network = ({"patch_size": cfg.patch_size, "channels": list(cfg.channels), "learning_rate": cfg.learning_rate}
+               if unet else {})
     write_json(out / "demo_config.json", {**asdict(cfg), "bundle": args.bundle, "network": network,
                                           "time_budget_min": args.time_budget, "device": device,
                                           "quick": bool(args.quick)})
@@ -101,9 +98,6 @@ def run(args: argparse.Namespace) -> int:
     total, times = 7, {}
     cohort, pre, train_dir = out / "cohort", out / "preprocessed", out / "train"
     bundle = bundle_dir(args.bundle)
-    # the sliding window of SwinUNETR is its training patch (a multiple of 32); the U-Net keeps its bundle's ROI
-    inference_network = ({"patch_size": network["patch_size"], "feature_size": network["feature_size"]}
-                         if "feature_size" in network else {"channels": network["channels"]})
 
     t = _stage(1, total, "simulate: mouse thorax phantoms, tumours, Talbot-Lau CT acquisition, phantoms")
     quiet = ["--no-progress"] if args.no_progress else []
@@ -129,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
     t = _stage(5, total, "infer: sliding-window inference on the held-out test subjects")
     run_bundle(bundle, "inference", manifest=pre / "manifest.json", modality="combined", split="test",
-            **inference_network, device=device, output_dir=train_dir,
+            **({"channels": network["channels"]} if unet else {}), device=device, output_dir=train_dir,
             predictions_dir=out / "predictions", num_workers=loader_workers)
     times["infer"] = time.perf_counter() - t
 

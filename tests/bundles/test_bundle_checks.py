@@ -273,6 +273,19 @@ def test_ckpt_export_shipped_swinunetr(tmp_path):
     assert diff <= 1e-4, diff
 
 
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_bundle_defaults_train_the_shipped_network(bundle):
+    """The shipped model's network and patch are its bundle's defaults (``dfseg demo --bundle
+    dfseg_swinunetr`` passes none of them); the attention U-Net's demo passes its own patch and rate."""
+    record = json.loads((helpers.BUNDLES / bundle / "models" / "run_info.json").read_text())
+    parser = _parser(bundle, "train.yaml")
+    network = {k: v for k, v in record["network"].items() if k not in ("name", "parameter_count")}
+    assert {k: parser.get_parsed_content(f"network_args#{k}") for k in network} == network
+    if bundle == "dfseg_swinunetr":
+        for key in ("patch_size", "batch_size", "num_samples", "learning_rate"):
+            assert parser.get_parsed_content(key) == record["hyper_parameters"][key], key
+
+
 @pytest.mark.parametrize("bundle", RUNNABLE)
 def test_spatial_dims_2_builds_2d_network(bundle):
     """``--spatial_dims 2`` (radiographs): the configured network is 2D and keeps the input size."""
