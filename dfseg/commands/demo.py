@@ -89,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
     unet = args.bundle == "dfseg_attention_unet"
     network = ({"patch_size": cfg.patch_size, "channels": list(cfg.channels), "learning_rate": cfg.learning_rate}
                if unet else {})
-    write_json(out / "demo_config.json", {**asdict(cfg), "bundle": args.bundle, "network": network,
+    # the record names the network settings the run was given (none for SwinUNETR: its bundle's defaults)
+    recorded = {k: v for k, v in asdict(cfg).items() if unet or k not in ("patch_size", "channels", "learning_rate")}
+    write_json(out / "demo_config.json", {**recorded, "bundle": args.bundle, "network": network,
                                           "time_budget_min": args.time_budget, "device": device,
                                           "quick": bool(args.quick)})
     proto = get_protocol(cfg.protocol)

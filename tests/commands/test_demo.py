@@ -59,3 +59,4 @@ def test_demo_gives_each_bundle_its_network_settings(tmp_path, monkeypatch, bund
         assert infer == {**infer, "channels": [8, 16, 32, 64]} and "patch_size" not in infer
     recorded = json.loads((tmp_path / "demo" / "demo_config.json").read_text())
     assert recorded["bundle"] == bundle and recorded["time_budget_min"] == 2.5
+    assert ("channels" in recorded) == (bundle == "dfseg_attention_unet")  # no U-Net settings on a SwinUNETR run
