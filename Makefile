@@ -38,7 +38,7 @@ model: $(STAMP)
 
 # The SwinUNETR of bundles/dfseg_swinunetr/models: the demo with that bundle, on a GPU (a 3.5-minute budget).
 model-swinunetr: $(STAMP)
-	$(VENV)/bin/dfseg demo --bundle dfseg_swinunetr --seed 0 --time-budget 3.5 --max-epochs 1000 --workers 14 \
+	$(VENV)/bin/dfseg demo --bundle dfseg_swinunetr --seed 0 --time-budget 3.5 --max-epochs 1000 --workers $$(nproc) \
 		--out runs/model-swinunetr --overwrite
 	$(PY) -c "from dfseg.resources import package_model; package_model('runs/model-swinunetr/train', 'runs/model-swinunetr/calibration.json', 'bundles/dfseg_swinunetr/models')"
 	cp runs/model-swinunetr/model_card/model_card.md bundles/dfseg_swinunetr/models/model_card.md

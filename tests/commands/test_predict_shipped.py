@@ -57,16 +57,12 @@ def _write(folder: Path, images: dict, side: dict, fmt: str) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("fmt", ["mha", "dicom", "tiff"])
-def test_shipped_model_lists_every_tumour_of_1mm(mouse, fmt, tmp_path, capsys):
-    images, side, tumours = mouse
-    scan = _write(tmp_path / "lab" / "mouse21", images, side, fmt)
-    out = tmp_path / "results"
-    assert main(["predict", str(scan), "-o", str(out)]) == 0, capsys.readouterr().err
-    folder = out / side["scan_id"]
+def _assert_every_tumour_of_1mm_listed(folder: Path, images: dict, tumours: list, affine_expected: np.ndarray,
+                                       what: str) -> None:
+    """``dfseg predict``'s outputs for the mouse in ``folder``: on the input's grid and geometry, every
+    tumour of at least 1 mm overlapping a lesion, at most one false positive, CSV centroids in their lesions."""
     lesions, affine = load_nifti(folder / "lesions.nii.gz")
-    expected = ras_affine((VOXEL,) * 3, ORIGIN, DIRECTION) if fmt != "tiff" else np.diag([VOXEL] * 3 + [1.0])
-    np.testing.assert_allclose(affine, expected, atol=1e-6)
+    np.testing.assert_allclose(affine, affine_expected, atol=1e-6)
     assert lesions.shape == images["attn"].shape
     # the simulator's label (X, Y, Z), read on the same voxel grid: each tumour >= 1 mm overlaps a lesion
     label, n = ndimage.label(images["label"] > 0)
@@ -74,12 +70,22 @@ def test_shipped_model_lists_every_tumour_of_1mm(mouse, fmt, tmp_path, capsys):
     big = [i + 1 for i, s in enumerate(sizes) if s * VOXEL**3 >= np.pi / 6 * 1.0**3]  # volume of a 1 mm sphere
     assert len(big) >= 2 and any(t["diameter_mm"] < 1 for t in tumours)  # the case is not trivial
     for component in big:
-        assert (lesions[label == component] > 0).any(), f"tumour component {component} not found ({fmt})"
+        assert (lesions[label == component] > 0).any(), f"tumour component {component} not found ({what})"
     rows = list(csv.DictReader(open(folder / "lesions.csv")))
     assert len(rows) <= len(big) + 1  # at most one false-positive component on this mouse
     for row in rows:  # each CSV centroid lies in its own lesion
         ijk = tuple(int(round(float(row[f"centroid_{a}"]))) for a in "ijk")
         assert lesions[ijk] == int(row["id"])
+
+
+@pytest.mark.parametrize("fmt", ["mha", "dicom", "tiff"])
+def test_shipped_model_lists_every_tumour_of_1mm(mouse, fmt, tmp_path, capsys):
+    images, side, tumours = mouse
+    scan = _write(tmp_path / "lab" / "mouse21", images, side, fmt)
+    out = tmp_path / "results"
+    assert main(["predict", str(scan), "-o", str(out)]) == 0, capsys.readouterr().err
+    expected = ras_affine((VOXEL,) * 3, ORIGIN, DIRECTION) if fmt != "tiff" else np.diag([VOXEL] * 3 + [1.0])
+    _assert_every_tumour_of_1mm_listed(out / side["scan_id"], images, tumours, expected, fmt)
 
 
 def test_shipped_model_is_packaged():
@@ -98,13 +104,5 @@ def test_shipped_swinunetr_lists_every_tumour_of_1mm(mouse, tmp_path, capsys):
     out = tmp_path / "results"
     model = shipped_model().parents[1] / "dfseg_swinunetr" / "models"
     assert main(["predict", str(scan), "-o", str(out), "--model", str(model)]) == 0, capsys.readouterr().err
-    folder = out / side["scan_id"]
-    lesions, affine = load_nifti(folder / "lesions.nii.gz")
-    np.testing.assert_allclose(affine, ras_affine((VOXEL,) * 3, ORIGIN, DIRECTION), atol=1e-6)
-    label, n = ndimage.label(images["label"] > 0)
-    sizes = ndimage.sum(images["label"] > 0, label, range(1, n + 1))
-    big = [i + 1 for i, s in enumerate(sizes) if s * VOXEL**3 >= np.pi / 6 * 1.0**3]
-    assert len(big) >= 2
-    for component in big:
-        assert (lesions[label == component] > 0).any(), f"tumour component {component} not found"
-    assert len(list(csv.DictReader(open(folder / "lesions.csv")))) <= len(big) + 1
+    _assert_every_tumour_of_1mm_listed(out / side["scan_id"], images, tumours,
+                                       ras_affine((VOXEL,) * 3, ORIGIN, DIRECTION), "SwinUNETR")
