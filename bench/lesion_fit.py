@@ -1,0 +1,135 @@
+"""Benchmark: does a trained model fit its own training lesions, by size, and where are its false positives?
+
+Usage: ``python bench/lesion_fit.py RUN OUT [--model DIR] [--splits train test]``. ``RUN`` is a
+finished ``dfseg demo`` run (its ``preprocessed/`` cohort); the model is ``RUN/train`` unless
+``--model`` names another training folder on the same cohort (``bench/demo_recipe.py``'s
+``OUT/train``). Splits: ``train`` the mice the model trained on (the training folds but its
+validation fold), ``val`` that fold, ``test`` the held-out mice. For each split the bundle's
+inference writes probabilities to ``OUT/<split>/predictions`` and ``dfseg evaluate`` scores them
+(``OUT/<split>/evaluation``, 10 bootstrap resamples: the CIs are not the point here). Prints JSON
+per split:
+
+- per size bin: lesions, how many reach ``prob >= 0.5`` anywhere inside them (on the ``train``
+  split: a lesion the network does not reach there it has not fitted, whatever the test set), and
+  the median of each lesion's maximum probability;
+- false-positive components per scan (``dfseg evaluate``'s rule) and where they lie: the share
+  whose voxels are mostly in the lung's outermost voxel layer (the pleural rim: median Euclidean
+  depth in the lung mask <= 1.5 voxels), and the share centred in the lower half of the slices.
+
+About 2 minutes for the demo's 25 training and 8 test mice on 2 CPU cores; ``make bench`` leaves
+it out (it needs a trained run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from dfseg.cli import main as dfseg_main
+from dfseg.evaluation.lesions import SIZE_BINS, connected_components, lesion_mask
+from dfseg.io import load_nifti, prepare_output_dir, read_json, write_json
+from dfseg.resources import bundle_dir, run_bundle
+
+RIM_DEPTH_VOX = 1.5
+SPLITS = ("train", "val", "test")
+IMAGE_KEYS = ("attn", "df", "label", "lung_mask", "sidecar")
+
+
+def _split_manifest(manifest: Path, split: str, fold: int, out: Path) -> Path:
+    """A manifest whose ``test`` list is the run's ``split``: ``train`` the mice it trained on (training
+    folds other than ``fold``), ``val`` its validation fold, ``test`` the held-out mice; paths absolute."""
+    doc = read_json(manifest)
+    if split == "test":
+        entries = doc["test"]
+    else:
+        entries = [e for e in doc["training"] if (int(e["fold"]) == int(fold)) == (split == "val")]
+    entries = [{**{k: (str(manifest.parent / v) if k in IMAGE_KEYS and v else v) for k, v in e.items()}, "fold": -1}
+               for e in entries]
+    path = out / f"manifest_{split}.json"
+    write_json(path, {**doc, "training": [], "validation": [], "test": entries})
+    return path
+
+
+def _network_overrides(run_info: dict) -> dict:
+    """The bundle overrides that rebuild the run's network (``run_info.json``'s ``network``), as Python literals
+    (the bundle runner parses ``False`` as a bool, ``false`` as a string)."""
+    net = run_info["network"]
+    if net.get("name") != "attention_unet":
+        raise SystemExit(f"only attention U-Net runs are supported here, this run trained {net.get('name')!r}")
+    return {f"network_args#{k}": repr(v) for k, v in net.items() if k not in ("name", "parameter_count")}
+
+
+def _false_positive_places(predictions: Path, manifest: Path, threshold: float) -> dict:
+    """Where the false-positive components lie: share on the pleural rim, share per half of the slices."""
+    n_fp = rim = low = 0
+    for entry in read_json(manifest)["test"]:
+        prob_file = predictions / f"{entry['scan_id']}_prob.nii.gz"
+        if not prob_file.is_file():
+            continue
+        prob = np.squeeze(load_nifti(prob_file)[0])
+        lung = np.squeeze(load_nifti(entry["lung_mask"])[0]) > 0
+        label = np.squeeze(load_nifti(entry["label"])[0]) > 0
+        voxel = entry["meta"]["voxel_mm"]
+        depth = ndimage.distance_transform_edt(lung)
+        found = lesion_mask((prob >= threshold) & lung, voxel)
+        components, n = connected_components(found)
+        for i in range(1, n + 1):
+            part = components == i
+            if (part & label).any():
+                continue
+            n_fp += 1
+            rim += float(np.median(depth[part])) <= RIM_DEPTH_VOX
+            low += float(np.median(np.nonzero(part)[2])) < prob.shape[2] / 2
+    return {"components": n_fp, "rim_share": round(rim / n_fp, 3) if n_fp else None,
+            "lower_half_share": round(low / n_fp, 3) if n_fp else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a finished `dfseg demo` run folder")
+    parser.add_argument("out", type=Path, help="new folder for predictions and evaluations")
+    parser.add_argument("--model", type=Path, help="training folder with model.pt and run_info.json (default RUN/train)")
+    parser.add_argument("--splits", nargs="+", default=["train", "test"], choices=SPLITS,
+                        help="train: the mice the model trained on; val: its validation fold; test: held out")
+    args = parser.parse_args()
+    manifest = (args.run / "preprocessed" / "manifest.json").resolve()
+    model = (args.model or args.run / "train").resolve()
+    for need in (manifest, model / "model.pt", model / "run_info.json"):
+        if not need.is_file():
+            parser.error(f"{need}: not found")
+    run_info = read_json(model / "run_info.json")
+    out = prepare_output_dir(args.out, overwrite=False)
+    result: dict = {"run": str(args.run), "model": str(model)}
+    for split in args.splits:
+        predictions, evaluation = out / split / "predictions", out / split / "evaluation"
+        subset = _split_manifest(manifest, split, run_info["fold"], out)
+        run_bundle(bundle_dir("dfseg_attention_unet"), "inference", manifest=subset, modality=run_info["modality"],
+                   split="test", device="cpu", output_dir=model, predictions_dir=predictions, num_workers=0,
+                   **_network_overrides(run_info))
+        code = dfseg_main(["evaluate", "--predictions", str(predictions), "--manifest", str(subset),
+                           "-o", str(evaluation), "--split", "test", "--seed", "0", "--bootstrap", "10",
+                           "--no-progress"])
+        if code:
+            raise SystemExit(code)
+        records = read_json(evaluation / "records.json")
+        threshold = float(records["threshold"])
+        lesions = [les for rec in records["records"] for les in rec["lesions"]]
+        bins = {}
+        for name, _, _ in SIZE_BINS:
+            peaks = [les["max_prob"] for les in lesions if les["size_bin"] == name]
+            bins[name] = {"lesions": len(peaks), "reached": sum(p >= threshold for p in peaks),
+                          "median_max_prob": float(f"{np.median(peaks):.3g}") if peaks else None}
+        places = _false_positive_places(predictions, subset, threshold)
+        n_scans = len(records["records"])
+        result[split] = {"scans": n_scans, "size_bins": bins,
+                         "fp_per_scan": round(places["components"] / n_scans, 3) if n_scans else None,
+                         "fp_rim_share": places["rim_share"], "fp_lower_half_share": places["lower_half_share"]}
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
