@@ -16,6 +16,12 @@ per split:
   whose voxels are mostly in the lung's outermost voxel layer (the pleural rim: median Euclidean
   depth in the lung mask <= 1.5 voxels), and the share centred in the lower half of the slices.
 
+``--synthetic-mm 0.6 0.8 1.0`` also inserts, into each mouse of the last split, one synthetic lesion
+of each diameter (``RandSyntheticTumourd``, the training augmentation's lesion: the scan's noise,
+texture and blur; centred one radius and one voxel inside the lung, seeded), one at a time, runs the
+model on the scan (``dfseg predict``'s chain) and reports the same per diameter: whether the network
+can see a lesion of that size at all, set against the simulator's own tumours of that size.
+
 About 2 minutes for the demo's 25 training and 8 test mice on 2 CPU cores; ``make bench`` leaves
 it out (it needs a trained run).
 """
@@ -27,12 +33,19 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
 from dfseg.cli import main as dfseg_main
+from dfseg.data.scan import LoadScand
 from dfseg.evaluation.lesions import SIZE_BINS, connected_components, lesion_mask
 from dfseg.io import load_nifti, prepare_output_dir, read_json, write_json
+from dfseg.predict import load_model
 from dfseg.resources import bundle_dir, run_bundle
+from dfseg.training import eval_transforms
+from dfseg.transforms.intensity import TissueReferencesd
+from dfseg.transforms.tumour import LesionRoomd, RandSyntheticTumourd
 
 RIM_DEPTH_VOX = 1.5
 SPLITS = ("train", "val", "test")
@@ -88,6 +101,37 @@ def _false_positive_places(predictions: Path, manifest: Path, threshold: float) 
             "lower_half_share": round(low / n_fp, 3) if n_fp else None}
 
 
+def _synthetic_response(manifest: Path, model_dir: Path, diameters: list[float], seed: int = 0) -> dict:
+    """Each synthetic lesion's maximum probability, per diameter (module docstring)."""
+    model = load_model(model_dir, device="cpu")
+    keys = ("attn", "df", "label", "lung_mask")
+    load = LoadScand(keys)
+    refs, room = TissueReferencesd(), LesionRoomd()
+    chain = eval_transforms(model.modality, preprocessed=True, with_label=False, normalisation=model.normalisation)
+    peaks: dict[str, list[float]] = {f"{d:g}": [] for d in diameters}
+    for i, entry in enumerate(read_json(manifest)["test"]):
+        scan = room(refs(load(dict(entry))))
+        before = np.asarray(scan["label"][0]) > 0
+        for k, diameter in enumerate(diameters):
+            insert = RandSyntheticTumourd(prob=1.0, diameter_range_mm=(diameter, diameter))
+            insert.set_random_state(seed + 1000 * i + k)
+            out = insert(scan)
+            lesion = (np.asarray(out["label"][0]) > 0) & ~before
+            image = chain({"attn": out["attn"], "df": out["df"], "lung_mask": out["lung_mask"],
+                           "sidecar": entry["sidecar"]})["image"]
+            x = torch.as_tensor(image, dtype=torch.float32).as_subclass(torch.Tensor)[None]
+            with torch.no_grad():
+                logits = sliding_window_inference(x, model.roi_size, 2, model.network, overlap=0.25, mode="gaussian")
+            prob = torch.sigmoid(torch.as_tensor(logits).float())[0, 0].numpy()
+            peaks[f"{diameter:g}"].append(float(prob[lesion].max()))
+    return peaks
+
+
+def _bins(peaks: dict[str, list[float]], threshold: float) -> dict:
+    return {name: {"lesions": len(p), "reached": sum(v >= threshold for v in p),
+                   "median_max_prob": float(f"{np.median(p):.3g}") if p else None} for name, p in peaks.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a finished `dfseg demo` run folder")
@@ -95,6 +139,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="training folder with model.pt and run_info.json (default RUN/train)")
     parser.add_argument("--splits", nargs="+", default=["train", "test"], choices=SPLITS,
                         help="train: the mice the model trained on; val: its validation fold; test: held out")
+    parser.add_argument("--synthetic-mm", nargs="*", type=float, default=[], metavar="D",
+                        help="also insert synthetic lesions of these diameters (mm) into the last split's mice")
     args = parser.parse_args()
     manifest = (args.run / "preprocessed" / "manifest.json").resolve()
     model = (args.model or args.run / "train").resolve()
@@ -118,16 +164,15 @@ def main() -> None:
         records = read_json(evaluation / "records.json")
         threshold = float(records["threshold"])
         lesions = [les for rec in records["records"] for les in rec["lesions"]]
-        bins = {}
-        for name, _, _ in SIZE_BINS:
-            peaks = [les["max_prob"] for les in lesions if les["size_bin"] == name]
-            bins[name] = {"lesions": len(peaks), "reached": sum(p >= threshold for p in peaks),
-                          "median_max_prob": float(f"{np.median(peaks):.3g}") if peaks else None}
+        bins = _bins({name: [les["max_prob"] for les in lesions if les["size_bin"] == name]
+                      for name, _, _ in SIZE_BINS}, threshold)
         places = _false_positive_places(predictions, subset, threshold)
         n_scans = len(records["records"])
         result[split] = {"scans": n_scans, "size_bins": bins,
                          "fp_per_scan": round(places["components"] / n_scans, 3) if n_scans else None,
                          "fp_rim_share": places["rim_share"], "fp_lower_half_share": places["lower_half_share"]}
+        if args.synthetic_mm and split == args.splits[-1]:
+            result[split]["synthetic_mm"] = _bins(_synthetic_response(subset, model, args.synthetic_mm), threshold)
     print(json.dumps(result, indent=2))
 
 
