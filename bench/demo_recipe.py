@@ -53,10 +53,11 @@ def main() -> None:
     t = time.perf_counter()
     run_bundle(bundle, "train", output_dir=out / "train", **recipe)
     train_s = time.perf_counter() - t
-    # the settings again: those that shape the network must rebuild it (the others are unused there)
-    run_bundle(bundle, "inference", manifest=manifest, modality="combined", split="test",
-               channels=list(DEFAULT.channels), device="cpu", output_dir=out / "train",
-               predictions_dir=out / "predictions", num_workers=0, **settings)
+    # the settings again: those that shape the network or its input must rebuild it (the others are unused there)
+    inference = dict(manifest=manifest, modality="combined", split="test", channels=list(DEFAULT.channels),
+                     device="cpu", output_dir=out / "train", predictions_dir=out / "predictions", num_workers=0)
+    inference.update({k: v for k, v in settings.items() if k not in ("output_dir", "predictions_dir", "split")})
+    run_bundle(bundle, "inference", **inference)
     code = dfseg_main(["evaluate", "--predictions", str(out / "predictions"), "--manifest", str(manifest),
                        "-o", str(out / "evaluation"), "--split", "test", "--seed", "0", "--no-progress"])
     if code:
