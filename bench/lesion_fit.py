@@ -33,17 +33,15 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
-from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
 from dfseg.cli import main as dfseg_main
 from dfseg.data.scan import LoadScand
 from dfseg.evaluation.lesions import SIZE_BINS, connected_components, lesion_mask
 from dfseg.io import load_nifti, prepare_output_dir, read_json, write_json
+from dfseg.predict import _probabilities as probabilities
 from dfseg.predict import load_model
 from dfseg.resources import bundle_dir, run_bundle
-from dfseg.training import eval_transforms
 from dfseg.transforms.intensity import TissueReferencesd
 from dfseg.transforms.tumour import LesionRoomd, RandSyntheticTumourd
 
@@ -107,22 +105,17 @@ def _synthetic_response(manifest: Path, model_dir: Path, diameters: list[float],
     keys = ("attn", "df", "label", "lung_mask")
     load = LoadScand(keys)
     refs, room = TissueReferencesd(), LesionRoomd()
-    chain = eval_transforms(model.modality, preprocessed=True, with_label=False, normalisation=model.normalisation)
     peaks: dict[str, list[float]] = {f"{d:g}": [] for d in diameters}
     for i, entry in enumerate(read_json(manifest)["test"]):
         scan = room(refs(load(dict(entry))))
         before = np.asarray(scan["label"][0]) > 0
+        lung = np.asarray(scan["lung_mask"][0]) > 0
         for k, diameter in enumerate(diameters):
             insert = RandSyntheticTumourd(prob=1.0, diameter_range_mm=(diameter, diameter))
             insert.set_random_state(seed + 1000 * i + k)
             out = insert(scan)
             lesion = (np.asarray(out["label"][0]) > 0) & ~before
-            image = chain({"attn": out["attn"], "df": out["df"], "lung_mask": out["lung_mask"],
-                           "sidecar": entry["sidecar"]})["image"]
-            x = torch.as_tensor(image, dtype=torch.float32).as_subclass(torch.Tensor)[None]
-            with torch.no_grad():
-                logits = sliding_window_inference(x, model.roi_size, 2, model.network, overlap=0.25, mode="gaussian")
-            prob = torch.sigmoid(torch.as_tensor(logits).float())[0, 0].numpy()
+            prob = probabilities({"attn": out["attn"], "df": out["df"]}, lung, model, sw_batch_size=2)
             peaks[f"{diameter:g}"].append(float(prob[lesion].max()))
     return peaks
 
