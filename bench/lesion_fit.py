@@ -36,6 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from dfseg.cli import main as dfseg_main
+from dfseg.data.manifest import load_manifest, split_fold
 from dfseg.data.scan import LoadScand
 from dfseg.evaluation.lesions import SIZE_BINS, connected_components, lesion_mask
 from dfseg.io import load_nifti, prepare_output_dir, read_json, write_json
@@ -47,21 +48,15 @@ from dfseg.transforms.tumour import LesionRoomd, RandSyntheticTumourd
 
 RIM_DEPTH_VOX = 1.5
 SPLITS = ("train", "val", "test")
-IMAGE_KEYS = ("attn", "df", "label", "lung_mask", "sidecar")
 
 
 def _split_manifest(manifest: Path, split: str, fold: int, out: Path) -> Path:
-    """A manifest whose ``test`` list is the run's ``split``: ``train`` the mice it trained on (training
-    folds other than ``fold``), ``val`` its validation fold, ``test`` the held-out mice; paths absolute."""
-    doc = read_json(manifest)
-    if split == "test":
-        entries = doc["test"]
-    else:
-        entries = [e for e in doc["training"] if (int(e["fold"]) == int(fold)) == (split == "val")]
-    entries = [{**{k: (str(manifest.parent / v) if k in IMAGE_KEYS and v else v) for k, v in e.items()}, "fold": -1}
-               for e in entries]
+    """A manifest whose ``test`` list is the run's ``split``: ``train`` the mice it trained on, ``val`` its
+    validation fold (:func:`dfseg.data.manifest.split_fold`), ``test`` the held-out mice; paths absolute."""
+    doc = load_manifest(manifest)
+    entries = doc["test"] if split == "test" else split_fold(doc, fold)[int(split == "val")]
     path = out / f"manifest_{split}.json"
-    write_json(path, {**doc, "training": [], "validation": [], "test": entries})
+    write_json(path, {**doc, "training": [], "validation": [], "test": [{**e, "fold": -1} for e in entries]})
     return path
 
 

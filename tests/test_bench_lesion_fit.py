@@ -37,7 +37,9 @@ def test_split_manifest_takes_the_trained_validation_or_test_mice(tmp_path, lesi
     cohort = tmp_path / "cohort"
     cohort.mkdir()
     manifest = cohort / "manifest.json"
-    doc = {"name": "x", "num_folds": 3, "training": [_entry(0, 0), _entry(1, 1), _entry(2, 2), _entry(3, 0)],
+    doc = {"name": "x", "description": "test", "pipeline_version": "0.1.0", "created_by": "test",
+           "num_folds": 3, "seed": 0, "test_split": {"by": "subject", "fraction": 0.2},
+           "training": [_entry(0, 0), _entry(1, 1), _entry(2, 2), _entry(3, 0)],
            "validation": [], "test": [_entry(4, -1)]}
     manifest.write_text(json.dumps(doc))
     ids = {}
