@@ -37,7 +37,7 @@ from dfseg.training.handlers import (
     summary_writer,
 )
 from dfseg.training.overlays import TensorBoardOverlays
-from dfseg.training.settings import build_network, output_dir, roi_size
+from dfseg.training.settings import build_network, output_dir, roi_size, trained_roi_size
 from dfseg.training.transforms import (
     MODALITY_CHANNELS,
     PresenceScored,
@@ -54,5 +54,5 @@ __all__ = [
     "derive_seed", "destroy_distributed", "eval_postprocessing", "eval_transforms", "handlers_for_rank",
     "in_channels", "init_distributed", "is_preprocessed", "is_rank0", "load_checkpoint", "lr_writer", "output_dir",
     "rank_device", "require_valid_manifest", "resolve", "roi_size", "run_info", "summary_writer", "train_transforms",
-    "validation_score",
+    "trained_roi_size", "validation_score",
 ]

@@ -5,17 +5,20 @@ Each is one call in the YAML, so a config names components and numbers and compu
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
 
+from dfseg.errors import InputError
 from dfseg.networks import build
 from dfseg.training.transforms import in_channels
 
-__all__ = ["build_network", "output_dir", "roi_size"]
+__all__ = ["build_network", "output_dir", "roi_size", "trained_roi_size"]
 
 #: environment variable naming the folder default run folders go in (the Docker image sets /runs)
 RUNS_ENV = "DFSEG_RUNS"
@@ -44,6 +47,44 @@ def roi_size(patch_size: int | str | Sequence[int], spatial_dims: int) -> list[i
     if isinstance(patch_size, (int, str)):
         return [int(patch_size)] * int(spatial_dims)
     return [int(p) for p in patch_size]
+
+
+def trained_roi_size(output_dir: str | os.PathLike, patch_size: int | str | Sequence[int], spatial_dims: int) -> list[int]:
+    """The sliding-window ROI of inference: the patch the checkpoint in ``output_dir`` was trained on.
+
+    The networks normalise each window by its own statistics (instance normalisation), so a window
+    of another size than the training patch shows the network other feature statistics than it
+    learned: a 32-voxel model run in 64-voxel windows loses its small lesions. The trained patch is
+    ``run_info.json``'s ``predict.roi_size`` (what ``dfseg predict`` uses), else its
+    ``hyper_parameters.patch_size``; without a ``run_info.json`` it is ``patch_size``. A
+    ``patch_size`` that differs from the trained patch is named on stderr and not used.
+
+    Args:
+        output_dir: the run folder holding ``model.pt`` and ``run_info.json``.
+        patch_size: the bundle's ``patch_size`` setting (:func:`roi_size`).
+        spatial_dims: 3 (CT volumes) or 2 (radiographs).
+
+    Raises:
+        InputError: ``run_info.json`` is not JSON or its patch has the wrong number of axes.
+    """
+    given = roi_size(patch_size, spatial_dims)
+    path = Path(output_dir) / "run_info.json"
+    if not path.is_file():
+        return given
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(str(path), f"not a readable run_info.json ({err})") from None
+    trained = (info.get("predict") or {}).get("roi_size") or (info.get("hyper_parameters") or {}).get("patch_size")
+    if trained is None:
+        return given
+    trained = roi_size(trained, spatial_dims)
+    if len(trained) != int(spatial_dims):
+        raise InputError(str(path), f"trained patch {trained} has {len(trained)} axes, the run has {spatial_dims}")
+    if trained != given:
+        print(f"inference window {' x '.join(map(str, trained))}: the patch the model was trained on ({path}); "
+              f"patch_size {' x '.join(map(str, given))} is not used", file=sys.stderr)
+    return trained
 
 
 def build_network(network_args: Mapping[str, Any], modality: str, roi_size: Sequence[int]) -> nn.Module:

@@ -308,6 +308,24 @@ NETWORK_SETTINGS = {"dfseg_attention_unet": {"channels", "strides", "dropout", "
                     "dfseg_swinunetr": {"feature_size", "depths", "num_heads", "dropout", "use_checkpoint"}}
 
 
+@pytest.mark.parametrize(("bundle", "trained"), [("dfseg_attention_unet", [32, 32, 16]),
+                                                 ("dfseg_swinunetr", [64, 64, 32])])
+def test_inference_windows_are_the_trained_patch(bundle, trained, tmp_path):
+    """The inference and evaluation workflows slide the checkpoint's trained patch (its run_info.json),
+    whatever the bundle's patch_size: the shipped models' own, and any run folder's."""
+    (tmp_path / "run_info.json").write_text(json.dumps({"predict": {"roi_size": trained}}))
+    for workflow in ("inference", "evaluate"):
+        configs = [str(helpers.BUNDLES / bundle / "configs" / f) for f in WORKFLOWS[workflow]]
+        for output_dir, expected in ((tmp_path, trained), (helpers.BUNDLES / bundle / "models", None)):
+            parser = ConfigParser()
+            parser.read_config(configs)
+            parser.update({"bundle_root": str(helpers.BUNDLES / bundle), "device": "cpu", "output_dir": str(output_dir),
+                           "patch_size": 96})
+            if expected is None:
+                expected = json.loads((output_dir / "run_info.json").read_text())["predict"]["roi_size"]
+            assert list(parser.get_parsed_content("validate#inferer").roi_size) == expected, (workflow, output_dir)
+
+
 @pytest.mark.parametrize("bundle", BUNDLE_NAMES)
 def test_network_declared_once(bundle):
     """train.yaml declares the network (network_args, read by network_def and the run record); the
@@ -326,7 +344,10 @@ def test_network_declared_once(bundle):
         assert not keys & set(train["hyper_parameters"]), overlay
         # only the run's own names, and train.yaml's that the overlay deliberately replaces
         redefined = keys & declared_in_train
-        assert redefined <= {"device", "network", "run", "finalize", "dataset", "inferer", "evaluator"}, (overlay, redefined)
+        allowed = {"device", "network", "run", "finalize", "dataset", "inferer", "evaluator"}
+        if overlay != "multi_gpu_train.yaml":
+            allowed.add("roi_size")  # inference windows: the checkpoint's trained patch
+        assert redefined <= allowed, (overlay, redefined)
 
 
 @pytest.mark.parametrize("bundle", BUNDLE_NAMES)

@@ -26,6 +26,7 @@ from dfseg.training import (
     roi_size,
     run_info,
     train_transforms,
+    trained_roi_size,
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -71,6 +72,26 @@ def test_radiograph_chain_squeezes_z(tmp_path):
                                                          ([16, 32, 8], 3, [16, 32, 8])])
 def test_roi_size(patch, dims, expected):
     assert roi_size(patch, dims) == expected
+
+
+def test_trained_roi_size_is_the_checkpoints_patch(tmp_path, capsys):
+    """Inference windows are the trained patch (run_info.json), not the bundle's patch_size: a 32-voxel
+    model run in 64-voxel windows sees other instance-normalisation statistics."""
+    assert trained_roi_size(tmp_path, 64, 3) == [64, 64, 64]  # no run_info.json: the setting
+    assert capsys.readouterr().err == ""
+    (tmp_path / "run_info.json").write_text(json.dumps({"hyper_parameters": {"patch_size": [32, 32, 16]}}))
+    assert trained_roi_size(tmp_path, 64, 3) == [32, 32, 16]
+    err = capsys.readouterr().err
+    assert "32 x 32 x 16" in err and "64 x 64 x 64 is not used" in err and str(tmp_path / "run_info.json") in err
+    (tmp_path / "run_info.json").write_text(json.dumps({"predict": {"roi_size": [48, 48, 32]},
+                                                        "hyper_parameters": {"patch_size": [32, 32, 16]}}))
+    assert trained_roi_size(tmp_path, [48, 48, 32], 3) == [48, 48, 32]  # predict's window wins, and agrees: no note
+    assert capsys.readouterr().err == ""
+    with pytest.raises(InputError, match="axes"):
+        trained_roi_size(tmp_path, 48, 2)
+    (tmp_path / "run_info.json").write_text("{not json")
+    with pytest.raises(InputError, match="run_info.json"):
+        trained_roi_size(tmp_path, 64, 3)
 
 
 def test_build_network_takes_channels_from_modality():
