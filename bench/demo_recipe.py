@@ -3,11 +3,12 @@
 Usage: ``python bench/demo_recipe.py RUN OUT [KEY=JSON ...]``, e.g.
 ``python bench/demo_recipe.py runs/demo-20261203-225614 runs/recipe-blob blob_weight=1.0`` or
 ``'loss#boundary_weight=0.0'``. Trains the attention U-Net bundle on ``RUN/preprocessed`` with the
-settings ``dfseg demo`` uses (fold 0, seed 0, the demo's epochs, patches, batch and learning rate;
-``max_epochs=N`` changes the epochs), plus the given settings (MONAI bundle ids, values as JSON),
+settings ``dfseg demo`` uses (fold 0, seed 0, the demo's epochs and time budget, patches, batch and
+learning rate; ``max_epochs=N time_budget=0`` trains exactly N epochs, which compares across
+machines and loads: the budget counts wall-clock time), plus the given settings (MONAI bundle ids, values as JSON),
 predicts the test mice and scores them with ``dfseg evaluate``. Prints JSON: training seconds,
 per-volume AUROC, lesion sensitivity per size bin, false-positive components per scan and Dice.
-Takes about 8 minutes on 2 CPU cores; ``make bench`` leaves it out (it needs a demo run).
+Takes about 10 minutes on 2 CPU cores; ``make bench`` leaves it out (it needs a demo run).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def main() -> None:
     settings = dict(args.settings)
     bundle = bundle_dir("dfseg_attention_unet")
     recipe = dict(manifest=manifest, fold=0, modality="combined", max_epochs=DEFAULT.max_epochs,
+                  time_budget=DEFAULT.time_budget_min,
                   val_interval=DEFAULT.val_interval, patience=10_000, patch_size=DEFAULT.patch_size,
                   batch_size=DEFAULT.batch_size, num_samples=DEFAULT.num_samples, channels=list(DEFAULT.channels),
                   learning_rate=DEFAULT.learning_rate, device="cpu", seed=DEFAULT.seed, num_workers=0, progress=False)

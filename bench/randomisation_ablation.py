@@ -50,6 +50,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from generalisation import (  # noqa: E402
+    EPOCHS,
     VARIANTS,
     _dfseg,
     _log,
@@ -61,7 +62,6 @@ from generalisation import (  # noqa: E402
     write_split_manifest,
 )
 
-from dfseg.commands.demo import DEFAULT  # noqa: E402
 from dfseg.io import read_json, write_json  # noqa: E402
 from dfseg.resources import bundle_dir  # noqa: E402
 from dfseg.simulate.protocols import get_protocol  # noqa: E402
@@ -127,7 +127,7 @@ def main() -> None:
     parser.add_argument("--randomised", type=int, default=8, help="randomised mice per variant and ablation (default 8)")
     parser.add_argument("--ablations", nargs="*", default=list(ABLATIONS), choices=list(ABLATIONS),
                         help="mixes to train (default: all)")
-    parser.add_argument("--max-epochs", type=int, default=DEFAULT.max_epochs)
+    parser.add_argument("--max-epochs", type=int, default=EPOCHS, help=f"training epochs per model (default {EPOCHS})")
     parser.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
     parser.add_argument("--train-seed", type=int, help="training seed (default: --seed); a second seed on the same cohorts")
     parser.add_argument("--protocol", default="demo", help="simulation protocol (default demo; quick for a smoke test)")

@@ -60,3 +60,27 @@ def test_demo_gives_each_bundle_its_network_settings(tmp_path, monkeypatch, bund
     recorded = json.loads((tmp_path / "demo" / "demo_config.json").read_text())
     assert recorded["bundle"] == bundle and recorded["time_budget_min"] == 2.5
     assert ("channels" in recorded) == (bundle == "dfseg_attention_unet")  # no U-Net settings on a SwinUNETR run
+
+
+@pytest.mark.parametrize(("flags", "epochs", "budget"), [([], 150, 8.0), (["--time-budget", "0"], 150, None),
+                                                         (["--max-epochs", "60", "--time-budget", "0"], 60, None),
+                                                         (["--quick"], 4, None)])
+def test_demo_training_budget(tmp_path, monkeypatch, flags, epochs, budget):
+    """The demo trains to an 8-minute budget (at most 150 epochs) unless told otherwise; --quick and
+    --time-budget 0 train exactly their epochs. The record holds what training was given."""
+    import dfseg.commands.demo as demo
+
+    runs = []
+
+    def fake_dfseg(*argv):
+        if argv[0] == "evaluate":
+            (tmp_path / "demo" / "evaluation").mkdir(parents=True)
+            (tmp_path / "demo" / "evaluation" / "metrics.json").write_text(json.dumps({"metrics": {}}))
+
+    monkeypatch.setattr(demo, "_dfseg", fake_dfseg)
+    monkeypatch.setattr(demo, "run_bundle", lambda root, workflow, **kw: runs.append((workflow, kw)))
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--device", "cpu", *flags]) == 0
+    train = dict(runs)["train"]
+    assert train["max_epochs"] == epochs and train["time_budget"] == budget
+    recorded = json.loads((tmp_path / "demo" / "demo_config.json").read_text())
+    assert recorded["max_epochs"] == epochs and recorded["time_budget_min"] == budget
