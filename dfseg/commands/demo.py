@@ -102,8 +102,10 @@ def run(args: argparse.Namespace) -> int:
     write_json(out / "demo_config.json", {**recorded, "bundle": args.bundle, "network": network,
                                           "device": device, "quick": bool(args.quick)})
     proto = get_protocol(cfg.protocol)
+    epochs = (f"{cfg.max_epochs} epochs" if cfg.time_budget_min is None
+              else f"{cfg.time_budget_min:g} min of training, at most {cfg.max_epochs} epochs")
     print(f"dfseg demo -> {out}  ({'quick, ' if args.quick else ''}{cfg.subjects} mice, protocol {proto.name}: "
-          f"{' x '.join(map(str, proto.grid()))} voxels of {proto.voxel_mm} mm, {cfg.max_epochs} epochs, device {device})")
+          f"{' x '.join(map(str, proto.grid()))} voxels of {proto.voxel_mm} mm, {epochs}, device {device})")
     total, times = 7, {}
     cohort, pre, train_dir = out / "cohort", out / "preprocessed", out / "train"
     bundle = bundle_dir(args.bundle)
