@@ -50,7 +50,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # left out: bench/peer_nnunet.py (a cohort, its own nnU-Net environment and an hour; docs/peer_nnunet.md)
-# bench/demo_recipe.py (a finished demo run and 8 minutes; docs/demo.md), bench/generalisation.py
+# bench/demo_recipe.py (a finished demo run and about 10 minutes; docs/demo.md), bench/generalisation.py
 # (five trainings, about 70 minutes; docs/generalisation.md) and bench/randomisation_ablation.py
 # (eleven trainings, about an hour; docs/generalisation.md), bench/lesion_fit.py (a finished demo run and
 # 2 minutes; docs/demo.md) and bench/vessel_ablation.py (a demo run, about 12 minutes; docs/demo.md)

@@ -12,9 +12,10 @@ per split:
 - per size bin: lesions, how many reach ``prob >= 0.5`` anywhere inside them (on the ``train``
   split: a lesion the network does not reach there it has not fitted, whatever the test set), and
   the median of each lesion's maximum probability;
-- false-positive components per scan (``dfseg evaluate``'s rule) and where they lie: the share
-  whose voxels are mostly in the lung's outermost voxel layer (the pleural rim: median Euclidean
-  depth in the lung mask <= 1.5 voxels), and the share centred in the lower half of the slices.
+- false-positive components per scan (``dfseg evaluate``'s count, from its ``records.json``) and
+  where they lie, from the probability maps (``evaluate`` records no positions): the share whose
+  voxels are mostly in the lung's outermost voxel layer (the pleural rim: median Euclidean depth in
+  the lung mask <= 1.5 voxels), and the share centred in the lower half of the slices.
 
 ``--synthetic-mm 0.6 0.8 1.0`` also inserts, into each mouse of the last split, one synthetic lesion
 of each diameter (``RandSyntheticTumourd``, the training augmentation's lesion: the scan's noise,
@@ -156,8 +157,9 @@ def main() -> None:
                       for name, _, _ in SIZE_BINS}, threshold)
         places = _false_positive_places(predictions, subset, threshold)
         n_scans = len(records["records"])
+        n_fp = sum(not c["tp"] for rec in records["records"] for c in rec["components"])
         result[split] = {"scans": n_scans, "size_bins": bins,
-                         "fp_per_scan": round(places["components"] / n_scans, 3) if n_scans else None,
+                         "fp_per_scan": round(n_fp / n_scans, 3) if n_scans else None,
                          "fp_rim_share": places["rim_share"], "fp_lower_half_share": places["lower_half_share"]}
         if args.synthetic_mm and split == args.splits[-1]:
             result[split]["synthetic_mm"] = _bins(_synthetic_response(subset, model, args.synthetic_mm), threshold)

@@ -1,7 +1,7 @@
 """Benchmark: the demo without the phantom's straight vessels, and what its model fits.
 
 Usage: ``python bench/vessel_ablation.py OUT [--seed 0]``. Runs ``dfseg demo`` (defaults: 40 mice of
-the ``demo`` protocol, 60 epochs) with one change to the simulator: the reference phantom's
+the ``demo`` protocol, an 8-minute training budget) with one change to the simulator: the reference phantom's
 straight vessels (``build_anatomy``'s ``n_vessels`` solid tubes per lung, 0.3-0.7 mm across,
 radiating from the hilum) are left out, so the lung holds no solid structure but the tumours.
 Everything else (scanner, dose, tumours' sizes and shapes, recipe) is the demo's; the random
