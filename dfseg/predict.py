@@ -18,8 +18,10 @@ of scan folders, manifests (every split) or one pair of image files. For each sc
    origin and direction), build the network input with training's evaluation chain
    (:func:`dfseg.training.eval_transforms`: modality channels scaled as the model records,
    ``run_info.json["normalisation"]``), run
-   ``monai.inferers.sliding_window_inference`` with the training ROI (Gaussian blending, overlap
-   0.25, as the bundles' inferer; CUDA when present, AMP only on CUDA), sigmoid, and resample the
+   the bundles' inference inferer, :class:`dfseg.training.MirroredInferer`, with the training ROI
+   (MONAI's sliding window, Gaussian blending, overlap 0.25; each window also predicted mirrored
+   along the axes the model was trained flipping, the record's ``predict.mirror_axes``, and the
+   logits averaged, nnU-Net's test-time mirroring, unless ``mirror=False``; CUDA when present, AMP only on CUDA), sigmoid, and resample the
    probabilities back onto the input grid (``ResampleToMatch``).
 5. **Lesions**: ``prob >= threshold`` inside the lung, 26-connected components of at least
    half a 0.5 mm sphere (:func:`dfseg.evaluation.lesions.lesion_mask`, the evaluation's rule),
@@ -60,7 +62,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from monai.data import MetaTensor
-from monai.inferers import sliding_window_inference
 from monai.transforms import ResampleToMatch, Spacing
 from scipy import ndimage
 from tqdm import tqdm
@@ -83,7 +84,14 @@ from dfseg.io import (
     write_json,
 )
 from dfseg.preprocess import CalibrationChains, build_chains
-from dfseg.training import build_network, eval_transforms, load_checkpoint
+from dfseg.training import (
+    LEGACY_MIRROR_AXES,
+    MirroredInferer,
+    build_network,
+    check_mirror_axes,
+    eval_transforms,
+    load_checkpoint,
+)
 from dfseg.training.handlers import prediction_record
 from dfseg.transforms.intensity import check_normalisation
 from dfseg.transforms.lung import LungMaskd
@@ -120,6 +128,7 @@ class Model:
     device: torch.device
     model_sha256: str
     calibration: Path | None = None
+    mirror_axes: tuple[int, ...] = LEGACY_MIRROR_AXES
     _chains: CalibrationChains | None = field(default=None, repr=False)
 
     def chains(self, where: str | os.PathLike) -> CalibrationChains:
@@ -206,6 +215,11 @@ def load_model(run_dir: str | os.PathLike, *, calibration: str | os.PathLike | N
     if not roi:
         raise InputError(info_path, "records no ROI size (predict.roi_size or hyper_parameters.patch_size)")
     roi = [int(v) for v in np.broadcast_to(np.ravel(roi), (3,))]
+    try:  # the axes training flipped; records from before training flipped Z name none
+        recorded = plan.get("mirror_axes")
+        mirror_axes = check_mirror_axes(LEGACY_MIRROR_AXES if recorded is None else recorded, 3)
+    except (TypeError, ValueError) as err:
+        raise InputError(info_path, f"predict.mirror_axes: {err}") from None
     modality = str(record["modality"])
     try:  # records written before the physical scaling trained on a per-volume z-score
         normalisation = check_normalisation(str(record.get("normalisation", "zscore")))
@@ -231,7 +245,7 @@ def load_model(run_dir: str | os.PathLike, *, calibration: str | os.PathLike | N
                  normalisation=normalisation, roi_size=roi,
                  voxel_mm=None if plan.get("voxel_mm") is None else [float(v) for v in plan["voxel_mm"]],
                  correction=correction, device=dev, model_sha256=sha256_file(model_path),
-                 calibration=_calibration(correction, calibration, info_path))
+                 calibration=_calibration(correction, calibration, info_path), mirror_axes=mirror_axes)
 
 
 # -- finding scans --------------------------------------------------------------------------------
@@ -418,7 +432,7 @@ def _resample_needed(native: Sequence[float], target: Sequence[float] | None) ->
     return target is not None and not np.allclose(native, target, rtol=1e-3, atol=0)
 
 
-def _probabilities(data: dict, lung: np.ndarray, model: Model, sw_batch_size: int) -> np.ndarray:
+def _probabilities(data: dict, lung: np.ndarray, model: Model, sw_batch_size: int, mirror: bool = True) -> np.ndarray:
     """Tumour probabilities (X, Y, Z) float32 on the input grid (module docstring, step 4)."""
     native = voxel_size(np.asarray(data["attn"].affine))
     resample = _resample_needed(native, model.voxel_mm)
@@ -432,8 +446,9 @@ def _probabilities(data: dict, lung: np.ndarray, model: Model, sw_batch_size: in
     x = torch.as_tensor(image, dtype=torch.float32).as_subclass(torch.Tensor)[None].to(model.device)
     amp = model.device.type == "cuda"
     with torch.no_grad(), (torch.autocast("cuda") if amp else contextlib.nullcontext()):
-        logits = sliding_window_inference(x, model.roi_size, sw_batch_size, model.network, overlap=0.25,
-                                          mode="gaussian")
+        inferer = MirroredInferer(model.roi_size, sw_batch_size, overlap=0.25, mode="gaussian",
+                                  mirror_axes=model.mirror_axes if mirror else ())
+        logits = inferer(x, model.network)
     prob = torch.sigmoid(torch.as_tensor(logits).float()).cpu()[0]
     if resample:
         prob = ResampleToMatch(mode="bilinear")(MetaTensor(prob, affine=image.affine), img_dst=data["attn"][:1])
@@ -570,11 +585,11 @@ def _write_montage(path: Path, attn: np.ndarray, c0: np.ndarray, labels: np.ndar
 
 
 def predict_scan(entry: Mapping[str, Any], model: Model, folder: Path, *, threshold: float = 0.5,
-                 sw_batch_size: int = 2) -> dict:
+                 sw_batch_size: int = 2, mirror: bool = True) -> dict:
     """Run ``model`` on one scan and write its outputs into ``folder`` (module docstring); return its summary."""
     data, correction = _correct(entry, model)
     lung, lung_source = _lung(data, entry)
-    prob = _probabilities(data, lung, model, sw_batch_size)
+    prob = _probabilities(data, lung, model, sw_batch_size, mirror)
     affine = np.asarray(data["attn"].affine, float)
     labels, rows = lesion_table(prob, lung, affine, threshold)
     folder.mkdir(parents=True, exist_ok=True)
@@ -598,7 +613,7 @@ def predict_scan(entry: Mapping[str, Any], model: Model, folder: Path, *, thresh
         "model": {"run_dir": str(model.run_dir), "model_sha256": model.model_sha256,
                   "bundle": model.record.get("bundle"), "modality": model.modality,
                   "network": model.record["network"].get("name"), "roi_size": model.roi_size,
-                  "voxel_mm": model.voxel_mm, "device": str(model.device)},
+                  "mirror_axes": list(model.mirror_axes) if mirror else [], "voxel_mm": model.voxel_mm, "device": str(model.device)},
         "input": {k: str(entry[k]) for k in ("attn", "df", "sidecar", "lung_mask") if entry.get(k)}
         | {"shape": list(prob.shape), "voxel_mm": [float(v) for v in native], "affine": affine.tolist()},
         "correction": correction,
@@ -613,7 +628,7 @@ def predict_scan(entry: Mapping[str, Any], model: Model, folder: Path, *, thresh
 def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, model_dir: str | os.PathLike, *,
             single: Mapping[str, Any] | None = None, threshold: float = 0.5,
             calibration: str | os.PathLike | None = None, device: str | None = None, sw_batch_size: int = 2,
-            overwrite: bool = False, progress: bool | None = None) -> list[dict]:
+            mirror: bool = True, overwrite: bool = False, progress: bool | None = None) -> list[dict]:
     """Run a trained model on scans and write a lesion list per scan (module docstring).
 
     Args:
@@ -626,6 +641,8 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, model_d
         calibration: the calibration for raw scans when the recorded path is not on this machine.
         device: ``auto``, ``cpu`` or ``cuda``.
         sw_batch_size: sliding-window ROIs per forward pass.
+        mirror: test-time mirroring along the axes the model was trained flipping (every axis:
+            8 passes per window); False: one pass.
         overwrite: replace a non-empty ``out``.
         progress: show a progress bar over scans (default: when stderr is a terminal).
 
@@ -651,7 +668,7 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, model_d
     with atomic_directory(out, overwrite=overwrite) as tmp:
         for entry in tqdm(entries, desc="predict", unit="scan", file=sys.stderr, disable=not show):
             summaries.append(predict_scan(entry, model, tmp / str(entry["scan_id"]), threshold=threshold,
-                                          sw_batch_size=sw_batch_size))
+                                          sw_batch_size=sw_batch_size, mirror=mirror))
         _write_csv(tmp / "scans.csv", [{"scan_id": s["scan_id"], "presence_score": s["presence_score"],
                                         "n_lesions": s["n_lesions"]} for s in summaries],
                    ("scan_id", "presence_score", "n_lesions"))

@@ -3,7 +3,8 @@
 The stage is :func:`dfseg.predict.predict`. INPUT is a scan folder (``attn.*``, ``df.*``,
 ``sidecar.json``, optional ``lung_mask.*``), a folder of scan folders or a ``manifest.json``; or give
 one scan's files with ``--attn A --df D --sidecar S [--lung-mask L]``. Labels are never needed. The
-correction chain, voxel size, ROI and network come from RUN_DIR's ``run_info.json``; per scan,
+correction chain, voxel size, ROI and network come from RUN_DIR's ``run_info.json``; each window is
+predicted with its mirror images (``--no-mirror``: once); per scan,
 ``OUT/<scan_id>/`` gets ``prob.nii.gz``, ``mask.nii.gz``, ``lesions.nii.gz``, ``lesions.seg.nrrd``,
 ``lesions.csv``, ``lesions.png`` and ``summary.json`` on the input's own grid.
 """
@@ -42,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where to run the network (default: CUDA if present)")
     parser.add_argument("--sw-batch-size", type=int, default=2, help="sliding-window ROIs per forward pass")
+    parser.add_argument("--no-mirror", action="store_true",
+                        help="one pass per window instead of test-time mirroring along the axes the model was "
+                             "trained flipping (as nnU-Net; 8 passes for a model trained flipping X, Y and Z)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     add_no_progress(parser)
 
@@ -55,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(single["attn"], "no attenuation image given with it (--attn)")
     summaries = predict(args.inputs, args.out, args.model or shipped_model(), single=single, threshold=args.threshold,
                         calibration=args.calibration, device=args.device, sw_batch_size=args.sw_batch_size,
-                        overwrite=args.overwrite, progress=False if args.no_progress else None)
+                        mirror=not args.no_mirror, overwrite=args.overwrite, progress=False if args.no_progress else None)
     for s in summaries:
         print(f"{s['scan_id']}: presence {s['presence_score']:.3f}, {s['n_lesions']} lesion(s)")
     print(f"wrote {len(summaries)} scan(s) into {args.out}")

@@ -36,23 +36,26 @@ from dfseg.training.handlers import (
     run_info,
     summary_writer,
 )
+from dfseg.training.inferers import MirroredInferer, check_mirror_axes, mirrored
 from dfseg.training.overlays import TensorBoardOverlays
-from dfseg.training.settings import build_network, output_dir, roi_size, trained_roi_size
+from dfseg.training.settings import build_network, output_dir, roi_size, trained_mirror_axes, trained_roi_size
 from dfseg.training.transforms import (
+    LEGACY_MIRROR_AXES,
     MODALITY_CHANNELS,
     PresenceScored,
     eval_postprocessing,
     eval_transforms,
+    flip_axes,
     in_channels,
     train_transforms,
 )
 
 __all__ = [
-    "MODALITY_CHANNELS", "BestModelSaver", "CheckpointLoader", "EpochSampler", "MetricsWriter", "NullSummaryWriter",
+    "LEGACY_MIRROR_AXES", "MODALITY_CHANNELS", "BestModelSaver", "CheckpointLoader", "EpochSampler", "MetricsWriter", "MirroredInferer", "NullSummaryWriter",
     "PresenceScored", "ProbabilityWriter", "ResumableCheckpoint", "RunInfoWriter", "SeededCacheDataset",
-    "TensorBoardOverlays", "TimeBudget", "TrainingProgress", "at_least_as_good", "build_network", "cohort_value", "datalist", "ddp",
-    "derive_seed", "destroy_distributed", "eval_postprocessing", "eval_transforms", "handlers_for_rank",
-    "in_channels", "init_distributed", "is_preprocessed", "is_rank0", "load_checkpoint", "lr_writer", "output_dir",
+    "TensorBoardOverlays", "TimeBudget", "TrainingProgress", "at_least_as_good", "build_network", "check_mirror_axes", "cohort_value", "datalist", "ddp",
+    "derive_seed", "destroy_distributed", "eval_postprocessing", "eval_transforms", "flip_axes", "handlers_for_rank",
+    "in_channels", "init_distributed", "is_preprocessed", "is_rank0", "load_checkpoint", "lr_writer", "mirrored", "output_dir",
     "rank_device", "require_valid_manifest", "resolve", "roi_size", "run_info", "summary_writer", "train_transforms",
-    "trained_roi_size", "validation_score",
+    "trained_mirror_axes", "trained_roi_size", "validation_score",
 ]

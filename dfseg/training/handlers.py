@@ -28,6 +28,7 @@ from dfseg.data.scan import as_floats, scan_meta
 from dfseg.io import read_json, save_nifti, sha256_file, write_json
 from dfseg.networks import count_parameters
 from dfseg.training.distributed import is_rank0
+from dfseg.training.transforms import flip_axes
 from dfseg.transforms.intensity import check_normalisation
 
 __all__ = ["MetricsWriter", "NullSummaryWriter", "ProbabilityWriter", "RunInfoWriter", "TimeBudget", "TrainingProgress",
@@ -96,14 +97,17 @@ def _file_record(path: str | os.PathLike | None, base: Path) -> dict[str, Any] |
 
 
 def prediction_record(manifest: str | os.PathLike, *, calibration: str | os.PathLike | None,
-                      preprocessed: bool | None, roi_size: Any = None) -> dict[str, Any] | None:
+                      preprocessed: bool | None, roi_size: Any = None,
+                      mirror_axes: Any = None) -> dict[str, Any] | None:
     """What ``dfseg predict`` needs to feed new scans as the run fed its training scans.
 
-    Returns ``{"voxel_mm", "roi_size", "correction"}`` (None when ``manifest`` is not a file):
+    Returns ``{"voxel_mm", "roi_size", "mirror_axes", "correction"}`` (None when ``manifest`` is not
+    a file):
 
     - ``voxel_mm``: the training scans' voxel size, the per-axis median over every scan of the
       manifest (sidecar ``voxel_mm``);
     - ``roi_size``: the sliding-window ROI (the training patch);
+    - ``mirror_axes``: the axes training flipped, which inference mirrors (None: not recorded);
     - ``correction``: how raw reconstructions became network input. ``preprocessed`` true: the
       scans were written by ``dfseg preprocess`` and ``domain`` (``projection`` when any scan went
       through the projection chain, else ``volume``), ``calibration`` {path, sha256},
@@ -135,7 +139,8 @@ def prediction_record(manifest: str | os.PathLike, *, calibration: str | os.Path
                       "calibration": _file_record(calibration, Path.cwd()),
                       "aluminium_weight": 0.0, "bone_correction": False}
     roi = None if roi_size is None else [int(v) for v in np.ravel(roi_size)]
-    return {"voxel_mm": voxel, "roi_size": roi, "correction": correction}
+    mirror = None if mirror_axes is None else [int(a) for a in mirror_axes]
+    return {"voxel_mm": voxel, "roi_size": roi, "mirror_axes": mirror, "correction": correction}
 
 
 def run_info(*, bundle: str, manifest: str | os.PathLike, fold: int | None, modality: str, seed: int,
@@ -151,7 +156,7 @@ def run_info(*, bundle: str, manifest: str | os.PathLike, fold: int | None, moda
     ``calibration`` {path, sha256} or None, ``preprocessed``, ``geometry`` (``ct`` for
     ``spatial_dims`` 3, ``radiograph`` for 2), ``normalisation`` (the network-input scaling,
     :data:`dfseg.transforms.intensity.NORMALISATIONS`; a record without it means ``zscore``), ``predict`` (:func:`prediction_record`: training voxel
-    size, ROI, correction chain), ``hardware``, ``versions``, ``command`` (argv), plus ``extra``. ``RunInfoWriter`` adds ``max_epochs``, ``completed_epochs``, ``finished_utc`` and
+    size, ROI, the axes training flipped, correction chain), ``hardware``, ``versions``, ``command`` (argv), plus ``extra``. ``RunInfoWriter`` adds ``max_epochs``, ``completed_epochs``, ``finished_utc`` and
     ``resumed_at_iteration``.
     """
     manifest = Path(manifest).resolve()
@@ -178,7 +183,8 @@ def run_info(*, bundle: str, manifest: str | os.PathLike, fold: int | None, moda
         "normalisation": check_normalisation(normalisation),
         "presence_score": "maximum tumour probability inside the lung mask (per volume)",
         "predict": prediction_record(manifest, calibration=calibration, preprocessed=preprocessed,
-                                     roi_size=hyper_parameters.get("patch_size")),
+                                     roi_size=hyper_parameters.get("patch_size"),
+                                     mirror_axes=flip_axes(3 if spatial_dims is None else int(spatial_dims))),
         "hardware": hardware_info(),
         "versions": versions(),
         "command": list(sys.argv),

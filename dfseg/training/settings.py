@@ -16,9 +16,10 @@ import torch.nn as nn
 
 from dfseg.errors import InputError
 from dfseg.networks import build
-from dfseg.training.transforms import in_channels
+from dfseg.training.inferers import check_mirror_axes
+from dfseg.training.transforms import LEGACY_MIRROR_AXES, flip_axes, in_channels
 
-__all__ = ["build_network", "output_dir", "roi_size", "trained_roi_size"]
+__all__ = ["build_network", "output_dir", "roi_size", "trained_mirror_axes", "trained_roi_size"]
 
 #: environment variable naming the folder default run folders go in (the Docker image sets /runs)
 RUNS_ENV = "DFSEG_RUNS"
@@ -85,6 +86,33 @@ def trained_roi_size(output_dir: str | os.PathLike, patch_size: int | str | Sequ
         print(f"inference window {' x '.join(map(str, trained))}: the patch the model was trained on ({path}); "
               f"patch_size {' x '.join(map(str, given))} is not used", file=sys.stderr)
     return trained
+
+
+def trained_mirror_axes(output_dir: str | os.PathLike, spatial_dims: int) -> list[int]:
+    """The axes inference mirrors (:class:`dfseg.training.MirroredInferer`): those the checkpoint in
+    ``output_dir`` was trained flipping.
+
+    ``run_info.json``'s ``predict.mirror_axes`` (what ``dfseg predict`` uses); a record without it
+    was trained flipping X and Y (:data:`dfseg.training.LEGACY_MIRROR_AXES`); without a
+    ``run_info.json``, the axes training flips now (:func:`dfseg.training.flip_axes`).
+
+    Raises:
+        InputError: ``run_info.json`` is not JSON or names axes the image does not have.
+    """
+    path = Path(output_dir) / "run_info.json"
+    if not path.is_file():
+        return list(flip_axes(spatial_dims))
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(str(path), f"not a readable run_info.json ({err})") from None
+    axes = (info.get("predict") or {}).get("mirror_axes")
+    if axes is None:
+        axes = LEGACY_MIRROR_AXES[:int(spatial_dims)]
+    try:
+        return list(check_mirror_axes(axes, spatial_dims))
+    except (TypeError, ValueError) as err:
+        raise InputError(str(path), f"predict.mirror_axes: {err}") from None
 
 
 def build_network(network_args: Mapping[str, Any], modality: str, roi_size: Sequence[int]) -> nn.Module:

@@ -17,7 +17,8 @@ Chain (keys ``attn``, ``df``, ``label``, ``lung_mask``)::
          label only) with centres weighted outside lung / lung / tumour, each lesion alike
          (SamplingMapd), then nnU-Net's augmentation (:func:`augmentation`):
          rotation and scaling, elastic deformation, Gaussian noise, blur, per-channel intensity
-         scaling, simulated low resolution, flips and 90-degree rotations
+         scaling, simulated low resolution; then flips along every axis (:func:`flip_axes`) and
+         90-degree rotations in the axial plane
 
 Everything up to the first random transform is deterministic, so ``CacheDataset`` caches it.
 Preprocessed manifests (written by ``dfseg preprocess``) skip the correction chain.
@@ -72,10 +73,12 @@ from dfseg.transforms.pipeline import volume_chain
 from dfseg.transforms.tumour import LesionRoomd, RandSyntheticTumourd
 
 __all__ = [
+    "LEGACY_MIRROR_AXES",
     "MODALITY_CHANNELS",
     "LungOnlyd",
     "PresenceScored",
     "augmentation",
+    "flip_axes",
     "eval_postprocessing",
     "eval_transforms",
     "in_channels",
@@ -83,8 +86,18 @@ __all__ = [
 ]
 
 IMAGE_KEYS = ("attn", "df")
+#: the axes a run's inference mirrors when its record names none: runs recorded before training
+#: flipped Z too were trained with flips along X and Y only
+LEGACY_MIRROR_AXES = (0, 1)
 #: the scan's tissue references, measured once per volume where a cache keeps them
 REFS_KEY = "tissue_refs"
+
+
+def flip_axes(spatial_dims: int = 3) -> tuple[int, ...]:
+    """The spatial axes training flips at random (each with probability 0.5), as nnU-Net mirrors:
+    every axis. Inference mirrors the same axes (:class:`dfseg.training.MirroredInferer`; the run
+    record's ``predict.mirror_axes``)."""
+    return tuple(range(_check_dims(spatial_dims)))
 
 
 def in_channels(modality: str) -> int:
@@ -255,8 +268,7 @@ def train_transforms(modality: str, patch_size: Sequence[int] | int, *, preproce
         # normalised mean 0: SwinUNETR needs its full patch (>= 64 voxels, see its bundle).
         SpatialPadd(keys=("image", "label"), spatial_size=patch),
         *(augmentation(dims) if augment else []),
-        RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=0),
-        RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=1),
+        *(RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=axis) for axis in flip_axes(dims)),
         RandRotate90d(keys=("image", "label"), prob=0.5, spatial_axes=(0, 1)),
         EnsureTyped(keys=("image", "label"), dtype=torch.float32, track_meta=False),
     ])

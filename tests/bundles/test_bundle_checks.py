@@ -21,6 +21,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metad
 from dfseg.channels import MODALITY_CHANNELS
 from dfseg.io import sha256_file
 from dfseg.resources import WORKFLOWS, metadata_schema
+from dfseg.training.inferers import MirroredInferer
 from dfseg.training.transforms import in_channels
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
@@ -313,7 +314,7 @@ NETWORK_SETTINGS = {"dfseg_attention_unet": {"channels", "strides", "dropout", "
 def test_inference_windows_are_the_trained_patch(bundle, trained, tmp_path):
     """The inference and evaluation workflows slide the checkpoint's trained patch (its run_info.json),
     whatever the bundle's patch_size: the shipped models' own, and any run folder's."""
-    (tmp_path / "run_info.json").write_text(json.dumps({"predict": {"roi_size": trained}}))
+    (tmp_path / "run_info.json").write_text(json.dumps({"predict": {"roi_size": trained, "mirror_axes": [0, 1, 2]}}))
     for workflow in ("inference", "evaluate"):
         configs = [str(helpers.BUNDLES / bundle / "configs" / f) for f in WORKFLOWS[workflow]]
         for output_dir, expected in ((tmp_path, trained), (helpers.BUNDLES / bundle / "models", None)):
@@ -321,9 +322,24 @@ def test_inference_windows_are_the_trained_patch(bundle, trained, tmp_path):
             parser.read_config(configs)
             parser.update({"bundle_root": str(helpers.BUNDLES / bundle), "device": "cpu", "output_dir": str(output_dir),
                            "patch_size": 96})
-            if expected is None:
-                expected = json.loads((output_dir / "run_info.json").read_text())["predict"]["roi_size"]
-            assert list(parser.get_parsed_content("validate#inferer").roi_size) == expected, (workflow, output_dir)
+            record = json.loads((output_dir / "run_info.json").read_text())["predict"]
+            expected = expected or record["roi_size"]
+            inferer = parser.get_parsed_content("validate#inferer")
+            assert list(inferer.roi_size) == expected, (workflow, output_dir)
+            # nnU-Net's test-time mirroring along the axes the checkpoint was trained flipping (X and Y
+            # for a record that names none)
+            mirror = tuple(record["mirror_axes"]) if record.get("mirror_axes") is not None else (0, 1)
+            assert isinstance(inferer, MirroredInferer) and inferer.mirror_axes == mirror, (workflow, output_dir)
+    parser = ConfigParser()
+    parser.read_config([str(helpers.BUNDLES / bundle / "configs" / f) for f in WORKFLOWS["inference"]])
+    parser.update({"bundle_root": str(helpers.BUNDLES / bundle), "device": "cpu", "output_dir": str(tmp_path),
+                   "mirror_axes": []})
+    assert parser.get_parsed_content("validate#inferer").mirror_axes == ()
+    # training validation stays one pass per window
+    parser = ConfigParser()
+    parser.read_config([str(helpers.BUNDLES / bundle / "configs" / "train.yaml")])
+    parser.update({"bundle_root": str(helpers.BUNDLES / bundle), "device": "cpu", "output_dir": str(tmp_path)})
+    assert not isinstance(parser.get_parsed_content("validate#inferer"), MirroredInferer)
 
 
 @pytest.mark.parametrize("bundle", BUNDLE_NAMES)

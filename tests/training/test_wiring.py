@@ -26,6 +26,7 @@ from dfseg.training import (
     roi_size,
     run_info,
     train_transforms,
+    trained_mirror_axes,
     trained_roi_size,
 )
 
@@ -94,6 +95,22 @@ def test_trained_roi_size_is_the_checkpoints_patch(tmp_path, capsys):
         trained_roi_size(tmp_path, 64, 3)
 
 
+def test_trained_mirror_axes_are_the_checkpoints_flips(tmp_path):
+    """Inference mirrors the axes the checkpoint was trained flipping (run_info.json's
+    predict.mirror_axes); a record without them was trained flipping X and Y."""
+    assert trained_mirror_axes(tmp_path, 3) == [0, 1, 2]  # no record: the axes training flips now
+    assert trained_mirror_axes(tmp_path, 2) == [0, 1]
+    info = tmp_path / "run_info.json"
+    info.write_text(json.dumps({"predict": {"roi_size": [32, 32, 32]}}))
+    assert trained_mirror_axes(tmp_path, 3) == [0, 1]
+    for recorded in ([0, 1, 2], [2], []):
+        info.write_text(json.dumps({"predict": {"mirror_axes": recorded}}))
+        assert trained_mirror_axes(tmp_path, 3) == recorded
+    info.write_text(json.dumps({"predict": {"mirror_axes": [0, 3]}}))
+    with pytest.raises(InputError, match="mirror_axes"):
+        trained_mirror_axes(tmp_path, 3)
+
+
 def test_build_network_takes_channels_from_modality():
     args = {"name": "attention_unet", "spatial_dims": 3, "channels": [4, 8, 16], "strides": [2, 2],
             "deep_supervision": False}
@@ -131,6 +148,8 @@ def test_run_info_records_network_and_geometry(manifest, dims, geometry):
                     network=args, model=model, spatial_dims=dims)
     assert info["geometry"] == geometry and info["in_channels"] == 1 and info["input_channels"] == ["attn"]
     assert info["network"] == {**args, "parameter_count": count_parameters(model)}
+    # inference mirrors the axes training flips: every spatial axis
+    assert info["predict"]["mirror_axes"] == list(range(dims))
 
 
 def test_cohort_value_refuses_mixed_scans(tmp_path):
