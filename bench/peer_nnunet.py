@@ -156,7 +156,7 @@ def evaluate(predictions: Path, manifest: Path, out: Path) -> dict[str, object]:
     return metrics_row(out)
 
 
-def run_dfseg(manifest: Path, work: Path, budget: float) -> dict[str, object]:
+def run_dfseg(manifest: Path, work: Path, budget: float, mirroring: bool = True) -> dict[str, object]:
     run = work / f"dfseg_{budget:g}min"
     train = [DFSEG, "train", "--manifest", str(manifest), "--out", str(run / "train"),
              "--modality", "combined", "--seed", "0", "--max-epochs", "10000", "--time-budget", str(budget),
@@ -167,11 +167,12 @@ def run_dfseg(manifest: Path, work: Path, budget: float) -> dict[str, object]:
     t0 = time.perf_counter()
     run_bundle(bundle_dir("dfseg_attention_unet"), "inference", manifest=manifest, modality="combined", split="test",
                channels=DFSEG_RECIPE["channels"], device="cpu", output_dir=run / "train",
-               predictions_dir=run / "predictions", num_workers=0)
+               predictions_dir=run / "predictions", num_workers=0, **({} if mirroring else {"mirror_axes": []}))
     infer_s = time.perf_counter() - t0
     info = json.loads((run / "train" / "run_info.json").read_text())
     row = {"method": "dfseg attention U-Net", "budget_min": budget, "train_s": t["seconds"],
-           "train_peak_mb": t["peak_mb"], "infer_s": infer_s, "epochs": info.get("completed_epochs")}
+           "train_peak_mb": t["peak_mb"], "infer_s": infer_s, "epochs": info.get("completed_epochs"),
+           "mirroring": mirroring}
     row.update(evaluate(run / "predictions", manifest, run / "evaluation"))
     return row
 
@@ -239,7 +240,8 @@ def main() -> None:
     ap.add_argument("--plans-memory-gb", type=float,
                     help="plan nnU-Net for this GPU-memory target (nnU-Net's -gpu_memory_target; smaller patches "
                          "for a CPU budget); default: nnU-Net's own plans")
-    ap.add_argument("--no-mirroring", action="store_true", help="nnU-Net without test-time mirroring")
+    ap.add_argument("--no-mirroring", action="store_true",
+                    help="both without test-time mirroring (dfseg: the bundle's mirror_axes=[]; nnU-Net: --no-mirroring)")
     ap.add_argument("--only", choices=["dfseg", "nnunet"], help="run one side only")
     ap.add_argument("--rescore", action="store_true",
                     help="rewrite WORK/peer_nnunet.{json,md} from the runs' evaluation folders (no training)")
@@ -271,7 +273,7 @@ def main() -> None:
         (plans.parent / "splits_final.json").write_text(json.dumps([{"train": split["train"], "val": split["val"]}]))
     for budget in args.budgets:
         if args.only != "nnunet":
-            rows.append(run_dfseg(manifest, work, budget))
+            rows.append(run_dfseg(manifest, work, budget, not args.no_mirroring))
             print(json.dumps(rows[-1]), flush=True)
         if args.only != "dfseg":
             rows.append(run_nnunet(py, env, manifest, work, budget, args.iterations, not args.no_mirroring,
