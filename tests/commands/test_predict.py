@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -117,6 +118,7 @@ def test_run_info_records_what_predict_needs(trained):
     plan = json.loads((run / "run_info.json").read_text())["predict"]
     assert plan["voxel_mm"] == pytest.approx([0.1] * 3)
     assert plan["roi_size"] == [32, 32, 32]
+    assert plan["mirror_axes"] == [0, 1, 2]  # training flips every axis; inference mirrors them
     assert plan["correction"]["preprocessed"] is True and plan["correction"]["domain"] == "volume"
 
 
@@ -161,6 +163,7 @@ def test_mha_scan_outputs_on_the_input_grid(trained, tmp_path, capsys):
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["n_lesions"] == 2 and summary["presence_score"] == pytest.approx(P_ALL, abs=1e-5)
     assert summary["resampled_to_model_voxel"] is True
+    assert summary["model"]["mirror_axes"] == [0, 1, 2]
     assert summary["correction"].startswith("none")
     assert summary["lung_mask"].startswith("given")
     nrrd = sitk.ReadImage(str(folder / "lesions.seg.nrrd"))
@@ -168,6 +171,28 @@ def test_mha_scan_outputs_on_the_input_grid(trained, tmp_path, capsys):
     box = np.argwhere(labels == 1)
     assert nrrd.GetMetaData("Segment0_Extent").split() == [str(v) for a, b in zip(box.min(0), box.max(0)) for v in (a, b)]
     assert (out / "scans.csv").read_text().splitlines()[1].startswith("mouse7,")
+
+
+def test_mirror_axes_come_from_the_record(trained, tmp_path, capsys):
+    """Inference mirrors the axes the run record names; a record without them (trained before
+    training flipped Z) mirrors X and Y; --no-mirror runs one pass."""
+    run, _ = trained
+    legacy = tmp_path / "legacy"
+    shutil.copytree(run, legacy)
+    info = json.loads((legacy / "run_info.json").read_text())
+    del info["predict"]["mirror_axes"]
+    (legacy / "run_info.json").write_text(json.dumps(info))
+    scan = write_scan(tmp_path / "lab" / "mouse8")
+    for model, extra, expected in ((legacy, [], [0, 1]), (run, ["--no-mirror"], [])):
+        out = tmp_path / f"out_{model.name}_{len(extra)}"
+        rc, err = _predict(["--model", model, scan, "-o", out, *extra], capsys)
+        assert rc == 0, err
+        assert json.loads((out / "mouse8" / "summary.json").read_text())["model"]["mirror_axes"] == expected
+    info["predict"]["mirror_axes"] = [0, 5]
+    (legacy / "run_info.json").write_text(json.dumps(info))
+    rc, err = _predict(["--model", legacy, scan, "-o", tmp_path / "bad"], capsys)
+    assert rc != 0 and "run_info.json" in err and "mirror_axes" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
 
 
 def test_raw_scan_goes_through_the_recorded_calibration(tmp_path, capsys):
