@@ -88,9 +88,9 @@ from dfseg.training import (
     LEGACY_MIRROR_AXES,
     MirroredInferer,
     build_network,
-    check_mirror_axes,
     eval_transforms,
     load_checkpoint,
+    recorded_mirror_axes,
 )
 from dfseg.training.handlers import prediction_record
 from dfseg.transforms.intensity import check_normalisation
@@ -216,9 +216,8 @@ def load_model(run_dir: str | os.PathLike, *, calibration: str | os.PathLike | N
         raise InputError(info_path, "records no ROI size (predict.roi_size or hyper_parameters.patch_size)")
     roi = [int(v) for v in np.broadcast_to(np.ravel(roi), (3,))]
     try:  # the axes training flipped; records from before training flipped Z name none
-        recorded = plan.get("mirror_axes")
-        mirror_axes = check_mirror_axes(LEGACY_MIRROR_AXES if recorded is None else recorded, 3)
-    except (TypeError, ValueError) as err:
+        mirror_axes = recorded_mirror_axes(plan, 3)
+    except ValueError as err:
         raise InputError(info_path, f"predict.mirror_axes: {err}") from None
     modality = str(record["modality"])
     try:  # records written before the physical scaling trained on a per-volume z-score

@@ -36,11 +36,16 @@ from dfseg.training.handlers import (
     run_info,
     summary_writer,
 )
-from dfseg.training.inferers import MirroredInferer, check_mirror_axes, mirrored
+from dfseg.training.inferers import (
+    LEGACY_MIRROR_AXES,
+    MirroredInferer,
+    check_mirror_axes,
+    mirrored,
+    recorded_mirror_axes,
+)
 from dfseg.training.overlays import TensorBoardOverlays
 from dfseg.training.settings import build_network, output_dir, roi_size, trained_mirror_axes, trained_roi_size
 from dfseg.training.transforms import (
-    LEGACY_MIRROR_AXES,
     MODALITY_CHANNELS,
     PresenceScored,
     eval_postprocessing,
@@ -56,6 +61,7 @@ __all__ = [
     "TensorBoardOverlays", "TimeBudget", "TrainingProgress", "at_least_as_good", "build_network", "check_mirror_axes", "cohort_value", "datalist", "ddp",
     "derive_seed", "destroy_distributed", "eval_postprocessing", "eval_transforms", "flip_axes", "handlers_for_rank",
     "in_channels", "init_distributed", "is_preprocessed", "is_rank0", "load_checkpoint", "lr_writer", "mirrored", "output_dir",
+    "recorded_mirror_axes",
     "rank_device", "require_valid_manifest", "resolve", "roi_size", "run_info", "summary_writer", "train_transforms",
     "trained_mirror_axes", "trained_roi_size", "validation_score",
 ]

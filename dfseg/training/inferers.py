@@ -14,13 +14,17 @@ MONAI's. Training validation stays unmirrored (one pass per window), as nnU-Net'
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from monai.inferers import SlidingWindowInferer
 
-__all__ = ["MirroredInferer", "check_mirror_axes", "mirrored"]
+__all__ = ["LEGACY_MIRROR_AXES", "MirroredInferer", "check_mirror_axes", "mirrored", "recorded_mirror_axes"]
+
+#: the axes a run's inference mirrors when its record names none: runs recorded before training
+#: flipped Z too were trained with flips along X and Y only
+LEGACY_MIRROR_AXES = (0, 1)
 
 
 def check_mirror_axes(axes: Sequence[int] | None, spatial_dims: int) -> tuple[int, ...]:
@@ -29,10 +33,25 @@ def check_mirror_axes(axes: Sequence[int] | None, spatial_dims: int) -> tuple[in
     Raises:
         ValueError: an axis outside the image's spatial axes, or one given twice.
     """
-    axes = tuple(int(a) for a in (axes or ()))
-    if len(set(axes)) != len(axes) or any(not 0 <= a < int(spatial_dims) for a in axes):
-        raise ValueError(f"mirror axes must be distinct spatial axes 0..{int(spatial_dims) - 1}, got {list(axes)}")
-    return axes
+    problem = f"mirror axes must be distinct spatial axes 0..{int(spatial_dims) - 1}, got {axes!r}"
+    try:
+        checked = tuple(int(a) for a in (axes or ()))
+    except (TypeError, ValueError):
+        raise ValueError(problem) from None
+    if len(set(checked)) != len(checked) or any(not 0 <= a < int(spatial_dims) for a in checked):
+        raise ValueError(problem)
+    return checked
+
+
+def recorded_mirror_axes(plan: Mapping[str, Any] | None, spatial_dims: int) -> tuple[int, ...]:
+    """The axes a run's inference mirrors, from its record's ``predict`` entry (``plan``): its
+    ``mirror_axes`` (the axes training flipped), else :data:`LEGACY_MIRROR_AXES`.
+
+    Raises:
+        ValueError: the recorded axes are not distinct spatial axes of a ``spatial_dims`` image.
+    """
+    recorded = (plan or {}).get("mirror_axes")
+    return check_mirror_axes(LEGACY_MIRROR_AXES[:int(spatial_dims)] if recorded is None else recorded, spatial_dims)
 
 
 def mirrored(network: Callable[..., torch.Tensor], axes: Sequence[int]) -> Callable[..., torch.Tensor]:

@@ -16,8 +16,8 @@ import torch.nn as nn
 
 from dfseg.errors import InputError
 from dfseg.networks import build
-from dfseg.training.inferers import check_mirror_axes
-from dfseg.training.transforms import LEGACY_MIRROR_AXES, flip_axes, in_channels
+from dfseg.training.inferers import recorded_mirror_axes
+from dfseg.training.transforms import flip_axes, in_channels
 
 __all__ = ["build_network", "output_dir", "roi_size", "trained_mirror_axes", "trained_roi_size"]
 
@@ -93,7 +93,7 @@ def trained_mirror_axes(output_dir: str | os.PathLike, spatial_dims: int) -> lis
     ``output_dir`` was trained flipping.
 
     ``run_info.json``'s ``predict.mirror_axes`` (what ``dfseg predict`` uses); a record without it
-    was trained flipping X and Y (:data:`dfseg.training.LEGACY_MIRROR_AXES`); without a
+    was trained flipping X and Y (:func:`dfseg.training.recorded_mirror_axes`); without a
     ``run_info.json``, the axes training flips now (:func:`dfseg.training.flip_axes`).
 
     Raises:
@@ -106,12 +106,9 @@ def trained_mirror_axes(output_dir: str | os.PathLike, spatial_dims: int) -> lis
         info = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise InputError(str(path), f"not a readable run_info.json ({err})") from None
-    axes = (info.get("predict") or {}).get("mirror_axes")
-    if axes is None:
-        axes = LEGACY_MIRROR_AXES[:int(spatial_dims)]
     try:
-        return list(check_mirror_axes(axes, spatial_dims))
-    except (TypeError, ValueError) as err:
+        return list(recorded_mirror_axes(info.get("predict"), spatial_dims))
+    except ValueError as err:
         raise InputError(str(path), f"predict.mirror_axes: {err}") from None
 
 

@@ -73,22 +73,18 @@ from dfseg.transforms.pipeline import volume_chain
 from dfseg.transforms.tumour import LesionRoomd, RandSyntheticTumourd
 
 __all__ = [
-    "LEGACY_MIRROR_AXES",
     "MODALITY_CHANNELS",
     "LungOnlyd",
     "PresenceScored",
     "augmentation",
-    "flip_axes",
     "eval_postprocessing",
     "eval_transforms",
+    "flip_axes",
     "in_channels",
     "train_transforms",
 ]
 
 IMAGE_KEYS = ("attn", "df")
-#: the axes a run's inference mirrors when its record names none: runs recorded before training
-#: flipped Z too were trained with flips along X and Y only
-LEGACY_MIRROR_AXES = (0, 1)
 #: the scan's tissue references, measured once per volume where a cache keeps them
 REFS_KEY = "tissue_refs"
 

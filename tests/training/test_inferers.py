@@ -7,7 +7,15 @@ import torch
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import RandFlipd
 
-from dfseg.training import MirroredInferer, check_mirror_axes, flip_axes, mirrored, train_transforms
+from dfseg.training import (
+    LEGACY_MIRROR_AXES,
+    MirroredInferer,
+    check_mirror_axes,
+    flip_axes,
+    mirrored,
+    recorded_mirror_axes,
+    train_transforms,
+)
 
 
 def _ramp_net(shape):
@@ -70,6 +78,17 @@ def test_training_flips_every_axis(dims):
     chain = train_transforms("combined", patch_size=16, preprocessed=True, spatial_dims=dims, augment=False)
     flipped = [t.flipper.spatial_axis for t in chain.transforms if isinstance(t, RandFlipd)]
     assert flipped == list(flip_axes(dims)) == list(range(dims))
+
+
+def test_recorded_mirror_axes():
+    """A run record's predict entry names the axes; one without them (or no entry) is X and Y."""
+    for plan in (None, {}, {"mirror_axes": None}):
+        assert recorded_mirror_axes(plan, 3) == LEGACY_MIRROR_AXES == (0, 1)
+    assert recorded_mirror_axes({"mirror_axes": [0, 1, 2]}, 3) == (0, 1, 2)
+    assert recorded_mirror_axes({"mirror_axes": []}, 3) == ()
+    for bad in (5, [0, 3], ["x"]):
+        with pytest.raises(ValueError, match="mirror axes"):
+            recorded_mirror_axes({"mirror_axes": bad}, 3)
 
 
 def test_mirror_axes_are_checked():
