@@ -50,6 +50,21 @@ def roi_size(patch_size: int | str | Sequence[int], spatial_dims: int) -> list[i
     return [int(p) for p in patch_size]
 
 
+def _run_record(output_dir: str | os.PathLike) -> tuple[Path, dict | None]:
+    """``output_dir/run_info.json`` and its record (None when there is no such file).
+
+    Raises:
+        InputError: the file is not readable JSON.
+    """
+    path = Path(output_dir) / "run_info.json"
+    if not path.is_file():
+        return path, None
+    try:
+        return path, json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(str(path), f"not a readable run_info.json ({err})") from None
+
+
 def trained_roi_size(output_dir: str | os.PathLike, patch_size: int | str | Sequence[int], spatial_dims: int) -> list[int]:
     """The sliding-window ROI of inference: the patch the checkpoint in ``output_dir`` was trained on.
 
@@ -69,13 +84,9 @@ def trained_roi_size(output_dir: str | os.PathLike, patch_size: int | str | Sequ
         InputError: ``run_info.json`` is not JSON or its patch has the wrong number of axes.
     """
     given = roi_size(patch_size, spatial_dims)
-    path = Path(output_dir) / "run_info.json"
-    if not path.is_file():
+    path, info = _run_record(output_dir)
+    if info is None:
         return given
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise InputError(str(path), f"not a readable run_info.json ({err})") from None
     trained = (info.get("predict") or {}).get("roi_size") or (info.get("hyper_parameters") or {}).get("patch_size")
     if trained is None:
         return given
@@ -99,13 +110,9 @@ def trained_mirror_axes(output_dir: str | os.PathLike, spatial_dims: int) -> lis
     Raises:
         InputError: ``run_info.json`` is not JSON or names axes the image does not have.
     """
-    path = Path(output_dir) / "run_info.json"
-    if not path.is_file():
+    path, info = _run_record(output_dir)
+    if info is None:
         return list(flip_axes(spatial_dims))
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise InputError(str(path), f"not a readable run_info.json ({err})") from None
     try:
         return list(recorded_mirror_axes(info.get("predict"), spatial_dims))
     except ValueError as err:

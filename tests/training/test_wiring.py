@@ -109,6 +109,9 @@ def test_trained_mirror_axes_are_the_checkpoints_flips(tmp_path):
     info.write_text(json.dumps({"predict": {"mirror_axes": [0, 3]}}))
     with pytest.raises(InputError, match="mirror_axes"):
         trained_mirror_axes(tmp_path, 3)
+    info.write_text("{not json")
+    with pytest.raises(InputError, match="run_info.json"):
+        trained_mirror_axes(tmp_path, 3)
 
 
 def test_build_network_takes_channels_from_modality():
