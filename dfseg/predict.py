@@ -24,13 +24,15 @@ of scan folders, manifests (every split) or one pair of image files. For each sc
    logits averaged, nnU-Net's test-time mirroring, unless ``mirror=False``; CUDA when present, AMP only on CUDA), sigmoid, and resample the
    probabilities back onto the input grid (``ResampleToMatch``).
 5. **Lesions**: ``prob >= threshold`` inside the lung, 26-connected components of at least
-   half a 0.5 mm sphere (:func:`dfseg.evaluation.lesions.lesion_mask`, the evaluation's rule),
-   numbered by decreasing maximum probability. The presence score is the maximum probability inside the lung.
+   half a 0.5 mm sphere, less those smaller than a 1 mm sphere that are more than three times as long
+   as they are wide (vessel segments; :func:`dfseg.evaluation.lesions.lesion_mask`, the evaluation's
+   rule), numbered by decreasing maximum probability. The presence score is the maximum probability
+   inside the lung outside the components that are not lesions (the evaluation's score).
 
 Outputs, per scan, in ``OUT/<scan_id>/`` on the input's own grid and affine::
 
     prob.nii.gz        float32 tumour probability (the whole image; not gated by the lung mask)
-    mask.nii.gz        uint8 prob >= threshold inside the lung, lesions of at least MIN_LESION_MM3
+    mask.nii.gz        uint8 the lesions: prob >= threshold inside the lung, lesion_mask's components
     lesions.nii.gz     uint16 lesion ids (0 = background), ids as in lesions.csv
     lesions.seg.nrrd   the same labels as a 3D Slicer segmentation (one segment per lesion, up to
                        SEG_NRRD_SEGMENTS; ITK-SNAP opens it too)
@@ -71,7 +73,14 @@ from dfseg.data.importer import resolve_image
 from dfseg.data.manifest import SPLITS, load_manifest
 from dfseg.data.scan import LoadScand, scan_meta
 from dfseg.errors import InputError
-from dfseg.evaluation.lesions import connected_components, equivalent_diameter_mm, lesion_mask
+from dfseg.evaluation.lesions import (
+    MAX_LESION_ELONGATION,
+    connected_components,
+    equivalent_diameter_mm,
+    lesion_mask,
+    lesion_probabilities,
+    lesion_rule,
+)
 from dfseg.evaluation.plots import PREDICTION_COLOUR
 from dfseg.io import (
     atomic_directory,
@@ -455,9 +464,11 @@ def _probabilities(data: dict, lung: np.ndarray, model: Model, sw_batch_size: in
     return np.clip(out, 0.0, 1.0)
 
 
-def lesion_table(prob: np.ndarray, lung: np.ndarray, affine: np.ndarray, threshold: float) -> tuple[np.ndarray, list[dict]]:
-    """Lesions of one scan: ``prob >= threshold`` inside ``lung``, 26-connected components of at
-    least :data:`dfseg.evaluation.lesions.MIN_LESION_MM3` (:func:`~dfseg.evaluation.lesions.lesion_mask`).
+def lesion_table(prob: np.ndarray, lung: np.ndarray, affine: np.ndarray, threshold: float,
+                 max_elongation: float | None = MAX_LESION_ELONGATION) -> tuple[np.ndarray, list[dict]]:
+    """Lesions of one scan: ``prob >= threshold`` inside ``lung``, the 26-connected components that are
+    lesions (:func:`~dfseg.evaluation.lesions.lesion_mask`: at least
+    :data:`dfseg.evaluation.lesions.MIN_LESION_MM3`, and small ones no more elongated than ``max_elongation``).
 
     Returns:
         ``(labels, rows)``: uint16 (X, Y, Z) lesion ids 1..n, numbered by decreasing maximum
@@ -465,7 +476,7 @@ def lesion_table(prob: np.ndarray, lung: np.ndarray, affine: np.ndarray, thresho
         RAS world mm through ``affine``, and in voxel indices).
     """
     spacing = tuple(float(v) for v in np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0))
-    mask = lesion_mask((prob >= threshold) & lung, spacing)
+    mask = lesion_mask((prob >= threshold) & lung, spacing, max_elongation=max_elongation)
     labels, n = connected_components(mask)
     if n > np.iinfo(np.uint16).max:
         raise InputError("--threshold", f"{n} components above {threshold}; too many to label (raise the threshold)")
@@ -584,13 +595,14 @@ def _write_montage(path: Path, attn: np.ndarray, c0: np.ndarray, labels: np.ndar
 
 
 def predict_scan(entry: Mapping[str, Any], model: Model, folder: Path, *, threshold: float = 0.5,
-                 sw_batch_size: int = 2, mirror: bool = True) -> dict:
+                 sw_batch_size: int = 2, mirror: bool = True,
+                 max_elongation: float | None = MAX_LESION_ELONGATION) -> dict:
     """Run ``model`` on one scan and write its outputs into ``folder`` (module docstring); return its summary."""
     data, correction = _correct(entry, model)
     lung, lung_source = _lung(data, entry)
     prob = _probabilities(data, lung, model, sw_batch_size, mirror)
     affine = np.asarray(data["attn"].affine, float)
-    labels, rows = lesion_table(prob, lung, affine, threshold)
+    labels, rows = lesion_table(prob, lung, affine, threshold, max_elongation)
     folder.mkdir(parents=True, exist_ok=True)
     save_nifti(folder / "prob.nii.gz", prob, affine, np.float32)
     save_nifti(folder / "mask.nii.gz", labels > 0, affine, np.uint8)
@@ -604,8 +616,10 @@ def predict_scan(entry: Mapping[str, Any], model: Model, folder: Path, *, thresh
              "summary.json"]
     summary = {
         "scan_id": str(entry["scan_id"]),
-        "presence_score": float(prob[lung].max()),
-        "presence_score_definition": "maximum tumour probability inside the lung mask",
+        "presence_score": float(lesion_probabilities(prob, lung, threshold, voxel_size(affine), max_elongation).max()),
+        "presence_score_definition": "maximum tumour probability inside the lung mask, outside the components above "
+                                     "the threshold that are not lesions (the evaluation's score)",
+        "lesion_rule": lesion_rule(max_elongation),
         "n_lesions": len(rows),
         "threshold": float(threshold),
         "lesions": rows,
@@ -627,7 +641,8 @@ def predict_scan(entry: Mapping[str, Any], model: Model, folder: Path, *, thresh
 def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, model_dir: str | os.PathLike, *,
             single: Mapping[str, Any] | None = None, threshold: float = 0.5,
             calibration: str | os.PathLike | None = None, device: str | None = None, sw_batch_size: int = 2,
-            mirror: bool = True, overwrite: bool = False, progress: bool | None = None) -> list[dict]:
+            mirror: bool = True, overwrite: bool = False, progress: bool | None = None,
+            max_elongation: float | None = MAX_LESION_ELONGATION) -> list[dict]:
     """Run a trained model on scans and write a lesion list per scan (module docstring).
 
     Args:
@@ -644,6 +659,8 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, model_d
             8 passes per window); False: one pass.
         overwrite: replace a non-empty ``out``.
         progress: show a progress bar over scans (default: when stderr is a terminal).
+        max_elongation: most elongated small lesion (:func:`dfseg.evaluation.lesions.lesion_rule`);
+            ``None`` lists every shape.
 
     Returns:
         The per-scan summaries.
@@ -667,7 +684,8 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, model_d
     with atomic_directory(out, overwrite=overwrite) as tmp:
         for entry in tqdm(entries, desc="predict", unit="scan", file=sys.stderr, disable=not show):
             summaries.append(predict_scan(entry, model, tmp / str(entry["scan_id"]), threshold=threshold,
-                                          sw_batch_size=sw_batch_size, mirror=mirror))
+                                          sw_batch_size=sw_batch_size, mirror=mirror,
+                                          max_elongation=max_elongation))
         _write_csv(tmp / "scans.csv", [{"scan_id": s["scan_id"], "presence_score": s["presence_score"],
                                         "n_lesions": s["n_lesions"]} for s in summaries],
                    ("scan_id", "presence_score", "n_lesions"))

@@ -7,6 +7,7 @@ import sys
 
 from dfseg.commands import add_no_progress, add_out
 from dfseg.errors import InputError
+from dfseg.evaluation.lesions import MAX_LESION_ELONGATION, check_max_elongation
 from dfseg.reporting.evaluation import evaluate_predictions
 
 HELP = "detection, segmentation and calibration metrics with bootstrap CIs, report"
@@ -19,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_out(parser, "output folder: metrics.json, records.json, report.md, figures/", required=True)
     parser.add_argument("--split", default="test", help="manifest split: test, validation, training or all (default test)")
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
+    parser.add_argument("--max-elongation", type=float, default=MAX_LESION_ELONGATION, metavar="E",
+                        help="a component smaller than a 1 mm sphere more than E times as long as it is wide is a "
+                             f"vessel segment, not a lesion (default {MAX_LESION_ELONGATION:g}; 0 counts every shape)")
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                         help="subject-bootstrap resamples for the 95%% CIs (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
@@ -35,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     doc = evaluate_predictions(args.predictions, args.manifest, args.out, split=args.split,
                                threshold=args.threshold, n_bootstrap=args.bootstrap, seed=args.seed,
                                progress=not args.no_progress and sys.stderr.isatty(), overwrite=args.overwrite,
-                               patch_size=args.patch_size)
+                               patch_size=args.patch_size, max_elongation=check_max_elongation(args.max_elongation))
     m = doc["metrics"]
 
     def line(key: str, label: str) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from dfseg.commands import add_no_progress, add_out
 from dfseg.errors import InputError
+from dfseg.evaluation.lesions import MAX_LESION_ELONGATION, check_max_elongation
 from dfseg.predict import predict
 from dfseg.resources import shipped_model
 
@@ -37,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lung-mask", type=Path, help="one scan from files: its lung mask")
     parser.add_argument("--scan-id", help="one scan from files: its id (default: the sidecar's scan_id)")
     parser.add_argument("--threshold", type=float, default=0.5, help="lesion probability threshold (default 0.5)")
+    parser.add_argument("--max-elongation", type=float, default=MAX_LESION_ELONGATION, metavar="E",
+                        help="a component smaller than a 1 mm sphere more than E times as long as it is wide is a "
+                             f"vessel segment, not a lesion (default {MAX_LESION_ELONGATION:g}; 0 lists every shape)")
     parser.add_argument("--calibration", type=Path,
                         help="calibration.json for raw scans when the one the run recorded is not on this machine "
                              "(must be the same file)")
@@ -59,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(single["attn"], "no attenuation image given with it (--attn)")
     summaries = predict(args.inputs, args.out, args.model or shipped_model(), single=single, threshold=args.threshold,
                         calibration=args.calibration, device=args.device, sw_batch_size=args.sw_batch_size,
-                        mirror=not args.no_mirror, overwrite=args.overwrite, progress=False if args.no_progress else None)
+                        mirror=not args.no_mirror, overwrite=args.overwrite,
+                        max_elongation=check_max_elongation(args.max_elongation), progress=False if args.no_progress else None)
     for s in summaries:
         print(f"{s['scan_id']}: presence {s['presence_score']:.3f}, {s['n_lesions']} lesion(s)")
     print(f"wrote {len(summaries)} scan(s) into {args.out}")

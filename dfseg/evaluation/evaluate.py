@@ -150,7 +150,8 @@ def load_scan(entry: Mapping, prediction: str | os.PathLike) -> tuple[np.ndarray
 def score_predictions(predictions_dir: str | os.PathLike, entries: Sequence[Mapping], *, threshold: float = 0.5,
                       progress: bool = False, patch_size: int = presence.PATCH_SIZE,
                       min_patch_voxels: int = presence.MIN_TUMOUR_VOXELS, froc_floor: float = les.FROC_FLOOR,
-                      n_bins: int = m.N_CALIBRATION_BINS, surface_tolerance_mm: float | None = None) -> list[dict]:
+                      n_bins: int = m.N_CALIBRATION_BINS, surface_tolerance_mm: float | None = None,
+                      max_elongation: float | None = les.MAX_LESION_ELONGATION) -> list[dict]:
     """The per-scan record (:func:`.records.score_scan`) of every entry, in order.
 
     Args:
@@ -158,7 +159,7 @@ def score_predictions(predictions_dir: str | os.PathLike, entries: Sequence[Mapp
         entries: manifest entries (:func:`read_split`).
         threshold: probability threshold of the binary segmentation, in (0, 1].
         progress: show a progress bar on stderr.
-        patch_size, min_patch_voxels, froc_floor, n_bins, surface_tolerance_mm: as in
+        patch_size, min_patch_voxels, froc_floor, n_bins, surface_tolerance_mm, max_elongation: as in
             :func:`.records.score_scan`.
     """
     if not 0.0 < threshold <= 1.0:
@@ -169,7 +170,7 @@ def score_predictions(predictions_dir: str | os.PathLike, entries: Sequence[Mapp
         records.append(rec.score_scan(prob, label, lung, spacing, scan_id=entry["scan_id"],
                                       subject_id=entry["subject_id"], threshold=threshold, patch_size=patch_size,
                                       min_patch_voxels=min_patch_voxels, froc_floor=froc_floor, n_bins=n_bins,
-                                      surface_tolerance_mm=surface_tolerance_mm))
+                                      surface_tolerance_mm=surface_tolerance_mm, max_elongation=max_elongation))
     return records
 
 
@@ -231,7 +232,8 @@ def summarise(records: Sequence[dict], *, threshold: float = 0.5, n_bootstrap: i
 def metrics_document(records: Sequence[dict], summary: Mapping, *, predictions_dir: str | os.PathLike,
                      manifest: Mapping, split: str, threshold: float, n_bootstrap: int, seed: int,
                      patch_size: int = presence.PATCH_SIZE, min_patch_voxels: int = presence.MIN_TUMOUR_VOXELS,
-                     froc_floor: float = les.FROC_FLOOR, n_bins: int = m.N_CALIBRATION_BINS) -> dict:
+                     froc_floor: float = les.FROC_FLOOR, n_bins: int = m.N_CALIBRATION_BINS,
+                     max_elongation: float | None = les.MAX_LESION_ELONGATION) -> dict:
     """The ``metrics.json`` document (figures and montage aside): inputs, parameters, rules, summary, per scan.
 
     Args:
@@ -239,8 +241,8 @@ def metrics_document(records: Sequence[dict], summary: Mapping, *, predictions_d
         summary: :func:`summarise` of them.
         predictions_dir: the predictions folder.
         manifest: how the manifest is named (:func:`read_split`).
-        split, threshold, n_bootstrap, seed, patch_size, min_patch_voxels, froc_floor, n_bins: the
-            parameters the records and summary were computed with.
+        split, threshold, n_bootstrap, seed, patch_size, min_patch_voxels, froc_floor, n_bins,
+            max_elongation: the parameters the records and summary were computed with.
     """
     tolerance = sorted({r["surface_tolerance_mm"] for r in records})
     return {
@@ -254,8 +256,9 @@ def metrics_document(records: Sequence[dict], summary: Mapping, *, predictions_d
         "seed": seed,
         "confidence": CONFIDENCE,
         "parameters": {"patch_size": patch_size, "min_patch_voxels": min_patch_voxels, "froc_floor": froc_floor,
-                       "n_calibration_bins": n_bins, "surface_tolerance_mm": tolerance},
-        "rules": {"matching": les.MATCHING_RULE, "presence": presence.presence_rule(patch_size, min_patch_voxels),
+                       "n_calibration_bins": n_bins, "surface_tolerance_mm": tolerance,
+                       "max_lesion_elongation": max_elongation},
+        "rules": {"lesion": les.lesion_rule(max_elongation), "matching": les.MATCHING_RULE, "presence": presence.presence_rule(patch_size, min_patch_voxels),
                   "froc": les.FROC_RULE.format(floor=froc_floor, max_fp=les.FROC_MAX_FP),
                   "calibration": CALIBRATION_RULE.format(n=n_bins), "bootstrap": BOOTSTRAP_RULE,
                   "roc_bands": ROC_BAND_RULE.format(pct=round(100 * CONFIDENCE))},

@@ -27,6 +27,8 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from dfseg.errors import InputError
+
 #: LUNA16 FROC operating points, false positives per scan.
 LUNA16_FP_RATES: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -81,21 +83,106 @@ def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
 #: targets (9.7 voxels of 0.15 mm, half a voxel of 0.4 mm). Smaller components are noise specks.
 MIN_LESION_MM3 = 0.5 * math.pi / 6 * 0.5**3
 
+#: Most elongated lesion reported among the small candidates (:data:`ELONGATION_CHECK_MM3`): the
+#: ratio of a component's longest to its second-longest principal axis
+#: (:func:`component_elongation`; an ellipsoid's is its length over its width, a solid tube's 1.15
+#: times its length over its diameter). A candidate more than two and a half times as long as it is
+#: wide is a piece of a vessel or airway wall, the lung's solid tubes of 0.3-0.7 mm, not a nodule:
+#: the simulator's tumour labels under 1 mm reach 1.5 in every shape model, the tumour components
+#: models have outlined 2.0 (docs/ARCHITECTURE.md, "Predictions").
+MAX_LESION_ELONGATION = 2.5
 
-def lesion_mask(mask: np.ndarray, voxel_mm: float | tuple[float, ...], min_volume_mm3: float = MIN_LESION_MM3) -> np.ndarray:
-    """``mask`` without its 26-connected components smaller than ``min_volume_mm3``.
+#: Candidates smaller than this volume, a 1 mm sphere's (0.52 mm^3, 155 voxels of 0.15 mm), are held
+#: to :data:`MAX_LESION_ELONGATION`: that is where a tumour is as wide as a vessel. Larger components
+#: count whatever their shape, so a tumour that a prediction joins to a vessel is never dropped.
+ELONGATION_CHECK_MM3 = math.pi / 6 * 1.0**3
 
-    The one rule for what counts as a lesion: ``dfseg predict`` lists these components and the
-    evaluation scores them.
+def check_max_elongation(value: float) -> float | None:
+    """The ``--max-elongation`` option: ``None`` (every shape counts) for 0, refused below 1 (no
+    component is less elongated than 1)."""
+    value = float(value)
+    if value == 0:
+        return None
+    if not value >= 1.0:
+        raise InputError("--max-elongation", f"must be 0 (every shape) or at least 1, got {value:g}")
+    return value
+
+
+def lesion_rule(max_elongation: float | None = MAX_LESION_ELONGATION) -> str:
+    """What counts as a lesion (:func:`lesion_mask`), in words, for reports."""
+    shape = ("" if max_elongation is None else
+             f"; a component smaller than a 1 mm sphere that is more than {max_elongation:g} times as long as it "
+             "is wide (elongation: the square root of its largest over its second-largest principal moment) is a "
+             "vessel or airway segment, not a lesion")
+    return ("A lesion is a 26-connected component of probability >= threshold inside the lung of at least half "
+            f"the volume of a 0.5 mm sphere{shape}.")
+
+
+def component_elongation(labels: np.ndarray, n: int, voxel_mm: float | tuple[float, ...]) -> np.ndarray:
+    """(n,) elongation of each labelled component: ``sqrt(l1 / l2)`` of the two largest eigenvalues of
+    its second moments in mm (ITK ``LabelShapeStatisticsImageFilter``'s ``Elongation``).
+
+    Each voxel is taken as a cube of the largest voxel edge, not a point (its own second moment
+    ``max(spacing)**2 / 12`` is added on every axis): a one-voxel-thick line then has a finite
+    elongation (its length over its voxel width) where ITK reports 0, and on an anisotropic grid a
+    single voxel is as round as the grid can resolve, not as elongated as the voxel.
+
+    Args:
+        labels: (X, Y, Z) int component ids 0..n (:func:`connected_components`).
+        n: number of components.
+        voxel_mm: voxel spacing, scalar or per axis.
+    """
+    if n == 0:
+        return np.zeros(0)
+    spacing = np.broadcast_to(np.asarray(voxel_mm, float), (labels.ndim,))
+    inside = np.nonzero(labels)
+    ids = labels[inside]
+    count = np.bincount(ids, minlength=n + 1)[1:].astype(float)
+    xyz = [np.asarray(i, float) * s for i, s in zip(inside, spacing)]
+    mean = np.stack([np.bincount(ids, weights=c, minlength=n + 1)[1:] for c in xyz], axis=1) / count[:, None]
+    cov = np.empty((n, labels.ndim, labels.ndim))
+    for a in range(labels.ndim):
+        for b in range(a, labels.ndim):
+            second = np.bincount(ids, weights=xyz[a] * xyz[b], minlength=n + 1)[1:] / count
+            cov[:, a, b] = cov[:, b, a] = second - mean[:, a] * mean[:, b]
+    cov += np.eye(labels.ndim) * (spacing.max() ** 2 / 12.0)
+    eig = np.linalg.eigvalsh(cov)  # ascending
+    return np.sqrt(eig[:, -1] / eig[:, -2])
+
+
+def lesion_mask(mask: np.ndarray, voxel_mm: float | tuple[float, ...], min_volume_mm3: float = MIN_LESION_MM3,
+                max_elongation: float | None = MAX_LESION_ELONGATION) -> np.ndarray:
+    """``mask`` without the 26-connected components that are not lesions (:func:`lesion_rule`).
+
+    Dropped: components smaller than ``min_volume_mm3``, and components smaller than
+    :data:`ELONGATION_CHECK_MM3` whose elongation (:func:`component_elongation`) exceeds
+    ``max_elongation`` (``None`` keeps every shape). The one rule for what counts as a lesion:
+    ``dfseg predict`` lists these components and the evaluation scores them.
     """
     labels, n = connected_components(mask)
     if n == 0:
         return np.asarray(mask, dtype=bool)
     voxel = float(np.prod(np.broadcast_to(np.asarray(voxel_mm, dtype=float), (3,))))
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    keep = sizes * voxel >= min_volume_mm3
+    volumes = np.bincount(labels.ravel(), minlength=n + 1) * voxel
+    keep = volumes >= min_volume_mm3
+    if max_elongation is not None:
+        check = np.flatnonzero(keep[1:] & (volumes[1:] < ELONGATION_CHECK_MM3)) + 1
+        if check.size:
+            sub, _ = _keep_labels(labels, n, np.isin(np.arange(1, n + 1), check))
+            keep[check] &= component_elongation(sub, check.size, voxel_mm) <= float(max_elongation)
     keep[0] = False
     return keep[labels]
+
+
+def lesion_probabilities(prob: np.ndarray, lung_mask: np.ndarray, threshold: float,
+                         voxel_mm: float | tuple[float, ...], max_elongation: float | None = MAX_LESION_ELONGATION
+                         ) -> np.ndarray:
+    """``prob`` as dfseg reports it: 0 outside the lung and in the components at or above ``threshold``
+    that are not lesions (:func:`lesion_mask`), so every candidate above the threshold is a lesion and
+    the presence score (the maximum) is that of a lesion or of a sub-threshold peak."""
+    prob = np.where(np.asarray(lung_mask, dtype=bool), np.asarray(prob, dtype=np.float64), 0.0)
+    above = prob >= threshold
+    return np.where(above & ~lesion_mask(above, voxel_mm, max_elongation=max_elongation), 0.0, prob)
 
 
 def equivalent_diameter_mm(n_voxels: int, voxel_mm: float | tuple[float, ...]) -> float:

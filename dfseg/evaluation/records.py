@@ -25,13 +25,16 @@ RecordMetric = Callable[[Sequence[Record]], float]
 def score_scan(prob: np.ndarray, label: np.ndarray, lung_mask: np.ndarray, voxel_mm: Sequence[float], *,
                scan_id: str, subject_id: str, threshold: float = 0.5, patch_size: int = presence.PATCH_SIZE,
                min_patch_voxels: int = presence.MIN_TUMOUR_VOXELS, froc_floor: float = les.FROC_FLOOR,
-               n_bins: int = m.N_CALIBRATION_BINS, surface_tolerance_mm: float | None = None) -> Record:
+               n_bins: int = m.N_CALIBRATION_BINS, surface_tolerance_mm: float | None = None,
+               max_elongation: float | None = les.MAX_LESION_ELONGATION) -> Record:
     """Reduce one scan to its evaluation record.
 
     The model's output is scored as ``dfseg predict`` reports it: the probability outside the lung
-    mask, and in components above ``threshold`` smaller than
-    :data:`dfseg.evaluation.lesions.MIN_LESION_MM3` (:func:`~dfseg.evaluation.lesions.lesion_mask`),
-    is taken as 0 for every metric (the simulator keeps tumours inside the lung mask).
+    mask, and in the components above ``threshold`` that are not lesions (smaller than
+    :data:`dfseg.evaluation.lesions.MIN_LESION_MM3`, or small and tubular:
+    :func:`dfseg.evaluation.lesions.lesion_rule`), is taken as 0 for every metric
+    (:func:`~dfseg.evaluation.lesions.lesion_probabilities`; the simulator keeps tumours inside the
+    lung mask).
 
     Args:
         prob: (X, Y, Z) tumour probabilities in [0, 1].
@@ -46,6 +49,8 @@ def score_scan(prob: np.ndarray, label: np.ndarray, lung_mask: np.ndarray, voxel
         froc_floor: lowest score of a FROC candidate below ``threshold`` (:data:`.lesions.FROC_RULE`).
         n_bins: calibration bins.
         surface_tolerance_mm: surface-Dice tolerance in mm (default: the largest voxel edge).
+        max_elongation: most elongated small lesion (:data:`.lesions.MAX_LESION_ELONGATION`;
+            ``None`` counts every shape).
 
     Returns:
         A JSON-serialisable dict (keys documented in the code below).
@@ -55,9 +60,7 @@ def score_scan(prob: np.ndarray, label: np.ndarray, lung_mask: np.ndarray, voxel
     lung = np.asarray(lung_mask).astype(bool)
     spacing = [float(v) for v in np.broadcast_to(np.asarray(voxel_mm, float), (3,))]
     tol = float(max(spacing)) if surface_tolerance_mm is None else float(surface_tolerance_mm)
-    prob = np.where(lung, prob, 0.0)
-    above = prob >= threshold
-    prob = np.where(above & ~les.lesion_mask(above, spacing), 0.0, prob)
+    prob = les.lesion_probabilities(prob, lung, threshold, spacing, max_elongation)
     pred = prob >= threshold
 
     matched = les.match_lesions(prob, label, threshold, spacing)

@@ -125,7 +125,8 @@ def evaluate_predictions(predictions_dir: str | os.PathLike, manifest_path: str 
                          n_bootstrap: int = 1000, seed: int = 0, progress: bool = True, overwrite: bool = False,
                          patch_size: int = presence.PATCH_SIZE, min_patch_voxels: int = presence.MIN_TUMOUR_VOXELS,
                          froc_floor: float = les.FROC_FLOOR, n_bins: int = m.N_CALIBRATION_BINS,
-                         surface_tolerance_mm: float | None = None) -> dict:
+                         surface_tolerance_mm: float | None = None,
+                         max_elongation: float | None = les.MAX_LESION_ELONGATION) -> dict:
     """Score every scan of ``split``, bootstrap the cohort metrics, write metrics, figures and report.
 
     Every input is read and checked before ``out_dir`` is touched.
@@ -145,6 +146,8 @@ def evaluate_predictions(predictions_dir: str | os.PathLike, manifest_path: str 
         froc_floor: lowest score of a FROC candidate below the threshold.
         n_bins: calibration bins.
         surface_tolerance_mm: surface-Dice tolerance in mm (default: the largest voxel edge).
+        max_elongation: most elongated small lesion (:func:`dfseg.evaluation.lesions.lesion_rule`);
+            ``None`` counts every shape.
 
     Returns:
         The ``metrics.json`` document.
@@ -153,10 +156,12 @@ def evaluate_predictions(predictions_dir: str | os.PathLike, manifest_path: str 
     manifest, entries = read_split(manifest_path, split, predictions_dir)
     records = score_predictions(predictions_dir, entries, threshold=threshold, progress=progress,
                                 patch_size=patch_size, min_patch_voxels=min_patch_voxels, froc_floor=froc_floor,
-                                n_bins=n_bins, surface_tolerance_mm=surface_tolerance_mm)
+                                n_bins=n_bins, surface_tolerance_mm=surface_tolerance_mm,
+                                max_elongation=max_elongation)
     summary = summarise(records, threshold=threshold, n_bootstrap=n_bootstrap, seed=seed, progress=progress)
     doc = metrics_document(records, summary, predictions_dir=predictions_dir, manifest=manifest, split=split,
                            threshold=threshold, n_bootstrap=n_bootstrap, seed=seed, patch_size=patch_size,
-                           min_patch_voxels=min_patch_voxels, froc_floor=froc_floor, n_bins=n_bins)
+                           min_patch_voxels=min_patch_voxels, froc_floor=froc_floor, n_bins=n_bins,
+                           max_elongation=max_elongation)
     panels, montage = montage_panels(records, entries, predictions_dir, threshold)
     return write_evaluation(out_dir, doc, records, panels, montage, overwrite=overwrite)

@@ -355,6 +355,20 @@ def test_lesion_table_numbers_by_probability():
     assert len(rows) == 1 and labels.max() == 1 and labels[1, 1, 1] == 0
 
 
+def test_lesion_table_leaves_out_vessel_segments():
+    """A 0.45 mm wide, 2.4 mm long tube at 0.15 mm is a vessel segment, not a lesion, unless every
+    shape is asked for; a 0.6 mm nodule beside it is listed."""
+    prob = np.zeros((30, 20, 20))
+    prob[2:18, 3:6, 3:6] = 0.95  # the tube
+    prob[22:26, 12:16, 12:16] = 0.8  # the nodule, 64 voxels
+    affine = np.diag([0.15, 0.15, 0.15, 1.0])
+    lung = np.ones_like(prob, bool)
+    labels, rows = lesion_table(prob, lung, affine, 0.5)
+    assert [r["n_voxels"] for r in rows] == [64] and not labels[2:18, 3:6, 3:6].any()
+    labels, rows = lesion_table(prob, lung, affine, 0.5, max_elongation=None)
+    assert [r["n_voxels"] for r in rows] == [144, 64]
+
+
 def test_no_lung_in_the_image_names_the_file(trained, tmp_path, capsys):
     """No lung mask given and a body without aerated lung: one line naming the attenuation file."""
     run, _ = trained

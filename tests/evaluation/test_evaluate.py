@@ -151,6 +151,16 @@ def test_refuses_non_empty_output(evaluated, capsys):
     assert (out / "metrics.json").stat().st_mtime_ns == before
 
 
+def test_metrics_record_the_lesion_rule(evaluated, tmp_path, capsys):
+    root, out, _ = evaluated
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["parameters"]["max_lesion_elongation"] == 2.5 and "2.5 times as long" in doc["rules"]["lesion"]
+    rc = main(["evaluate", "--predictions", str(root / "pred"), "--manifest", str(root / "manifest.json"),
+               "-o", str(tmp_path / "bad"), "--max-elongation", "0.5"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and "--max-elongation" in err and len(err.splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
 def test_missing_prediction_is_one_line_error(tmp_path, capsys):
     pred_dir, manifest, _ = make_cohort(tmp_path)
     (pred_dir / "s2_prob.nii.gz").unlink()

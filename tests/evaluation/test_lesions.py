@@ -185,3 +185,105 @@ def test_lesion_mask_drops_components_below_half_a_half_millimetre_sphere():
     assert not kept[2:4, 2:4, 2:4].any() and kept[10:13, 10:13, 10:12].all() and kept.sum() == 18
     assert lesion_mask(mask, 0.4).sum() == 26  # at 0.4 mm every voxel is 0.064 mm^3: all kept
     assert lesion_mask(mask, (0.15, 0.15, 0.3)).sum() == 26  # anisotropic: the speck is 0.054 mm^3
+
+
+def _ball(shape, centre, radii_vox):
+    """Boolean ellipsoid with semi-axes ``radii_vox`` (voxels) along X, Y, Z at ``centre``."""
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii_vox)) <= 1.0
+
+
+def test_component_elongation_is_itks_with_each_voxel_a_cube():
+    """Oracle: SimpleITK's principal moments; each voxel adds the second moment of a cube, s**2 / 12."""
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    labels, n = les.connected_components(ndimage.gaussian_filter(rng.random((40, 36, 30)), 2) > 0.53)
+    spacing = 0.15
+    ours = les.component_elongation(labels, n, spacing)
+    image = sitk.GetImageFromArray(np.transpose(labels, (2, 1, 0)).astype(np.uint32))
+    image.SetSpacing([spacing] * 3)
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(image)
+    checked = 0
+    for i in range(1, n + 1):
+        if stats.GetNumberOfPixels(i) < 20:
+            continue
+        moments = np.sort(stats.GetPrincipalMoments(i)) + spacing**2 / 12
+        assert ours[i - 1] == pytest.approx(np.sqrt(moments[2] / moments[1]), rel=1e-6)
+        checked += 1
+    assert checked >= 10
+
+
+def test_component_elongation_of_ellipsoids_and_lines():
+    """An ellipsoid's elongation is its length over its width; a line of L voxels has variance
+    (L**2 - 1) / 12 + 1 / 12 along it and 1 / 12 across, so its elongation is L."""
+    shape = (60, 40, 40)
+    for a, b in ((24.0, 8.0), (12.0, 12.0), (20.0, 10.0)):
+        labels, n = les.connected_components(_ball(shape, (30, 20, 20), (a, b, b)))
+        assert les.component_elongation(labels, n, 0.15)[0] == pytest.approx(a / b, rel=0.03)
+    line = np.zeros((20, 20, 20), bool)
+    line[3:13, 5, 5] = True  # 10 voxels: variance (10**2 - 1) / 12 + 1 / 12 along, 1 / 12 across
+    labels, n = les.connected_components(line)
+    assert les.component_elongation(labels, n, 0.15)[0] == pytest.approx(10.0)
+    # anisotropic voxels: one voxel is as round as the grid resolves, not as long as the voxel
+    one = np.zeros((5, 5, 5), bool)
+    one[2, 2, 2] = True
+    labels, n = les.connected_components(one)
+    assert les.component_elongation(labels, n, (0.5, 0.5, 2.0))[0] == pytest.approx(1.0)
+
+
+def test_lesion_mask_drops_small_tubes_and_keeps_nodules():
+    """At 0.15 mm: a 0.45 mm wide, 2.4 mm long vessel segment (0.38 mm^3, elongation ~4.6) is not a
+    lesion; a 0.6 mm nodule and a 3 x 1 x 1 mm ellipsoid (1.6 mm^3, above the 1 mm sphere's volume)
+    are, whatever the latter's shape."""
+    assert les.ELONGATION_CHECK_MM3 == pytest.approx(np.pi / 6)
+    shape = (80, 60, 40)
+    tube = np.zeros(shape, bool)
+    tube[5:21, 10:13, 10:13] = True  # 16 x 3 x 3 voxels
+    nodule = _ball(shape, (40, 40, 20), (2.0, 2.0, 2.0))  # 0.6 mm across
+    big = _ball(shape, (50, 15, 25), (10.0, 3.4, 3.4))  # 3 x 1 x 1 mm
+    mask = tube | nodule | big
+    labels, n = les.connected_components(mask)
+    elongation = les.component_elongation(labels, n, 0.15)
+    tube_e, nodule_e, big_e = (elongation[labels[p] - 1] for p in ((12, 11, 11), (40, 40, 20), (50, 15, 25)))
+    assert tube_e > 4 and nodule_e < 1.2
+    assert big_e > les.MAX_LESION_ELONGATION  # kept for its size, not its shape
+    kept = les.lesion_mask(mask, 0.15)
+    assert not (kept & tube).any() and (kept == (nodule | big)).all()
+    assert (les.lesion_mask(mask, 0.15, max_elongation=None) == mask).all()
+    assert (les.lesion_mask(mask, 0.15, max_elongation=6.0) == mask).all()
+    # the probabilities dfseg reports: 0 in the tube and outside the lung, the nodule's peak the presence
+    prob = np.where(tube, 0.99, np.where(nodule, 0.8, 0.0))
+    lung = np.ones(shape, bool)
+    lung[:, :, 35:] = False
+    prob[:, :, 36] = 0.7
+    reported = les.lesion_probabilities(prob, lung, 0.5, 0.15)
+    assert reported.max() == pytest.approx(0.8) and not reported[tube].any() and not reported[:, :, 35:].any()
+    assert les.lesion_probabilities(prob, lung, 0.5, 0.15, max_elongation=None).max() == pytest.approx(0.99)
+
+
+def test_max_elongation_option():
+    from dfseg.errors import InputError
+
+    assert les.check_max_elongation(0) is None and les.check_max_elongation(2.5) == 2.5
+    with pytest.raises(InputError, match="--max-elongation"):
+        les.check_max_elongation(0.5)
+    assert "2.5 times as long as it is wide" in les.lesion_rule(2.5)
+    assert "times" not in les.lesion_rule(None)
+
+
+def test_score_scan_counts_no_vessel_segment_as_a_false_positive():
+    from dfseg.evaluation import records as rec
+
+    shape = (40, 30, 20)
+    label = _ball(shape, (30, 20, 10), (3.0, 3.0, 3.0))
+    prob = np.where(label, 0.9, 0.0)
+    prob[2:18, 3:6, 3:6] = 0.97  # a vessel segment, 0.45 mm wide and 2.4 mm long
+    lung = np.ones(shape, bool)
+    scored = rec.score_scan(prob, label, lung, (0.15,) * 3, scan_id="s", subject_id="s")
+    assert [c["tp"] for c in scored["components"]] == [True] and scored["volume_score"] == pytest.approx(0.9)
+    every = rec.score_scan(prob, label, lung, (0.15,) * 3, scan_id="s", subject_id="s", max_elongation=None)
+    assert sorted(c["tp"] for c in every["components"]) == [False, True]
+    assert every["volume_score"] == pytest.approx(0.97)
