@@ -88,7 +88,7 @@ MIN_LESION_MM3 = 0.5 * math.pi / 6 * 0.5**3
 #: (:func:`component_elongation`; an ellipsoid's is its length over its width, a solid tube's 1.15
 #: times its length over its diameter). A candidate more than two and a half times as long as it is
 #: wide is a piece of a vessel or airway wall, the lung's solid tubes of 0.3-0.7 mm, not a nodule:
-#: the simulator's tumour labels under 1 mm reach 1.5 in every shape model, the tumour components
+#: the simulator's tumour labels under 1 mm reach 1.52 in every shape model, the tumour components
 #: models have outlined 2.0 (docs/ARCHITECTURE.md, "Predictions").
 MAX_LESION_ELONGATION = 2.5
 

@@ -150,6 +150,7 @@ def build_model_card(run_dir: str | os.PathLike, *, metrics: str | os.PathLike |
             "n_scans": eval_doc.get("n_scans"), "n_subjects": eval_doc.get("n_subjects"),
             "n_lesions": eval_doc.get("n_lesions"), "confidence": eval_doc.get("confidence"),
             "n_bootstrap": eval_doc.get("n_bootstrap"), "values": eval_doc.get("metrics", {}),
+            "lesion_rule": (eval_doc.get("rules") or {}).get("lesion"),
             "matching_rule": (eval_doc.get("rules") or {}).get("matching"),
         }
     return card
@@ -198,6 +199,8 @@ def render_model_card(card: Mapping[str, Any], *, title: str | None = None) -> s
                     est, ci = fmt_ci(values[key])
                     lines.append(f"| {section.lower()}: {label} | {est} | {ci} |")
         lines.append("")
+        if metrics.get("lesion_rule"):
+            lines += [f"What counts as a lesion: {metrics['lesion_rule']}", ""]
         if metrics.get("matching_rule"):
             lines += [f"Lesion matching rule: {metrics['matching_rule']}", ""]
     lines += ["## Limitations", ""] + [f"- {x}" for x in card.get("limitations") or []] + [""]

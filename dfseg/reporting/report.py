@@ -144,7 +144,7 @@ def render_report(doc: Mapping) -> str:
     rules = doc.get("rules") or {}
     if rules:
         lines += ["## Rules", ""]
-        names = {"matching": "Lesion matching rule", "presence": "Presence scores", "froc": "FROC",
+        names = {"lesion": "What counts as a lesion", "matching": "Lesion matching rule", "presence": "Presence scores", "froc": "FROC",
                  "calibration": "Calibration", "bootstrap": "Confidence intervals", "roc_bands": "ROC bands"}
         lines += [f"- **{names.get(k, k)}.** {v}" for k, v in rules.items()]
         lines.append("")
