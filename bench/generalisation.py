@@ -19,7 +19,8 @@ validation) on the mix of fixed and randomised training mice. Five models are tr
 V, fixed or randomised), plus ``fixed-only`` (every variant, fixed-scanner mice only: what the
 randomised mice add). Each is scored by ``dfseg evaluate`` on the test mice of every held-out
 variant: ``all`` on each variant's, ``without-V`` on V's, ``fixed-only`` on each variant's
-fixed-scanner mice. The JSON printed (and written to
+fixed-scanner mice. The model dfseg ships is scored, as it is, on every variant's test mice except
+the demo cohort's own (with seed 0, the fixed cohort's ``standard`` mice are the demo's phantoms). The JSON printed (and written to
 ``OUT/generalisation.json``) gives, per variant and test group (fixed, randomised, both): volume
 AUROC in and out of distribution and the drop, lesion sensitivity for lesions >= 1 mm and per size
 bin, false-positive components per scan and Dice, with 95 % subject-bootstrap CIs where
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -41,7 +43,7 @@ from dfseg.cli import main as dfseg_main
 from dfseg.commands.demo import DEFAULT
 from dfseg.data.manifest import build_manifest, load_manifest, write_manifest
 from dfseg.io import read_json, write_json
-from dfseg.resources import bundle_dir, run_bundle
+from dfseg.resources import bundle_dir, run_bundle, shipped_model
 from dfseg.simulate.protocols import get_protocol
 
 VARIANTS = ("standard", "fine", "coarse")
@@ -190,6 +192,47 @@ def train_and_predict(bundle: Path, name: str, folder: Path, manifest: Path, n_t
         (folder / "predictions_done").write_text("predicted\n")
 
 
+def demo_cohort_mouse(entry: dict, seed: int, protocol: str) -> bool:
+    """Whether ``entry`` is a mouse of the seed-0 demo cohort the shipped model was made from: with
+    the same seed and protocol, the fixed cohort's ``standard`` mice numbered below the demo's cohort
+    size are the demo's own phantoms (the other variants draw other tumours)."""
+    index = int(entry["subject_id"].rsplit("-", 1)[1])
+    return (seed == DEFAULT.seed and protocol == DEFAULT.protocol and entry["group"] == "fixed"
+            and entry["variant"] == "standard" and index < DEFAULT.subjects)
+
+
+def score_shipped(out: Path, train: list[dict], test: list[dict], seed: int, protocol: str) -> dict[str, Any]:
+    """The model dfseg ships (:func:`dfseg.resources.shipped_model`), unchanged, on every variant's
+    test mice but those of the demo cohort it was trained, validated or tested on; per variant and group."""
+    folder = out / "models" / "shipped"
+    chosen = [e for e in test if not demo_cohort_mouse(e, seed, protocol)]
+    manifest = write_split_manifest(folder / "manifest.json", train, chosen, seed)
+    run = folder / "train"
+    if not (folder / "predictions_done").is_file():
+        run.mkdir(parents=True, exist_ok=True)
+        for name in ("model.pt", "run_info.json", "calibration.json"):
+            shutil.copyfile(shipped_model() / name, run / name)
+        _log(f"predict shipped: {len(chosen)} test mice")
+        run_bundle(bundle_dir("dfseg_attention_unet"), "inference", manifest=manifest, modality="combined",
+                   split="test", channels=list(DEFAULT.channels), device="cpu", output_dir=run,
+                   predictions_dir=folder / "predictions", num_workers=0)
+        (folder / "predictions_done").write_text("predicted\n")
+    rows: dict[str, Any] = {}
+    for variant in VARIANTS:
+        for subset in ("both", *GROUPS):
+            mice = [e for e in chosen if e["variant"] == variant and subset in ("both", e["group"])]
+            if not mice:
+                continue
+            evaluation = folder / "evaluation" / variant / subset
+            if not (evaluation / "metrics.json").is_file():
+                sub_manifest = write_split_manifest(folder / "eval" / variant / subset / "manifest.json", train,
+                                                    mice, seed)
+                _dfseg("evaluate", "--predictions", folder / "predictions", "--manifest", sub_manifest,
+                       "-o", evaluation, "--split", "test", "--seed", seed, "--no-progress", "--overwrite")
+            rows[f"{variant}/{subset}"] = summarise(read_json(evaluation / "metrics.json"))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder for cohorts, models, predictions and evaluations")
@@ -234,6 +277,8 @@ def main() -> None:
                     _dfseg("evaluate", "--predictions", folder / "predictions", "--manifest", sub_manifest,
                            "-o", evaluation, "--split", "test", "--seed", args.seed, "--no-progress", "--overwrite")
                 results.setdefault(key, {})[column] = summarise(read_json(evaluation / "metrics.json"))
+    for key, row in score_shipped(out, train, test, args.seed, args.protocol).items():
+        results.setdefault(key, {})["shipped"] = row
     for row in results.values():
         a, h = (row.get("all") or {}).get("volume_auroc"), (row.get("held_out") or {}).get("volume_auroc")
         row["auroc_drop"] = round(a["estimate"] - h["estimate"], 4) if a and h else None
