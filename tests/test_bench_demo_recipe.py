@@ -7,16 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from testkit import bench_module
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "demo_recipe.py"
 
 
 def test_settings_are_json_values_and_bad_runs_are_refused(tmp_path):
-    sys.path.insert(0, str(BENCH.parent))
-    try:
-        import demo_recipe
-    finally:
-        sys.path.remove(str(BENCH.parent))
+    demo_recipe = bench_module("demo_recipe")
     assert demo_recipe._setting("blob_weight=1.0") == ("blob_weight", 1.0)
     assert demo_recipe._setting('network_args#channels=[8,16]') == ("network_args#channels", [8, 16])
     assert demo_recipe._setting("modality=attn") == ("modality", "attn")

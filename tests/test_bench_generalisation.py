@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "generalisation.py"
+from testkit import bench_module
 
 
 @pytest.fixture(scope="module")
 def generalisation():
-    sys.path.insert(0, str(BENCH.parent))
-    try:
-        import generalisation
-    finally:
-        sys.path.remove(str(BENCH.parent))
-    return generalisation
+    return bench_module("generalisation")
 
 
 def _mouse(group: str, variant: str, index: int, has_tumour: bool = True) -> dict:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testkit import bench_module
 
 from dfseg.io import save_nifti
 
@@ -17,12 +18,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "lesion_fit.py"
 
 @pytest.fixture(scope="module")
 def lesion_fit():
-    sys.path.insert(0, str(BENCH.parent))
-    try:
-        import lesion_fit
-    finally:
-        sys.path.remove(str(BENCH.parent))
-    return lesion_fit
+    return bench_module("lesion_fit")
 
 
 def _entry(i: int, fold: int) -> dict:

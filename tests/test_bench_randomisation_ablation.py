@@ -3,16 +3,13 @@ and the subjects of an ablation draw the same scanner and animal as the full ran
 
 from __future__ import annotations
 
-import sys
 from dataclasses import fields
-from pathlib import Path
 
 import numpy as np
 import pytest
+from testkit import bench_module
 
 from dfseg.simulate.domain import DomainRandomisation, load_ranges, sample_domain
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 #: ablation -> the DomainRandomisation fields it may change (beyond the fixed voxel)
 CHANGED = {
@@ -38,12 +35,7 @@ FIELD_OF = {"body_width_scale": "anatomy", "body_depth_scale": "anatomy", "lung_
 
 @pytest.fixture(scope="module")
 def ablation():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import randomisation_ablation
-    finally:
-        sys.path.remove(str(BENCH))
-    return randomisation_ablation
+    return bench_module("randomisation_ablation")
 
 
 def test_each_ablation_changes_only_its_factor_and_keeps_the_other_draws(ablation, tmp_path):

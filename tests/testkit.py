@@ -6,7 +6,11 @@
 
 from __future__ import annotations
 
+import importlib
 import math
+import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -66,3 +70,16 @@ def flat(img: np.ndarray, width: int = 5) -> np.ndarray:
     from scipy.ndimage import maximum_filter, minimum_filter
 
     return ((maximum_filter(img, width) - minimum_filter(img, width)) < 1e-9) & (img > 0)
+
+
+#: the repository's bench/ folder: benchmark scripts, importable as modules by :func:`bench_module`
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+
+
+def bench_module(name: str) -> ModuleType:
+    """``bench/<name>.py`` imported as a module (bench/ on ``sys.path`` only while it imports, for its siblings)."""
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH_DIR))
