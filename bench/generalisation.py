@@ -26,7 +26,7 @@ AUROC in and out of distribution and the drop, lesion sensitivity for lesions >=
 bin, false-positive components per scan and Dice, with 95 % subject-bootstrap CIs where
 ``dfseg evaluate`` gives them. Stages already finished in OUT are reused (``--resume``).
 
-About 70 minutes on 2 CPU cores with the defaults; ``make bench`` leaves it out.
+About 40 minutes on 2 CPU cores with the defaults; ``make bench`` leaves it out.
 """
 
 from __future__ import annotations
