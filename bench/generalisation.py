@@ -43,7 +43,7 @@ from dfseg.cli import main as dfseg_main
 from dfseg.commands.demo import DEFAULT
 from dfseg.data.manifest import build_manifest, load_manifest, write_manifest
 from dfseg.io import read_json, write_json
-from dfseg.resources import bundle_dir, run_bundle, shipped_model
+from dfseg.resources import MODEL_FILES, bundle_dir, run_bundle, shipped_model
 from dfseg.simulate.protocols import get_protocol
 
 VARIANTS = ("standard", "fine", "coarse")
@@ -201,36 +201,32 @@ def demo_cohort_mouse(entry: dict, seed: int, protocol: str) -> bool:
             and entry["variant"] == "standard" and index < DEFAULT.subjects)
 
 
-def score_shipped(out: Path, train: list[dict], test: list[dict], seed: int, protocol: str) -> dict[str, Any]:
-    """The model dfseg ships (:func:`dfseg.resources.shipped_model`), unchanged, on every variant's
-    test mice but those of the demo cohort it was trained, validated or tested on; per variant and group."""
-    folder = out / "models" / "shipped"
-    chosen = [e for e in test if not demo_cohort_mouse(e, seed, protocol)]
-    manifest = write_split_manifest(folder / "manifest.json", train, chosen, seed)
-    run = folder / "train"
-    if not (folder / "predictions_done").is_file():
-        run.mkdir(parents=True, exist_ok=True)
-        for name in ("model.pt", "run_info.json", "calibration.json"):
-            shutil.copyfile(shipped_model() / name, run / name)
-        _log(f"predict shipped: {len(chosen)} test mice")
-        run_bundle(bundle_dir("dfseg_attention_unet"), "inference", manifest=manifest, modality="combined",
-                   split="test", channels=list(DEFAULT.channels), device="cpu", output_dir=run,
-                   predictions_dir=folder / "predictions", num_workers=0)
-        (folder / "predictions_done").write_text("predicted\n")
+def score_model(folder: Path, model_train: list[dict], model_test: list[dict], variants: tuple[str, ...],
+                subsets: tuple[str, ...], seed: int) -> dict[str, Any]:
+    """``dfseg evaluate`` of ``folder/predictions`` on each variant's test mice, all of them (``both``)
+    and each scanner group, skipping evaluations already written; ``{"variant/subset": summary}``."""
     rows: dict[str, Any] = {}
-    for variant in VARIANTS:
-        for subset in ("both", *GROUPS):
-            mice = [e for e in chosen if e["variant"] == variant and subset in ("both", e["group"])]
-            if not mice:
+    for variant in variants:
+        for subset in subsets:
+            chosen = [e for e in model_test if e["variant"] == variant and subset in ("both", e["group"])]
+            if not chosen:
                 continue
             evaluation = folder / "evaluation" / variant / subset
             if not (evaluation / "metrics.json").is_file():
-                sub_manifest = write_split_manifest(folder / "eval" / variant / subset / "manifest.json", train,
-                                                    mice, seed)
+                sub_manifest = write_split_manifest(folder / "eval" / variant / subset / "manifest.json",
+                                                    model_train, chosen, seed)
                 _dfseg("evaluate", "--predictions", folder / "predictions", "--manifest", sub_manifest,
                        "-o", evaluation, "--split", "test", "--seed", seed, "--no-progress", "--overwrite")
             rows[f"{variant}/{subset}"] = summarise(read_json(evaluation / "metrics.json"))
     return rows
+
+
+def place_shipped_model(folder: Path) -> None:
+    """Copy the model dfseg ships (:func:`dfseg.resources.shipped_model`) to ``folder/train``, where
+    :func:`train_and_predict` finds it trained and only predicts."""
+    (folder / "train").mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        shutil.copyfile(shipped_model() / name, folder / "train" / name)
 
 
 def main() -> None:
@@ -264,20 +260,17 @@ def main() -> None:
         manifest = write_split_manifest(folder / "manifest.json", model_train, model_test, args.seed)
         train_and_predict(bundle, name, folder, manifest, len(model_train), len(model_test), recipe, times)
         column = {"all": "all", "fixed-only": "fixed_only"}.get(name, "held_out")
-        for variant in VARIANTS if left_out is None else (left_out,):
-            for subset in ("both", *GROUPS) if len(groups) > 1 else groups:
-                chosen = [e for e in model_test if e["variant"] == variant and subset in ("both", e["group"])]
-                key = f"{variant}/{subset}"
-                if not chosen:
-                    continue
-                evaluation = folder / "evaluation" / variant / subset
-                if not (evaluation / "metrics.json").is_file():
-                    sub_manifest = write_split_manifest(folder / "eval" / variant / subset / "manifest.json",
-                                                        model_train, chosen, args.seed)
-                    _dfseg("evaluate", "--predictions", folder / "predictions", "--manifest", sub_manifest,
-                           "-o", evaluation, "--split", "test", "--seed", args.seed, "--no-progress", "--overwrite")
-                results.setdefault(key, {})[column] = summarise(read_json(evaluation / "metrics.json"))
-    for key, row in score_shipped(out, train, test, args.seed, args.protocol).items():
+        variants = VARIANTS if left_out is None else (left_out,)
+        subsets = ("both", *GROUPS) if len(groups) > 1 else groups
+        for key, row in score_model(folder, model_train, model_test, variants, subsets, args.seed).items():
+            results.setdefault(key, {})[column] = row
+    # the model dfseg ships, unchanged, on every variant's test mice but the demo cohort's own
+    folder = out / "models" / "shipped"
+    shipped_test = [e for e in test if not demo_cohort_mouse(e, args.seed, args.protocol)]
+    manifest = write_split_manifest(folder / "manifest.json", train, shipped_test, args.seed)
+    place_shipped_model(folder)
+    train_and_predict(bundle, "shipped", folder, manifest, 0, len(shipped_test), recipe, times)
+    for key, row in score_model(folder, train, shipped_test, VARIANTS, ("both", *GROUPS), args.seed).items():
         results.setdefault(key, {})["shipped"] = row
     for row in results.values():
         a, h = (row.get("all") or {}).get("volume_auroc"), (row.get("held_out") or {}).get("volume_auroc")
