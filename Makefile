@@ -30,18 +30,17 @@ demo: $(RUNTIME)
 demo-quick: $(RUNTIME)
 	$(VENV)/bin/dfseg demo --quick
 
-# The model dfseg ships (bundles/dfseg_attention_unet/models): the demo's training run, packaged.
+# The model dfseg ships (bundles/dfseg_attention_unet/models): the demo's training run, packaged, with its
+# card, the weights' hash (models/large_files.yml) and the bundle metadata's eval_metrics.
 model: $(STAMP)
 	$(VENV)/bin/dfseg demo --seed 0 --out runs/model --overwrite
-	$(PY) -c "from dfseg.resources import package_model; package_model('runs/model/train', 'runs/model/calibration.json', 'bundles/dfseg_attention_unet/models')"
-	cp runs/model/model_card/model_card.md bundles/dfseg_attention_unet/models/model_card.md
+	$(PY) -c "from dfseg.resources import ship_model; ship_model('runs/model', 'bundles/dfseg_attention_unet')"
 
 # The SwinUNETR of bundles/dfseg_swinunetr/models: the demo with that bundle, on a GPU (a 3.5-minute budget).
 model-swinunetr: $(STAMP)
 	$(VENV)/bin/dfseg demo --bundle dfseg_swinunetr --seed 0 --time-budget 3.5 --max-epochs 1000 --workers $$(nproc) \
 		--out runs/model-swinunetr --overwrite
-	$(PY) -c "from dfseg.resources import package_model; package_model('runs/model-swinunetr/train', 'runs/model-swinunetr/calibration.json', 'bundles/dfseg_swinunetr/models')"
-	cp runs/model-swinunetr/model_card/model_card.md bundles/dfseg_swinunetr/models/model_card.md
+	$(PY) -c "from dfseg.resources import ship_model; ship_model('runs/model-swinunetr', 'bundles/dfseg_swinunetr')"
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

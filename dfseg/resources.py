@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -128,4 +130,62 @@ def package_model(run_dir: str | os.PathLike, calibration: str | os.PathLike, de
     with open(calibration, "rb") as src, atomic_write(dest / "calibration.json") as fh:
         shutil.copyfileobj(src, fh)
     write_json(dest / "run_info.json", record)
+    return dest
+
+
+#: metadata ``eval_metrics`` key -> the row of the model card (test split) it copies
+EVAL_METRIC_ROWS = {
+    "test_presence_auroc": "per-volume lesion presence: AUROC",
+    "test_presence_sensitivity_at_95_specificity": "per-volume lesion presence: sensitivity at 95% specificity",
+    "test_presence_average_precision": "per-volume lesion presence: average precision",
+    "test_patch_presence_auroc": "per-patch lesion presence: AUROC",
+    "test_lesion_sensitivity": "lesion-wise detection: lesion sensitivity",
+    "test_lesion_sensitivity_0.5_1mm": "lesion-wise detection: sensitivity, 0.5-1 mm",
+    "test_lesion_sensitivity_1_2mm": "lesion-wise detection: sensitivity, 1-2 mm",
+    "test_lesion_sensitivity_2_3mm": "lesion-wise detection: sensitivity, 2-3 mm",
+    "test_false_positive_components_per_scan": "lesion-wise detection: false-positive components per scan",
+    "test_froc_cpm": "lesion-wise detection: FROC CPM",
+    "test_mean_dice_scans_with_tumour": "segmentation: Dice (mean over scans with tumour)",
+    "test_per_lesion_dice": "segmentation: per-lesion Dice",
+    "test_brier_score": "calibration: Brier score, lung voxels",
+    "test_expected_calibration_error": "calibration: expected calibration error, lung voxels",
+}
+
+LARGE_FILES = """# The weights live in the repository (no download); path and hash as the MONAI model zoo lists them.
+large_files:
+  - path: "models/model.pt"
+    url: ""
+    hash_val: "{sha256}"
+    hash_type: "sha256"
+"""
+
+
+def card_metrics(card: str) -> dict[str, float]:
+    """The ``eval_metrics`` of a model card's text: the estimate of each row of :data:`EVAL_METRIC_ROWS`."""
+    rows = dict(re.findall(r"^\| (.+?) \| ([0-9.]+) \| \[", card, re.M))
+    missing = [row for row in EVAL_METRIC_ROWS.values() if row not in rows]
+    if missing:
+        raise DfsegError("model_card.md", f"has no row {missing[0]!r}")
+    return {key: float(rows[row]) for key, row in EVAL_METRIC_ROWS.items()}
+
+
+def ship_model(run: str | os.PathLike, bundle: str | os.PathLike) -> Path:
+    """Make a ``dfseg demo`` run the model a bundle ships: :func:`package_model` into ``bundle/models``,
+    the run's model card beside it, ``models/large_files.yml`` with the weights' sha256, and
+    ``configs/metadata.json``'s ``eval_metrics`` copied from the card (``make model``)."""
+    run, bundle = Path(run), Path(bundle)
+    card = (run / "model_card" / "model_card.md").read_text()
+    metrics = card_metrics(card)
+    dest = package_model(run / "train", run / "calibration.json", bundle / "models")
+    with atomic_write(dest / "model_card.md", "w") as fh:
+        fh.write(card)
+    with atomic_write(dest / "large_files.yml", "w") as fh:
+        fh.write(LARGE_FILES.format(sha256=sha256_file(dest / "model.pt")))
+    meta_path = bundle / "configs" / "metadata.json"
+    text = meta_path.read_text()
+    meta = json.loads(text)
+    meta["eval_metrics"] = metrics
+    indent = len(text.splitlines()[1]) - len(text.splitlines()[1].lstrip(" "))  # keep the file's own indent
+    with atomic_write(meta_path, "w") as fh:
+        fh.write(json.dumps(meta, indent=indent, ensure_ascii=False) + "\n")
     return dest

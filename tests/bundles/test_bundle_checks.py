@@ -20,7 +20,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metad
 
 from dfseg.channels import MODALITY_CHANNELS
 from dfseg.io import sha256_file
-from dfseg.resources import WORKFLOWS, metadata_schema
+from dfseg.resources import EVAL_METRIC_ROWS, WORKFLOWS, metadata_schema
 from dfseg.training.inferers import MirroredInferer
 from dfseg.training.transforms import in_channels
 
@@ -107,23 +107,6 @@ def test_metadata_describes_every_modality_and_probabilities(bundle):
     assert meta["dfseg_version"] == version("dfseg")
 
 
-#: metadata eval_metrics key -> the row of the shipped model's model card (test split) it copies
-MODEL_CARD_ROWS = {
-    "test_presence_auroc": "per-volume lesion presence: AUROC",
-    "test_presence_sensitivity_at_95_specificity": "per-volume lesion presence: sensitivity at 95% specificity",
-    "test_presence_average_precision": "per-volume lesion presence: average precision",
-    "test_patch_presence_auroc": "per-patch lesion presence: AUROC",
-    "test_lesion_sensitivity": "lesion-wise detection: lesion sensitivity",
-    "test_lesion_sensitivity_0.5_1mm": "lesion-wise detection: sensitivity, 0.5-1 mm",
-    "test_lesion_sensitivity_1_2mm": "lesion-wise detection: sensitivity, 1-2 mm",
-    "test_lesion_sensitivity_2_3mm": "lesion-wise detection: sensitivity, 2-3 mm",
-    "test_false_positive_components_per_scan": "lesion-wise detection: false-positive components per scan",
-    "test_froc_cpm": "lesion-wise detection: FROC CPM",
-    "test_mean_dice_scans_with_tumour": "segmentation: Dice (mean over scans with tumour)",
-    "test_per_lesion_dice": "segmentation: per-lesion Dice",
-    "test_brier_score": "calibration: Brier score, lung voxels",
-    "test_expected_calibration_error": "calibration: expected calibration error, lung voxels",
-}
 
 
 @pytest.mark.parametrize("bundle", BUNDLE_NAMES)
@@ -135,8 +118,8 @@ def test_eval_metrics_are_the_shipped_models(bundle):
         assert metrics == {}
         return
     rows = dict(re.findall(r"^\| (.+?) \| ([0-9.]+) \| \[", (models / "model_card.md").read_text(), re.M))
-    assert set(metrics) == set(MODEL_CARD_ROWS)
-    assert {k: float(rows[MODEL_CARD_ROWS[k]]) for k in metrics} == metrics
+    assert set(metrics) == set(EVAL_METRIC_ROWS)
+    assert {k: float(rows[EVAL_METRIC_ROWS[k]]) for k in metrics} == metrics
     auroc, dice = {"dfseg_attention_unet": (1.0, 0.845), "dfseg_swinunetr": (0.933, 0.599)}[bundle]
     assert metrics["test_presence_auroc"] == auroc and metrics["test_mean_dice_scans_with_tumour"] == dice
     large = yaml.safe_load((models / "large_files.yml").read_text())["large_files"]
