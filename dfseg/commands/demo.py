@@ -1,5 +1,9 @@
 """``dfseg demo``: the whole pipeline on a built-in simulated cohort.
 
+The cohort is the ``standard`` phantom on the demo protocol's scanner unless ``--variant`` deals other
+phantom variants and ``--randomise-fraction`` puts a share of the mice on domain-randomised scanners
+and animals (``make model``'s cohort; the calibration is then a set, one entry per spectrum).
+
 simulate -> calibrate -> preprocess -> train (the attention U-Net bundle, or ``--bundle dfseg_swinunetr``;
 combined input) -> infer -> evaluate -> report, each stage timed, into ``runs/demo-<timestamp>/`` (or ``--out``).
 """
@@ -16,10 +20,11 @@ import torch
 
 from dfseg.cli import main
 from dfseg.commands import add_no_progress, add_out
-from dfseg.errors import DfsegError
+from dfseg.errors import DfsegError, InputError
 from dfseg.io import prepare_output_dir, read_json, write_json
 from dfseg.resources import bundle_dir, run_bundle
 from dfseg.simulate.protocols import get_protocol
+from dfseg.simulate.variants import VARIANTS
 
 HELP = "run the whole pipeline on a built-in simulated cohort"
 
@@ -45,6 +50,9 @@ class DemoConfig:
     channels: tuple[int, ...] = (8, 16, 32, 64)
     learning_rate: float = 3e-3
     seed: int = 0
+    variants: tuple[str, ...] = ("standard",)
+    randomise_fraction: float = 0.0
+    randomise_ranges: str | None = None
 
 
 DEFAULT = DemoConfig()
@@ -53,6 +61,7 @@ QUICK = DemoConfig(subjects=12, protocol="quick", folds=3, max_epochs=4, time_bu
 #: The bundles the demo trains (``--bundle``). The cohort, folds, schedule and batch are the demo's own;
 #: the U-Net gets the demo's network and patch, SwinUNETR its bundle's defaults (the shipped model's).
 BUNDLES = ("dfseg_attention_unet", "dfseg_swinunetr")
+VARIANT_NAMES = tuple(sorted(VARIANTS))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +70,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subjects", type=int, help=f"number of simulated mice (default {DEFAULT.subjects}, quick {QUICK.subjects})")
     parser.add_argument("--max-epochs", type=int, help=f"training epochs (default {DEFAULT.max_epochs}, quick {QUICK.max_epochs})")
     parser.add_argument("--seed", type=int, default=0, help="seed for simulation, folds and training (default 0)")
+    parser.add_argument("--variant", nargs="+", choices=VARIANT_NAMES, metavar="V",
+                        help="phantom variant(s) dealt to the mice in turn, as dfseg simulate's --variant "
+                             f"({', '.join(VARIANT_NAMES)}; default standard)")
+    parser.add_argument("--randomise-fraction", type=float, default=0.0, metavar="F",
+                        help="share of the mice whose scanner and animal are drawn from the domain-randomisation "
+                             "ranges (dfseg simulate --randomise; docs/domain_randomisation.md); default 0: every "
+                             "mouse on the protocol's scanner")
+    parser.add_argument("--randomise-ranges", type=Path, metavar="FILE.yaml",
+                        help="ranges replacing the documented defaults for the randomised mice (with "
+                             "--randomise-fraction)")
     parser.add_argument("--bundle", default=BUNDLES[0], choices=BUNDLES,
                         help=f"network to train (default {BUNDLES[0]}; {BUNDLES[1]} wants a GPU)")
     parser.add_argument("--time-budget", type=float, metavar="MIN",
@@ -87,8 +106,17 @@ def _dfseg(*argv: str) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = QUICK if args.quick else DEFAULT
     budget = cfg.time_budget_min if args.time_budget is None else (args.time_budget if args.time_budget > 0 else None)
+    if not 0.0 <= args.randomise_fraction <= 1.0:
+        raise InputError("--randomise-fraction", f"must be in [0, 1], got {args.randomise_fraction}")
+    if args.randomise_ranges is not None:
+        if args.randomise_fraction == 0.0:
+            raise InputError("--randomise-ranges", "given without --randomise-fraction (no mouse is randomised)")
+        if not args.randomise_ranges.is_file():
+            raise InputError(args.randomise_ranges, "randomisation ranges file not found")
     cfg = replace(cfg, seed=args.seed, subjects=args.subjects or cfg.subjects,
-                  max_epochs=args.max_epochs or cfg.max_epochs, time_budget_min=budget)
+                  max_epochs=args.max_epochs or cfg.max_epochs, time_budget_min=budget,
+                  variants=tuple(args.variant or cfg.variants), randomise_fraction=args.randomise_fraction,
+                  randomise_ranges=str(args.randomise_ranges.resolve()) if args.randomise_ranges else None)
     out = args.out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     out = prepare_output_dir(out, overwrite=args.overwrite)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -104,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
     proto = get_protocol(cfg.protocol)
     epochs = (f"{cfg.max_epochs} epochs" if cfg.time_budget_min is None
               else f"{cfg.time_budget_min:g} min of training, at most {cfg.max_epochs} epochs")
-    print(f"dfseg demo -> {out}  ({'quick, ' if args.quick else ''}{cfg.subjects} mice, protocol {proto.name}: "
+    mix = "" if cfg.variants == ("standard",) else f" over variants {', '.join(cfg.variants)}"
+    mix += f", {cfg.randomise_fraction:.0%} on randomised scanners" if cfg.randomise_fraction else ""
+    print(f"dfseg demo -> {out}  ({'quick, ' if args.quick else ''}{cfg.subjects} mice{mix}, protocol {proto.name}: "
           f"{' x '.join(map(str, proto.grid()))} voxels of {proto.voxel_mm} mm, {epochs}, device {device})")
     total, times = 7, {}
     cohort, pre, train_dir = out / "cohort", out / "preprocessed", out / "train"
@@ -112,7 +142,12 @@ def run(args: argparse.Namespace) -> int:
 
     t = _stage(1, total, "simulate: mouse thorax phantoms, tumours, Talbot-Lau CT acquisition, phantoms")
     quiet = ["--no-progress"] if args.no_progress else []
+    randomise = []
+    if cfg.randomise_fraction > 0:
+        randomise = ["--randomise", "--randomise-fraction", cfg.randomise_fraction]
+        randomise += ["--randomise-ranges", cfg.randomise_ranges] if cfg.randomise_ranges else []
     _dfseg("simulate", "-o", cohort, "--subjects", cfg.subjects, "--protocol", cfg.protocol,
+           "--variant", *cfg.variants, *randomise,
            "--seed", cfg.seed, "--workers", args.workers, "--folds", cfg.folds, *quiet)
     times["simulate"] = time.perf_counter() - t
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +85,49 @@ def test_demo_training_budget(tmp_path, monkeypatch, flags, epochs, budget):
     assert train["max_epochs"] == epochs and train["time_budget"] == budget
     recorded = json.loads((tmp_path / "demo" / "demo_config.json").read_text())
     assert recorded["max_epochs"] == epochs and recorded["time_budget_min"] == budget
+
+
+def test_demo_passes_its_cohort_to_simulate(tmp_path, monkeypatch):
+    """--variant and --randomise-fraction/--randomise-ranges reach dfseg simulate (the cohort make model
+    trains the shipped model on); the record holds them."""
+    import dfseg.commands.demo as demo
+
+    calls = {}
+
+    def fake_dfseg(*argv):
+        calls[argv[0]] = [str(a) for a in argv]
+        if argv[0] == "evaluate":
+            out = Path(calls["evaluate"][calls["evaluate"].index("-o") + 1])
+            out.mkdir(parents=True)
+            (out / "metrics.json").write_text(json.dumps({"metrics": {}}))
+
+    monkeypatch.setattr(demo, "_dfseg", fake_dfseg)
+    monkeypatch.setattr(demo, "run_bundle", lambda root, workflow, **kw: None)
+    ranges = tmp_path / "ranges.yaml"
+    ranges.write_text("voxel_mm: [0.15, 0.15]\n")
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--device", "cpu", "--variant", "standard", "coarse",
+                 "--randomise-fraction", "0.5", "--randomise-ranges", str(ranges)]) == 0
+    sim = calls["simulate"]
+    assert sim[sim.index("--variant") + 1:sim.index("--variant") + 3] == ["standard", "coarse"]
+    assert "--randomise" in sim and sim[sim.index("--randomise-fraction") + 1] == "0.5"
+    assert sim[sim.index("--randomise-ranges") + 1] == str(ranges.resolve())
+    recorded = json.loads((tmp_path / "demo" / "demo_config.json").read_text())
+    assert recorded["variants"] == ["standard", "coarse"] and recorded["randomise_fraction"] == 0.5
+    # the default: the standard variant, no randomised mouse
+    calls.clear()
+    assert main(["demo", "--out", str(tmp_path / "plain"), "--device", "cpu"]) == 0
+    sim = calls["simulate"]
+    assert sim[sim.index("--variant") + 1] == "standard" and "--randomise" not in sim
+
+
+@pytest.mark.parametrize(("flags", "problem"), [(["--randomise-fraction", "1.5"], "must be in [0, 1]"),
+                                                (["--randomise-ranges", "RANGES"], "without --randomise-fraction"),
+                                                (["--randomise-fraction", "0.5", "--randomise-ranges", "MISSING"],
+                                                 "not found")])
+def test_demo_refuses_bad_randomisation(tmp_path, capsys, flags, problem):
+    ranges = tmp_path / "ranges.yaml"
+    ranges.write_text("voxel_mm: [0.15, 0.15]\n")
+    flags = [str(ranges) if f == "RANGES" else str(tmp_path / "missing.yaml") if f == "MISSING" else f for f in flags]
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--device", "cpu", *flags]) == 1
+    assert problem in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
