@@ -113,6 +113,9 @@ def test_demo_passes_its_cohort_to_simulate(tmp_path, monkeypatch):
     assert sim[sim.index("--randomise-ranges") + 1] == str(ranges.resolve())
     recorded = json.loads((tmp_path / "demo" / "demo_config.json").read_text())
     assert recorded["variants"] == ["standard", "coarse"] and recorded["randomise_fraction"] == 0.5
+    # dark-field at the demo scanner's effective energy whatever the spectra: 70 kVp + 1 mm Al, ~34.3 keV
+    cal = calls["calibrate"]
+    assert float(cal[cal.index("--e-ref-kev") + 1]) == pytest.approx(34.28, abs=0.01)
     # the default: the standard variant, no randomised mouse
     calls.clear()
     assert main(["demo", "--out", str(tmp_path / "plain"), "--device", "cpu"]) == 0
