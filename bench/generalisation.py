@@ -20,7 +20,8 @@ V, fixed or randomised), plus ``fixed-only`` (every variant, fixed-scanner mice 
 randomised mice add). Each is scored by ``dfseg evaluate`` on the test mice of every held-out
 variant: ``all`` on each variant's, ``without-V`` on V's, ``fixed-only`` on each variant's
 fixed-scanner mice. The model dfseg ships is scored, as it is, on every variant's test mice except
-the demo cohort's own (with seed 0, the fixed cohort's ``standard`` mice are the demo's phantoms). The JSON printed (and written to
+those that may be of the cohort it was made from (:func:`shipped_cohort_mouse`: same seed, index
+below the cohort's size; with seed 0, the fixed cohort's mice). The JSON printed (and written to
 ``OUT/generalisation.json``) gives, per variant and test group (fixed, randomised, both): volume
 AUROC in and out of distribution and the drop, lesion sensitivity for lesions >= 1 mm and per size
 bin, false-positive components per scan and Dice, with 95 % subject-bootstrap CIs where
@@ -43,7 +44,7 @@ from dfseg.cli import main as dfseg_main
 from dfseg.commands.demo import DEFAULT
 from dfseg.data.manifest import build_manifest, load_manifest, write_manifest
 from dfseg.io import read_json, write_json
-from dfseg.resources import MODEL_FILES, bundle_dir, run_bundle, shipped_model
+from dfseg.resources import MODEL_FILES, SHIPPED_COHORT, bundle_dir, run_bundle, shipped_model
 from dfseg.simulate.protocols import get_protocol
 
 VARIANTS = ("standard", "fine", "coarse")
@@ -192,13 +193,16 @@ def train_and_predict(bundle: Path, name: str, folder: Path, manifest: Path, n_t
         (folder / "predictions_done").write_text("predicted\n")
 
 
-def demo_cohort_mouse(entry: dict, seed: int, protocol: str) -> bool:
-    """Whether ``entry`` is a mouse of the seed-0 demo cohort the shipped model was made from: with
-    the same seed and protocol, the fixed cohort's ``standard`` mice numbered below the demo's cohort
-    size are the demo's own phantoms (the other variants draw other tumours)."""
+def shipped_cohort_mouse(entry: dict, seed: int, protocol: str, made_with: dict) -> bool:
+    """Whether ``entry`` may be a mouse of the cohort the shipped model was made from. ``made_with``
+    is its ``dfseg demo`` settings (:data:`dfseg.resources.SHIPPED_COHORT`): a subject is drawn from
+    ``(seed, index)``, so a mouse of a cohort with the model's seed and protocol, numbered below its
+    cohort's size, may share anatomy and tumours with one the model saw (the fixed cohort has the
+    bench's seed, the randomised one seed + 1)."""
     index = int(entry["subject_id"].rsplit("-", 1)[1])
-    return (seed == DEFAULT.seed and protocol == DEFAULT.protocol and entry["group"] == "fixed"
-            and entry["variant"] == "standard" and index < DEFAULT.subjects)
+    cohort_seed = seed + (entry["group"] == "randomised")
+    return (cohort_seed == made_with["seed"] and protocol == made_with["protocol"]
+            and index < made_with["subjects"])
 
 
 def score_model(folder: Path, model_train: list[dict], model_test: list[dict], variants: tuple[str, ...],
@@ -266,7 +270,8 @@ def main() -> None:
             results.setdefault(key, {})[column] = row
     # the model dfseg ships, unchanged, on every variant's test mice but the demo cohort's own
     folder = out / "models" / "shipped"
-    shipped_test = [e for e in test if not demo_cohort_mouse(e, args.seed, args.protocol)]
+    made_with = read_json(shipped_model() / SHIPPED_COHORT)
+    shipped_test = [e for e in test if not shipped_cohort_mouse(e, args.seed, args.protocol, made_with)]
     manifest = write_split_manifest(folder / "manifest.json", train, shipped_test, args.seed)
     place_shipped_model(folder)
     train_and_predict(bundle, "shipped", folder, manifest, 0, len(shipped_test), recipe, times)

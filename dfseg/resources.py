@@ -90,6 +90,8 @@ def run_bundle(bundle: str | os.PathLike, workflow: str, **overrides: object) ->
 SHIPPED_BUNDLE = "dfseg_attention_unet"
 #: Files of a packaged model folder (a training run folder reduced to what ``dfseg predict`` reads).
 MODEL_FILES = ("model.pt", "run_info.json", "calibration.json")
+#: The ``dfseg demo`` settings a shipped model was made with, in its folder (:func:`ship_model`).
+SHIPPED_COHORT = "demo_config.json"
 
 
 def shipped_model() -> Path:
@@ -171,14 +173,17 @@ def card_metrics(card: str) -> dict[str, float]:
 
 def ship_model(run: str | os.PathLike, bundle: str | os.PathLike) -> Path:
     """Make a ``dfseg demo`` run the model a bundle ships: :func:`package_model` into ``bundle/models``,
-    the run's model card beside it, ``models/large_files.yml`` with the weights' sha256, and
-    ``configs/metadata.json``'s ``eval_metrics`` copied from the card (``make model``)."""
+    the run's model card and ``demo_config.json`` (the cohort and training it was made with: seed,
+    mice, variants, randomised share) beside it, ``models/large_files.yml`` with the weights' sha256,
+    and ``configs/metadata.json``'s ``eval_metrics`` copied from the card (``make model``)."""
     run, bundle = Path(run), Path(bundle)
     card = (run / "model_card" / "model_card.md").read_text()
     metrics = card_metrics(card)
+    config = read_json(run / "demo_config.json")
     dest = package_model(run / "train", run / "calibration.json", bundle / "models")
     with atomic_write(dest / "model_card.md", "w") as fh:
         fh.write(card)
+    write_json(dest / SHIPPED_COHORT, config)
     with atomic_write(dest / "large_files.yml", "w") as fh:
         fh.write(LARGE_FILES.format(sha256=sha256_file(dest / "model.pt")))
     meta_path = bundle / "configs" / "metadata.json"

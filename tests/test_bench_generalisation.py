@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from testkit import bench_module
 
@@ -16,14 +18,23 @@ def _mouse(group: str, variant: str, index: int, has_tumour: bool = True) -> dic
 
 
 def test_shipped_model_is_not_scored_on_its_own_cohort(generalisation):
-    own = generalisation.demo_cohort_mouse
-    assert own(_mouse("fixed", "standard", 21), 0, "demo")
-    assert own(_mouse("fixed", "standard", 39), 0, "demo")
-    assert not own(_mouse("fixed", "standard", 42), 0, "demo")  # beyond the demo's 40 mice
-    assert not own(_mouse("fixed", "fine", 22), 0, "demo")  # another variant draws other tumours
-    assert not own(_mouse("randomised", "standard", 21), 0, "demo")  # the randomised cohort has seed + 1
-    assert not own(_mouse("fixed", "standard", 21), 1, "demo")
-    assert not own(_mouse("fixed", "standard", 21), 0, "quick")
+    own = generalisation.shipped_cohort_mouse
+    made_with = {"seed": 0, "protocol": "demo", "subjects": 96, "variants": ["standard", "fine", "coarse"]}
+    assert own(_mouse("fixed", "standard", 21), 0, "demo", made_with)
+    assert own(_mouse("fixed", "coarse", 47), 0, "demo", made_with)
+    assert not own(_mouse("fixed", "standard", 96), 0, "demo", made_with)  # beyond the model's 96 mice
+    assert not own(_mouse("randomised", "standard", 21), 0, "demo", made_with)  # the randomised cohort has seed + 1
+    assert own(_mouse("randomised", "standard", 21), -1, "demo", made_with)  # ... which is the model's seed here
+    assert not own(_mouse("fixed", "standard", 21), 1, "demo", made_with)
+    assert not own(_mouse("fixed", "standard", 21), 0, "quick", made_with)
+    assert not own(_mouse("fixed", "standard", 39), 0, "demo", {**made_with, "subjects": 30})
+
+
+def test_the_shipped_model_says_what_it_was_made_from(generalisation):
+    from dfseg.resources import SHIPPED_COHORT, shipped_model
+
+    made_with = json.loads((shipped_model() / SHIPPED_COHORT).read_text())
+    assert {"seed", "protocol", "subjects", "variants", "randomise_fraction"} <= set(made_with)
 
 
 def test_half_of_every_stratum_is_held_out(generalisation):

@@ -24,6 +24,7 @@ def _run(tmp_path, card: str):
                                                          "sha256": sha256_file(run / "calibration.json")}}}}
     (run / "train" / "run_info.json").write_text(json.dumps(record))
     (run / "model_card" / "model_card.md").write_text(card)
+    (run / "demo_config.json").write_text(json.dumps({"seed": 0, "subjects": 96, "variants": ["standard", "fine"]}))
     return run
 
 
@@ -49,6 +50,7 @@ def test_ship_model_writes_card_hash_and_metrics(tmp_path):
     assert large == [{"path": "models/model.pt", "url": "", "hash_val": sha256_file(dest / "model.pt"), "hash_type": "sha256"}]
     assert torch.equal(torch.load(dest / "model.pt", weights_only=True)["w"], torch.arange(3.0))
     assert json.loads((dest / "run_info.json").read_text())["predict"]["correction"]["calibration"]["path"] == "calibration.json"
+    assert json.loads((dest / "demo_config.json").read_text())["subjects"] == 96  # the cohort it was made from
 
 
 def test_a_card_without_a_metric_row_ships_nothing(tmp_path):
