@@ -10,8 +10,11 @@ of scan folders, manifests (every split) or one pair of image files. For each sc
 2. **Correct** as the model's training scans were, read from the run record's ``predict`` entry
    (:func:`dfseg.training.handlers.prediction_record`): a scan written by ``dfseg preprocess`` is
    used as it is; a raw reconstruction goes through the recorded calibration's chains
-   (:func:`dfseg.preprocess.build_chains`): the projection chain when the model's scans were
+   (:func:`dfseg.preprocess.build_chains`), or those of a lab's own calibration (``calibration=``):
+   the projection chain when the model's scans were
    preprocessed in the projection domain and the scan has ``proj_T``/``proj_D``, else the volume chain.
+   Any calibration other than the model's own, given or named by a preprocessed scan, must state
+   dark-field at the model's reference energy (``dfseg calibrate --e-ref-kev``): the same units.
 3. **Lung mask**: the scan's own, else :class:`dfseg.transforms.lung.LungMaskd` on the corrected
    image (docs/lung_mask.md); a scan in which neither finds a lung is refused.
 4. **Resample** attn and df to the training voxel size (``monai.transforms.Spacing``, which keeps
@@ -68,6 +71,7 @@ from monai.transforms import ResampleToMatch, Spacing
 from scipy import ndimage
 from tqdm import tqdm
 
+from dfseg.calibration.io import is_calibration_set, load_calibration_document
 from dfseg.channels import DF_CHANNELS
 from dfseg.data.importer import resolve_image
 from dfseg.data.manifest import SPLITS, load_manifest
@@ -137,6 +141,7 @@ class Model:
     device: torch.device
     model_sha256: str
     calibration: Path | None = None
+    reference_energy_kev: float | None = None
     mirror_axes: tuple[int, ...] = LEGACY_MIRROR_AXES
     _chains: CalibrationChains | None = field(default=None, repr=False)
 
@@ -161,28 +166,63 @@ def _device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
-def _calibration(correction: Mapping[str, Any], given: str | os.PathLike | None, info_path: Path) -> Path | None:
-    """The calibration file to correct raw scans with: ``given`` (checked against the recorded sha256)
-    or the recorded one."""
+#: Two calibrations state dark-field in the same units when their reference energies agree to this (keV).
+E_REF_TOL_KEV = 0.01
+
+
+def reference_energy_kev(path: str | os.PathLike) -> float:
+    """The energy (keV) a calibration, or every entry of a calibration set, states dark-field at."""
+    doc = load_calibration_document(path)
+    entries = list(doc["calibrations"].values()) if is_calibration_set(doc) else [doc]
+    energies = sorted({float(c["reference"]["e_ref_kev"]) for c in entries})
+    if energies[-1] - energies[0] > E_REF_TOL_KEV:
+        raise InputError(path, f"calibration set states dark-field at several energies ({energies[0]:.2f}-"
+                               f"{energies[-1]:.2f} keV); make it with one dfseg calibrate --e-ref-kev")
+    return energies[0]
+
+
+def _same_units(path: str | os.PathLike, model_kev: float, what: str) -> None:
+    """Refuse a calibration whose dark-field is stated at another energy than the model's."""
+    kev = reference_energy_kev(path)
+    if abs(kev - model_kev) > E_REF_TOL_KEV:
+        raise InputError(path, f"{what} states dark-field at {kev:.2f} keV, the model's at {model_kev:.2f} keV; "
+                               f"make it with dfseg calibrate PHANTOMS -o OUT --e-ref-kev {model_kev:.4f}")
+
+
+def _calibration(correction: Mapping[str, Any], given: str | os.PathLike | None,
+                 info_path: Path) -> tuple[Path | None, float | None]:
+    """The calibration to correct raw scans with and the energy the model's dark-field is stated at.
+
+    The model's own calibration is the recorded one (its sha256 checked). ``given`` (``--calibration``)
+    replaces it: the same file moved elsewhere, or a lab's own calibration (its phantoms, its spectra)
+    that states dark-field at the model's reference energy, so the network sees the units it was
+    trained on.
+    """
     recorded = correction.get("calibration") or None
-    if given is not None:
-        if not Path(given).is_file():
-            raise InputError(given, "calibration file not found")
-        if recorded and recorded.get("sha256") and sha256_file(given) != recorded["sha256"]:
-            raise InputError(given, f"differs from the calibration the model was trained with ({recorded['path']}, "
-                                    f"sha256 {recorded['sha256'][:12]}...)")
-        return Path(given)
-    if not recorded:
-        return None
-    path = Path(recorded["path"])
-    if not path.is_absolute():  # a packaged model names its calibration relative to its folder
-        path = info_path.parent / path
-    if not path.is_file():
-        return None  # only raw scans need it; Model.chains then says so
-    if recorded.get("sha256") and sha256_file(path) != recorded["sha256"]:
-        raise InputError(path, f"changed since training (sha256 recorded in {info_path} differs); "
-                               "give the original with --calibration")
-    return path
+    own = None
+    if recorded:
+        path = Path(recorded["path"])
+        if not path.is_absolute():  # a packaged model names its calibration relative to its folder
+            path = info_path.parent / path
+        if path.is_file():
+            if not recorded.get("sha256") or sha256_file(path) == recorded["sha256"]:
+                own = path
+            elif given is None:
+                raise InputError(path, f"changed since training (sha256 recorded in {info_path} differs); "
+                                       "give the original with --calibration")
+    model_kev = reference_energy_kev(own) if own is not None else None
+    if given is None:
+        return own, model_kev
+    given = Path(given)
+    if not given.is_file():
+        raise InputError(given, "calibration file not found")
+    if not recorded or (recorded.get("sha256") and sha256_file(given) == recorded["sha256"]):
+        return given, reference_energy_kev(given)
+    if model_kev is None:
+        raise InputError(given, f"is not the calibration the model was trained with, and that one ({recorded['path']}) "
+                                "is not here to compare reference energies with; give the model's own calibration")
+    _same_units(given, model_kev, "this calibration")
+    return given, model_kev
 
 
 def load_model(run_dir: str | os.PathLike, *, calibration: str | os.PathLike | None = None,
@@ -249,11 +289,12 @@ def load_model(run_dir: str | os.PathLike, *, calibration: str | os.PathLike | N
     dev = _device(device)
     network.to(dev).eval()
     correction = dict(plan.get("correction") or {})
+    cal_path, model_kev = _calibration(correction, calibration, info_path)
     return Model(run_dir=run_dir.resolve(), record=dict(record), network=network, modality=modality,
                  normalisation=normalisation, roi_size=roi,
                  voxel_mm=None if plan.get("voxel_mm") is None else [float(v) for v in plan["voxel_mm"]],
                  correction=correction, device=dev, model_sha256=sha256_file(model_path),
-                 calibration=_calibration(correction, calibration, info_path), mirror_axes=mirror_axes)
+                 calibration=cal_path, reference_energy_kev=model_kev, mirror_axes=mirror_axes)
 
 
 # -- finding scans --------------------------------------------------------------------------------
@@ -350,14 +391,14 @@ def _same_grid(ref: MetaTensor, img: MetaTensor, ref_path: Any, path: Any) -> No
         raise InputError(path, what)
 
 
-def _input_calibration(meta: Mapping[str, Any], sidecar: Any) -> str | None:
-    """sha256 of the calibration a preprocessed input was corrected with, when its file is here."""
+def _input_calibration(meta: Mapping[str, Any], sidecar: Any) -> Path | None:
+    """The calibration a preprocessed input was corrected with, when its file is here."""
     cal = (meta.get("preprocessing") or {}).get("calibration")
     if not cal:
         return None
     for candidate in (Path(cal), Path(str(sidecar)).parent / cal):
         if candidate.is_file():
-            return sha256_file(candidate)
+            return candidate
     return None
 
 
@@ -379,9 +420,16 @@ def _correct(entry: Mapping[str, Any], model: Model) -> tuple[dict, str]:
                                           f"channels {DF_CHANNELS}; found {data['df'].shape[0]}")
         recorded = (model.correction.get("calibration") or {}).get("sha256")
         used = _input_calibration(meta, entry["sidecar"])
-        if recorded and used and used != recorded:
-            raise InputError(entry["sidecar"], "preprocessed with another calibration than the model's training scans "
-                                               f"({(model.correction.get('calibration') or {}).get('path')})")
+        if recorded and used is not None and sha256_file(used) != recorded:
+            # another calibration (a lab's own phantoms) is fine when it states dark-field in the model's units
+            if model.reference_energy_kev is None:
+                raise InputError(entry["sidecar"], "preprocessed with another calibration than the model's training "
+                                                   f"scans ({(model.correction.get('calibration') or {}).get('path')}), "
+                                                   "which is not here to compare reference energies with")
+            try:
+                _same_units(used, model.reference_energy_kev, "the calibration it was preprocessed with")
+            except InputError as err:
+                raise InputError(entry["sidecar"], f"{err.where}: {err.problem}") from None
         return data, "none: the scan was written by dfseg preprocess"
     book = model.chains(entry["sidecar"])
     use_projections = model.correction.get("domain") == "projection" and all(entry.get(k) for k in ("proj_T", "proj_D"))

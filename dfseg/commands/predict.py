@@ -42,8 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a component smaller than a 1 mm sphere more than E times as long as it is wide is a "
                              f"vessel segment, not a lesion (default {MAX_LESION_ELONGATION:g}; 0 lists every shape)")
     parser.add_argument("--calibration", type=Path,
-                        help="calibration.json for raw scans when the one the run recorded is not on this machine "
-                             "(must be the same file)")
+                        help="calibration (or calibration set) for raw scans: the model's own when the recorded "
+                             "path is not on this machine, or your scanner's, made from your phantoms with dfseg "
+                             "calibrate --e-ref-kev at the model's reference energy (refused at any other)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where to run the network (default: CUDA if present)")
     parser.add_argument("--sw-batch-size", type=int, default=2, help="sliding-window ROIs per forward pass")

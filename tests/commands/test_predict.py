@@ -209,12 +209,29 @@ def test_raw_scan_goes_through_the_recorded_calibration(tmp_path, capsys):
     summary = json.loads((tmp_path / "out" / "raw1" / "summary.json").read_text())
     assert summary["correction"].startswith("volume chain") and str(cal) in summary["correction"]
     assert summary["n_lesions"] == 2
-    # a different calibration than the model's is refused
+    # a lab's own calibration (other curves and exponent) is used when it states dark-field at the
+    # model's reference energy; at another energy it is refused in one line, naming the fix
+    doc = json.loads(cal.read_text())
+    lab = tmp_path / "lab_calibration.json"
+    write_json(lab, doc | {"energy_exponent": {"n": 2.5}})
+    rc, err = _predict(["--model", run, scan, "-o", tmp_path / "out_lab", "--calibration", lab], capsys)
+    assert rc == 0, err
+    summary = json.loads((tmp_path / "out_lab" / "raw1" / "summary.json").read_text())
+    assert str(lab.resolve()) in summary["correction"]
     other = tmp_path / "other.json"
-    other.write_text((cal.read_text()).replace('"n": 2.0', '"n": 2.5'))
+    write_json(other, doc | {"reference": doc["reference"] | {"e_ref_kev": 35.0}})
     rc, err = _predict(["--model", run, scan, "-o", tmp_path / "out2", "--calibration", other], capsys)
-    assert rc == 1 and "differs from the calibration the model was trained with" in err
-    assert not (tmp_path / "out2").exists()
+    assert rc == 1 and "states dark-field at 35.00 keV, the model's at 30.00 keV" in err and "--e-ref-kev 30.0000" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out2").exists()
+    # a scan preprocessed with a calibration of other units is refused, with the model's own or the lab's it runs
+    for name, used, ok in (("pre_other", other, False), ("pre_lab", lab, True)):
+        pre = write_scan(tmp_path / "lab" / name)
+        write_json(pre / "sidecar.json", json.loads((pre / "sidecar.json").read_text())
+                   | {"preprocessing": {"domain": "volume", "calibration": str(used)}})
+        rc, err = _predict(["--model", run, pre, "-o", tmp_path / f"out_{name}"], capsys)
+        assert (rc == 0) == ok, err
+        if not ok:
+            assert "sidecar.json" in err and "35.00 keV" in err and not (tmp_path / f"out_{name}").exists()
 
 
 def test_projection_domain_model_reconstructs_scans_with_projections(tmp_path, capsys):
