@@ -444,7 +444,12 @@ def _correct(entry: Mapping[str, Any], model: Model) -> tuple[dict, str]:
         work.update({k: data[k] for k in keys_in})
     for key in keys_in:
         work[key] = np.asarray(work[key])  # the chains' numpy path, as dfseg preprocess runs them
-    chains = book.for_scan(work["meta"])  # the scan's spectrum's calibration (refused when there is none)
+    try:  # the scan's spectrum's calibration (refused when there is none)
+        chains = book.for_scan(work["meta"])
+    except InputError as err:
+        hint = (f"; then give it with --calibration (dfseg calibrate --e-ref-kev {model.reference_energy_kev:.4f}: "
+                "the model's units)" if model.reference_energy_kev is not None else "")
+        raise InputError(err.where, f"{err.problem} ({entry['sidecar']}){hint}") from None
     try:
         out = (chains.projection if use_projections else chains.volume)(work)
     except InputError as err:

@@ -10,7 +10,11 @@ less than ``min_contrast`` noise standard deviations apart mean the tissue is no
 0. the dark-field ``c0`` is smoothed by a Gaussian of ``smoothing_mm`` (fixed in mm, not in voxels:
    at a fixed dose a voxel's dark-field noise grows as the voxel shrinks);
 1. **body**: ``attn`` above the air/tissue threshold of the whole volume, holes filled in every
-   axial slice (the aerated lungs are enclosed by the chest wall in each slice);
+   axial slice (the aerated lungs are enclosed by the chest wall in each slice). A class is air
+   when its median attenuation is near zero against the tissue class's (air is 1/800 as dense as
+   water); when the attenuation's lower class is not air (lung against soft tissue, or soft tissue
+   against bone), that class is split again, and a view with no air at all (a field of view
+   cropped to the lungs, the body filling it) is body throughout;
 2. **lung candidates**: body voxels whose isotropic dark-field ``c0`` lies above the
    solid/aerated threshold of ``c0`` inside the body;
 3. **morphology**, radii in mm so the result does not depend on the voxel size: an opening removes
@@ -42,6 +46,13 @@ from scipy import ndimage
 from dfseg.data.scan import as_floats, scan_value
 from dfseg.errors import InputError
 from dfseg.evaluation.lesions import connected_components
+
+#: Air's attenuation is under this share of the tissue class's (physically about 0.1 %: air is 1/800
+#: as dense as water); aerated lung, at most about 90 % air, stays above 10 % of soft tissue's.
+AIR_ATTENUATION_RATIO = 0.05
+#: The attenuation's lower class is split at most this many times looking for air (air, lung, soft
+#: tissue and bone are four classes).
+MAX_AIR_SPLITS = 3
 
 __all__ = [
     "LungMask",
@@ -216,14 +227,10 @@ class LungMask(Transform):
         """The method on (X, Y, Z) float arrays; returns an (X, Y, Z) boolean mask."""
         if self.smoothing_mm > 0:  # a Gaussian of fixed size in mm: fine voxels are noisier at a fixed dose
             c0 = ndimage.gaussian_filter(c0, tuple(self.smoothing_mm / v for v in voxel_mm))
-        t_body = self._split(attn, where[0], "no body (attenuation above air)")
-        body = _fill_slices(attn > t_body)
-        t_lung = self._split(c0[body], where[1], "no aerated tissue (dark-field above solid tissue) in the body")
-        lung = body & (c0 > t_lung)
-        lung = self._largest(morphology(lung, self.opening_mm, voxel_mm, "opening"), voxel_mm)
-        if not lung.any():
-            raise InputError(", ".join(where), f"no lung found: no aerated region (strong dark-field inside the body) "
-                                               f"of at least {self.min_volume_mm3:g} mm^3")
+        t_air = self._air_threshold(attn)
+        # no air in view (a field of view cropped to the lungs): the whole field of view is body
+        body = np.ones(attn.shape, bool) if t_air is None else _fill_slices(attn > t_air)
+        lung = self._aerated(body, c0, voxel_mm, where)
         margin = reach(self.closing_mm, voxel_mm)
         if margin is not None:  # each lung on its own, so the closing does not bridge the mediastinum
             labels, _ = connected_components(lung)
@@ -235,22 +242,66 @@ class LungMask(Transform):
                 lung[box] |= morphology(labels[box] == k, self.closing_mm, voxel_mm, "closing")
         return ndimage.binary_fill_holes(lung)
 
-    def _split(self, values: np.ndarray, where: str, absent: str) -> float:
-        """Threshold between the two classes of ``values``: half-way between their medians.
+    def _aerated(self, body: np.ndarray, c0: np.ndarray, voxel_mm: np.ndarray, where: tuple[str, str]) -> np.ndarray:
+        """Aerated tissue in ``body``: ``c0`` above the solid/aerated threshold, opened, the largest components."""
+        t_lung = self._split(c0[body], where[1], "no aerated tissue (dark-field above solid tissue) in the body")
+        lung = self._largest(morphology(body & (c0 > t_lung), self.opening_mm, voxel_mm, "opening"), voxel_mm)
+        if not lung.any():
+            raise InputError(", ".join(where), f"no lung found: no aerated region (strong dark-field inside the body) "
+                                               f"of at least {self.min_volume_mm3:g} mm^3")
+        return lung
+
+    def _air_threshold(self, attn: np.ndarray) -> float | None:
+        """The attenuation threshold between air and body, or None when no air is in view.
+
+        The attenuation's two classes are air and body in a view of the whole thorax; in a view
+        cropped to the lungs they are lung and soft tissue, or soft tissue and bone. Air is the
+        lower class when its median is under :data:`AIR_ATTENUATION_RATIO` of the upper class's;
+        otherwise the lower class is split again, down to where it holds no two classes.
+        """
+        values = attn.ravel()
+        for _ in range(MAX_AIR_SPLITS):
+            classes = self._classes(values)
+            if classes is None:
+                return None
+            threshold, low, high = classes
+            if high > 0 and abs(low) <= AIR_ATTENUATION_RATIO * high:
+                return threshold
+            values = values[values <= 0.5 * (low + high)]
+        return None
+
+    def _classes(self, values: np.ndarray) -> tuple[float, float, float] | None:
+        """Otsu's two classes of ``values`` as ``(threshold, lower median, upper median)``, the
+        threshold half-way between the medians; None when they lie less than ``min_contrast`` noise
+        standard deviations apart (no two classes).
 
         Half-way, so a voxel at the lung's blurred edge counts as lung when at least half of it is.
+        """
+        if values.size < 2:
+            return None
+        t = otsu_threshold(values)
+        if not np.isfinite(t):
+            return None
+        low, high = values[values <= t], values[values > t]
+        if low.size == 0 or high.size == 0:
+            return None
+        m_low, m_high = float(np.median(low)), float(np.median(high))
+        sd = 1.4826 * np.median(np.abs(low - m_low))
+        contrast = (m_high - m_low) / sd if sd > 0 else np.inf
+        if contrast < self.min_contrast:
+            return None
+        return 0.5 * (m_low + m_high), m_low, m_high
+
+    def _split(self, values: np.ndarray, where: str, absent: str) -> float:
+        """Threshold between the two classes of ``values`` (:meth:`_classes`).
 
         Raises:
             InputError: ``no lung found: <absent>`` when the values hold no two distinct classes.
         """
-        t = otsu_threshold(values)
-        if np.isfinite(t):
-            low, high = values[values <= t], values[values > t]
-            sd = 1.4826 * np.median(np.abs(low - np.median(low)))
-            contrast = (np.median(high) - np.median(low)) / sd if sd > 0 else np.inf
-            if contrast >= self.min_contrast:
-                return float(0.5 * (np.median(low) + np.median(high)))
-        raise InputError(where, f"no lung found: {absent}")
+        classes = self._classes(values)
+        if classes is None:
+            raise InputError(where, f"no lung found: {absent}")
+        return classes[0]
 
     def _largest(self, mask: np.ndarray, voxel_mm: np.ndarray) -> np.ndarray:
         """The ``max_components`` largest components of at least ``min_volume_mm3``."""

@@ -223,6 +223,12 @@ def test_raw_scan_goes_through_the_recorded_calibration(tmp_path, capsys):
     rc, err = _predict(["--model", run, scan, "-o", tmp_path / "out2", "--calibration", other], capsys)
     assert rc == 1 and "states dark-field at 35.00 keV, the model's at 30.00 keV" in err and "--e-ref-kev 30.0000" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out2").exists()
+    # a raw scan at a spectrum the model's calibration lacks is refused, naming the way out
+    hot = write_scan(tmp_path / "lab" / "raw60", raw=True)
+    write_json(hot / "sidecar.json", json.loads((hot / "sidecar.json").read_text()) | {"kvp": 60.0})
+    rc, err = _predict(["--model", run, hot, "-o", tmp_path / "out_hot"], capsys)
+    assert rc == 1 and "60" in err and "--calibration" in err and "--e-ref-kev 30.0000" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out_hot").exists()
     # a scan preprocessed with a calibration of other units is refused, with the model's own or the lab's it runs
     for name, used, ok in (("pre_other", other, False), ("pre_lab", lab, True)):
         pre = write_scan(tmp_path / "lab" / name)

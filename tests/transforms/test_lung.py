@@ -84,6 +84,17 @@ def test_two_ellipsoid_lungs_are_found(as_torch):
     assert _dice(mask[0], lung) >= 0.97
 
 
+def test_field_of_view_cropped_to_the_lungs():
+    """A crop to the lungs' box has no air around the body and lungs that reach its edges: the
+    attenuation's two classes are aerated lung and solid tissue, and the whole field of view is the body."""
+    attn, c0, lung, _ = _phantom(3)
+    box = tuple(slice(int(idx.min()) + 1, int(idx.max())) for idx in np.nonzero(lung))
+    attn, c0, lung = attn[box], c0[box], lung[box]
+    assert (attn > SOFT / 2).mean() > 0.3 and (attn < LUNG_MU / 2).mean() < 0.05  # hardly any air in view
+    mask = LungMask()(attn[None], c0[None], VOXEL)[0]
+    assert _dice(mask, lung) >= 0.97
+
+
 def test_nodule_inside_the_lung_is_covered():
     attn, c0, lung, tumour = _phantom(1, [((-3.0, 0.0, 1.0), 3.0)])  # 3 mm, 1 mm of lung around it
     mask = LungMask()(attn[None], c0[None], VOXEL)[0].astype(bool)
