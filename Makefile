@@ -56,9 +56,10 @@ test-fast: $(STAMP)
 # bench/demo_recipe.py (a finished demo run and about 10 minutes; docs/demo.md), bench/generalisation.py
 # (five trainings, about 70 minutes; docs/generalisation.md) and bench/randomisation_ablation.py
 # (eleven trainings, about an hour; docs/generalisation.md), bench/lesion_fit.py (a finished demo run and
-# 2 minutes; docs/demo.md) and bench/vessel_ablation.py (a demo run, about 12 minutes; docs/demo.md)
+# 2 minutes; docs/demo.md), bench/vessel_ablation.py (a demo run, about 12 minutes; docs/demo.md) and
+# bench/user_path.py (a generalisation folder, about 2 minutes; docs/generalisation.md)
 bench: $(STAMP)
-	@for b in bench/[!_]*.py; do case "$$b" in bench/peer_nnunet.py|bench/demo_recipe.py|bench/generalisation.py|bench/randomisation_ablation.py|bench/lesion_fit.py|bench/vessel_ablation.py) continue;; esac; \
+	@for b in bench/[!_]*.py; do case "$$b" in bench/peer_nnunet.py|bench/demo_recipe.py|bench/generalisation.py|bench/randomisation_ablation.py|bench/lesion_fit.py|bench/vessel_ablation.py|bench/user_path.py) continue;; esac; \
 	  echo "== $$b"; $(PY) $$b || exit 1; done
 
 lint: $(STAMP)
