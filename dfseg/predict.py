@@ -71,7 +71,7 @@ from monai.transforms import ResampleToMatch, Spacing
 from scipy import ndimage
 from tqdm import tqdm
 
-from dfseg.calibration.io import is_calibration_set, load_calibration_document
+from dfseg.calibration.io import reference_energy_kev
 from dfseg.channels import DF_CHANNELS
 from dfseg.data.importer import resolve_image
 from dfseg.data.manifest import SPLITS, load_manifest
@@ -168,17 +168,6 @@ def _device(name: str | None) -> torch.device:
 
 #: Two calibrations state dark-field in the same units when their reference energies agree to this (keV).
 E_REF_TOL_KEV = 0.01
-
-
-def reference_energy_kev(path: str | os.PathLike) -> float:
-    """The energy (keV) a calibration, or every entry of a calibration set, states dark-field at."""
-    doc = load_calibration_document(path)
-    entries = list(doc["calibrations"].values()) if is_calibration_set(doc) else [doc]
-    energies = sorted({float(c["reference"]["e_ref_kev"]) for c in entries})
-    if energies[-1] - energies[0] > E_REF_TOL_KEV:
-        raise InputError(path, f"calibration set states dark-field at several energies ({energies[0]:.2f}-"
-                               f"{energies[-1]:.2f} keV); make it with one dfseg calibrate --e-ref-kev")
-    return energies[0]
 
 
 def _same_units(path: str | os.PathLike, model_kev: float, what: str) -> None:

@@ -233,6 +233,14 @@ def load_calibration(path: str | os.PathLike | Mapping, *, expect_spectrum: Mapp
     return doc
 
 
+def reference_energy_kev(path: str | os.PathLike | Mapping) -> float:
+    """The energy (keV) a calibration, or a calibration set (one energy for all its entries, as
+    :func:`validate_calibration_set` checks), states dark-field at: ``reference.e_ref_kev``."""
+    doc = load_calibration_document(path)
+    entry = next(iter(doc["calibrations"].values())) if is_calibration_set(doc) else doc
+    return float(entry["reference"]["e_ref_kev"])
+
+
 def save_calibration(path: str | os.PathLike, cal: Mapping) -> None:
     """Validate and write a calibration or a calibration set atomically."""
     if is_calibration_set(cal):

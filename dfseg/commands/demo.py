@@ -25,6 +25,7 @@ from dfseg.errors import DfsegError, InputError
 from dfseg.io import prepare_output_dir, read_json, write_json
 from dfseg.resources import bundle_dir, run_bundle
 from dfseg.simulate.acquisition import AcquisitionConfig
+from dfseg.simulate.domain import check_randomise_fraction, load_ranges
 from dfseg.simulate.protocols import get_protocol
 from dfseg.simulate.variants import VARIANTS
 
@@ -93,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_no_progress(parser)
 
 
-def reference_energy_kev() -> float:
+def demo_reference_energy_kev() -> float:
     """The energy dark-field is stated at in every demo calibration: the effective energy of the demo
     scanner (70 kVp + 1 mm Al, its visibility spectrum), about 34.3 keV. A cohort of one spectrum at
     that scanner is left unchanged by it; a cohort over several spectra (``--variant``,
@@ -117,13 +118,12 @@ def _dfseg(*argv: str) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = QUICK if args.quick else DEFAULT
     budget = cfg.time_budget_min if args.time_budget is None else (args.time_budget if args.time_budget > 0 else None)
-    if not 0.0 <= args.randomise_fraction <= 1.0:
-        raise InputError("--randomise-fraction", f"must be in [0, 1], got {args.randomise_fraction}")
+    # checked before the output folder exists, so a bad value leaves nothing behind
+    check_randomise_fraction(args.randomise_fraction, "--randomise-fraction")
     if args.randomise_ranges is not None:
         if args.randomise_fraction == 0.0:
             raise InputError("--randomise-ranges", "given without --randomise-fraction (no mouse is randomised)")
-        if not args.randomise_ranges.is_file():
-            raise InputError(args.randomise_ranges, "randomisation ranges file not found")
+        load_ranges(args.randomise_ranges)
     cfg = replace(cfg, seed=args.seed, subjects=args.subjects or cfg.subjects,
                   max_epochs=args.max_epochs or cfg.max_epochs, time_budget_min=budget,
                   variants=tuple(args.variant or cfg.variants), randomise_fraction=args.randomise_fraction,
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     times["simulate"] = time.perf_counter() - t
 
     t = _stage(2, total, "calibrate: beam-hardening curves and energy exponent from the phantom scans")
-    _dfseg("calibrate", cohort / "phantoms", "-o", out / "calibration.json", "--e-ref-kev", reference_energy_kev())
+    _dfseg("calibrate", cohort / "phantoms", "-o", out / "calibration.json", "--e-ref-kev", demo_reference_energy_kev())
     times["calibrate"] = time.perf_counter() - t
 
     t = _stage(3, total, "preprocess: flux/drift -> beam hardening -> FBP -> spectrum -> decomposition")

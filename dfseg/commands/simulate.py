@@ -16,7 +16,7 @@ from dfseg.simulate.acquisition import (
 )
 from dfseg.simulate.anatomy import anatomy_grid
 from dfseg.simulate.cohort import grid_text, write_cohort
-from dfseg.simulate.domain import DomainRandomisation, load_ranges
+from dfseg.simulate.domain import DomainRandomisation, check_randomise_fraction, load_ranges
 from dfseg.simulate.executors import EXECUTORS
 from dfseg.simulate.protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol
 from dfseg.simulate.variants import VARIANTS
@@ -105,8 +105,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--randomise", "draws the tube per subject; give its kvp/al_mm/cu_mm ranges in "
                                             "--randomise-ranges instead of --kvp/--filtration")
         randomise = DomainRandomisation() if args.randomise_ranges is None else load_ranges(args.randomise_ranges)
-    if not 0.0 <= args.randomise_fraction <= 1.0:
-        raise InputError("--randomise-fraction", f"must be in [0, 1], got {args.randomise_fraction}")
+    check_randomise_fraction(args.randomise_fraction, "--randomise-fraction")
     if args.randomise_fraction != 1.0 and randomise is None:
         raise InputError("--randomise-fraction", "needs --randomise or --randomise-ranges")
     filtration = None if args.filtration is None else parse_filtration(args.filtration, "--filtration")

@@ -48,6 +48,7 @@ from dfseg.simulate.domain import (
     DomainRandomisation,
     acquisition_for,
     anatomy_for,
+    check_randomise_fraction,
     domain_rng,
     grid_for,
     sample_domain,
@@ -366,8 +367,7 @@ def write_cohort(
              "acquisition": base, "has_tumour": i not in free, "scans_dir": str((out / "scans").absolute()),
              "projections": projections, "z_centre_mm": z_centre_mm, "protocol": protocol, **(spectrum or {})}
             for i in range(subjects)]
-    if not 0.0 <= randomise_fraction <= 1.0:
-        raise InputError("randomise_fraction", f"must be in [0, 1], got {randomise_fraction}")
+    check_randomise_fraction(randomise_fraction)
     if randomise is not None:  # drawn here, in the parent: the draws cannot depend on the executor
         chosen = randomised_subjects(subjects, len(variants), randomise_fraction)
         for job in (j for j in jobs if j["index"] in chosen):

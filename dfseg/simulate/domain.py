@@ -140,6 +140,13 @@ class DomainRandomisation:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
+def check_randomise_fraction(value: float, where: str = "randomise_fraction") -> float:
+    """The share of a cohort's subjects that are randomised, refused outside [0, 1]."""
+    if not 0.0 <= value <= 1.0:
+        raise InputError(where, f"must be in [0, 1], got {value}")
+    return float(value)
+
+
 def load_ranges(path: str | os.PathLike) -> DomainRandomisation:
     """:class:`DomainRandomisation` from a YAML (or JSON) mapping; keys not given keep their defaults.
 
@@ -157,6 +164,8 @@ def load_ranges(path: str | os.PathLike) -> DomainRandomisation:
     try:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise InputError(path, "randomisation ranges file not found") from None
     except OSError as exc:
         raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:

@@ -117,6 +117,10 @@ def test_a_cohort_at_three_spectra_gets_a_phantom_set_and_a_calibration_per_spec
     # one reference energy, the median of the spectra's effective energies (the 70 kVp set's)
     assert {c["reference"]["e_ref_kev"] for c in doc["calibrations"].values()} == {sorted(energies)[1]}
     assert energies[1] < energies[0] < energies[2]  # 60 < 70 < 75 kVp
+    from dfseg.calibration import reference_energy_kev  # the set's one energy, and a single entry's
+
+    assert reference_energy_kev(cal_path) == pytest.approx(sorted(energies)[1])
+    assert reference_energy_kev(doc["calibrations"][sets[2]]) == pytest.approx(sorted(energies)[1])
 
 
 def test_each_scan_is_corrected_with_its_own_spectrum_s_calibration(three_variants, tmp_path):
