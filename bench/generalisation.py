@@ -268,7 +268,7 @@ def main() -> None:
         subsets = ("both", *GROUPS) if len(groups) > 1 else groups
         for key, row in score_model(folder, model_train, model_test, variants, subsets, args.seed).items():
             results.setdefault(key, {})[column] = row
-    # the model dfseg ships, unchanged, on every variant's test mice but the demo cohort's own
+    # the model dfseg ships, unchanged, on every variant's test mice but those that may be of its own cohort
     folder = out / "models" / "shipped"
     made_with = read_json(shipped_model() / SHIPPED_COHORT)
     shipped_test = [e for e in test if not shipped_cohort_mouse(e, args.seed, args.protocol, made_with)]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from testkit import bench_module
+from testkit import BENCH_DIR, bench_module
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "demo_recipe.py"
+BENCH = BENCH_DIR / "demo_recipe.py"
 
 
 def test_settings_are_json_values_and_bad_runs_are_refused(tmp_path):

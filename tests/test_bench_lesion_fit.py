@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from testkit import bench_module
+from testkit import BENCH_DIR, bench_module
 
 from dfseg.io import save_nifti
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "lesion_fit.py"
+BENCH = BENCH_DIR / "lesion_fit.py"
 
 
 @pytest.fixture(scope="module")

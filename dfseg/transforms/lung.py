@@ -171,7 +171,7 @@ class LungMask(Transform):
 
     Raises:
         InputError: wrong shapes, a radiograph (fewer than 3 voxels along an axis), non-finite
-            values, no body or no lung found.
+            values, no lung found.
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -267,7 +267,7 @@ class LungMask(Transform):
             threshold, low, high = classes
             if high > 0 and abs(low) <= AIR_ATTENUATION_RATIO * high:
                 return threshold
-            values = values[values <= 0.5 * (low + high)]
+            values = values[values <= threshold]
         return None
 
     def _classes(self, values: np.ndarray) -> tuple[float, float, float] | None:
