@@ -8,9 +8,10 @@ are handed to ``dfseg predict`` the way a lab would hand over its scans: the raw
 mask (``dfseg predict`` makes one from the images), no projections (the volume chain corrects them).
 Each scanner group is corrected with its own cohort's calibration set, given with ``--calibration``
 as a lab gives the calibration of its own phantoms; it states dark-field at the model's reference
-energy. The lesion lists are then scored against the simulator's labels: a tumour (a 26-connected
-component of the label, sized by its equivalent-sphere diameter) is found when a listed lesion
-overlaps it; a listed lesion on no tumour voxel is a false positive; Dice compares the listed
+energy. The lesion lists are then scored against the simulator's labels by ``dfseg evaluate``'s
+rules (:func:`dfseg.evaluation.lesions.match_lesions`): a tumour (a 26-connected component of the
+label, in the size bin of its equivalent-sphere diameter; under 0.5 mm not counted) is found when a
+listed lesion overlaps it; a listed lesion on no tumour voxel is a false positive; Dice compares the listed
 lesions' mask with the label on scans with tumours; the volume AUROC ranks the presence scores.
 
 Prints (and writes to ``OUT/user_path.json``) per variant and for all mice: scans, AUROC, tumours of
@@ -32,7 +33,9 @@ from typing import Any
 import numpy as np
 
 from dfseg.cli import main as dfseg_main
-from dfseg.evaluation.lesions import connected_components
+from dfseg.evaluation.lesions import match_lesions
+from dfseg.evaluation.metrics import auroc as metrics_auroc
+from dfseg.evaluation.metrics import dice
 from dfseg.io import load_nifti, read_json, voxel_size, write_json
 from dfseg.resources import shipped_model
 
@@ -42,31 +45,23 @@ HANDED_OVER = ("attn.nii.gz", "df.nii.gz", "sidecar.json")
 
 
 def score_scan(lesions: np.ndarray, label: np.ndarray, voxel_mm: float) -> dict[str, Any]:
-    """One scan's lesion list (``lesions``: ids, 0 = background) against its tumour ``label``."""
-    tumours, n = connected_components(label > 0)
+    """One scan's lesion list (``lesions``: ids, 0 = background) against its tumour ``label``, by
+    the evaluation's matching rule and size bins (:func:`dfseg.evaluation.lesions.match_lesions`)."""
+    matched = match_lesions((lesions > 0).astype(np.float32), label > 0, 0.5, voxel_mm)
     found = {"ge_1mm": [0, 0], "0.5_1mm": [0, 0]}
-    for k in range(1, n + 1):
-        inside = tumours == k
-        diameter = (6 * inside.sum() * voxel_mm**3 / np.pi) ** (1 / 3)
-        key = "ge_1mm" if diameter >= 1.0 else "0.5_1mm"
-        found[key][1] += 1
-        found[key][0] += int((lesions[inside] > 0).any())
-    ids = [int(i) for i in np.unique(lesions) if i]
-    false_positives = sum(1 for i in ids if not (label[lesions == i] > 0).any())
-    dice = None
-    if label.any():
-        both = ((lesions > 0) & (label > 0)).sum()
-        dice = float(2 * both / ((lesions > 0).sum() + (label > 0).sum()))
-    return {"found": found, "false_positives": false_positives, "dice": dice, "has_tumour": bool(label.any())}
+    for lesion in matched["lesions"]:
+        key = {"0.5-1": "0.5_1mm", "<0.5": None}.get(lesion["size_bin"], "ge_1mm")
+        if key is not None:
+            found[key][0] += int(lesion["detected"])
+            found[key][1] += 1
+    return {"found": found, "false_positives": sum(not c["tp"] for c in matched["components"]),
+            "dice": dice(lesions > 0, label > 0) if label.any() else None, "has_tumour": bool(label.any())}
 
 
 def auroc(labels: list[bool], scores: list[float]) -> float | None:
-    """Mann-Whitney AUROC (ties count half); None without both classes."""
-    pos = [s for y, s in zip(labels, scores, strict=True) if y]
-    neg = [s for y, s in zip(labels, scores, strict=True) if not y]
-    if not pos or not neg:
-        return None
-    return float(sum((p > q) + 0.5 * (p == q) for p in pos for q in neg) / (len(pos) * len(neg)))
+    """:func:`dfseg.evaluation.metrics.auroc` (ties count half); None without both classes."""
+    value = metrics_auroc(np.asarray(scores, float), np.asarray(labels, bool))
+    return None if np.isnan(value) else value
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
