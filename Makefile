@@ -33,7 +33,7 @@ demo-quick: $(RUNTIME)
 # The model dfseg ships (bundles/dfseg_attention_unet/models): the demo's pipeline on a larger, mixed cohort
 # (96 mice over the three phantom variants, half of them on domain-randomised scanners and animals,
 # calibrated per spectrum), 100 epochs; packaged with its card, the weights' hash (models/large_files.yml)
-# and the bundle metadata's eval_metrics. About 36 minutes on 2 CPU cores (models/README.md there).
+# and the bundle metadata's eval_metrics. About 32 minutes on 2 CPU cores (models/README.md there).
 model: $(STAMP)
 	$(VENV)/bin/dfseg demo --seed 0 --subjects 96 --variant standard fine coarse --randomise-fraction 0.5 \
 		--randomise-ranges data_manifests/model_randomise_ranges.yaml --max-epochs 100 --time-budget 0 \
