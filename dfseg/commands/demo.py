@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = replace(cfg, seed=args.seed, subjects=args.subjects or cfg.subjects,
                   max_epochs=args.max_epochs or cfg.max_epochs, time_budget_min=budget,
                   variants=tuple(args.variant or cfg.variants), randomise_fraction=args.randomise_fraction,
-                  randomise_ranges=str(args.randomise_ranges.resolve()) if args.randomise_ranges else None)
+                  randomise_ranges=str(args.randomise_ranges) if args.randomise_ranges else None)
     out = args.out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     out = prepare_output_dir(out, overwrite=args.overwrite)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
